@@ -1,0 +1,185 @@
+"""Typed interfaces every hardware back-end implements.
+
+The agent only talks to these. A back-end (simulated, GPIO, co-processor, Modbus...) is chosen by the
+board config, the way gpiozero picks a pin factory or python-can picks a bus interface.
+
+Pilot, contactor, lock and RCD calls are synchronous: they set or read state that the back-end keeps
+current (a GPIO level, the last frame from a safety co-processor), so the control loop can call them
+every step without waiting. The meter and the RFID reader do real I/O and are async.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class CpState(StrEnum):
+    """IEC 61851-1 control pilot states as the EVSE detects them."""
+
+    A = "A"  # no EV (+12 V)
+    B = "B"  # EV connected, not ready (+9 V)
+    C = "C"  # EV ready, no ventilation (+6 V)
+    D = "D"  # EV ready, ventilation required (+3 V)
+    E = "E"  # CP shorted to PE / EVSE unpowered (0 V)
+    F = "F"  # EVSE not available (-12 V)
+
+
+class PilotMode(StrEnum):
+    """What the EVSE drives onto the control pilot."""
+
+    X1 = "X1"  # constant +12 V: EV may not draw current
+    PWM = "PWM"  # 1 kHz PWM: duty cycle announces the offered current
+    F = "F"  # constant -12 V: EVSE not available
+
+
+@dataclass(frozen=True)
+class PilotReading:
+    state: CpState
+    high_v: float  # positive plateau of the CP signal
+    low_v: float  # negative plateau while PWM runs (about -12 V when the EV's diode is present)
+    diode_ok: bool = True  # False when the negative half is loaded: diode missing or shorted
+
+
+@dataclass(frozen=True)
+class PilotOutput:
+    mode: PilotMode
+    duty_percent: float  # meaningful in PWM mode; 100.0 for X1, 0.0 for F
+
+
+@dataclass(frozen=True)
+class MeterReading:
+    energy_wh: float  # active import register, monotonic, never rebased
+    power_w: float  # total active import power
+    current_a: tuple[float, ...]  # per phase, L1..Ln
+    voltage_v: tuple[float, ...]  # per phase, L-N
+    taken_at: float = 0.0  # time.monotonic() of the reading
+
+
+class HardwareError(Exception):
+    """A device did not answer or answered nonsense. The message says which device and what was expected."""
+
+
+class MeterError(HardwareError):
+    pass
+
+
+class ControlPilot(abc.ABC):
+    @abc.abstractmethod
+    def read(self) -> PilotReading:
+        """Latest classified CP state and plateau voltages."""
+
+    @abc.abstractmethod
+    def set_pwm(self, duty_percent: float) -> None:
+        """Drive a 1 kHz PWM with this duty (state X2)."""
+
+    @abc.abstractmethod
+    def set_x1(self) -> None:
+        """Drive constant +12 V (state X1, no current offered)."""
+
+    @abc.abstractmethod
+    def set_f(self) -> None:
+        """Drive constant -12 V (state F, EVSE not available)."""
+
+    @property
+    @abc.abstractmethod
+    def output(self) -> PilotOutput:
+        """What is driven now."""
+
+
+class ProximityPilot(abc.ABC):
+    @abc.abstractmethod
+    def read_ampacity(self) -> float | None:
+        """Current rating of the plugged cable in A, or None when no cable is detected."""
+
+
+class Contactor(abc.ABC):
+    @abc.abstractmethod
+    def set_closed(self, closed: bool) -> None:
+        """Command the contactor coil."""
+
+    @property
+    @abc.abstractmethod
+    def commanded_closed(self) -> bool:
+        """Last command given."""
+
+    @abc.abstractmethod
+    def feedback_closed(self) -> bool:
+        """State of the mirror (auxiliary) contact: True when the main contacts are closed."""
+
+
+class ConnectorLock(abc.ABC):
+    @abc.abstractmethod
+    def set_locked(self, locked: bool) -> None: ...
+
+    @abc.abstractmethod
+    def is_locked(self) -> bool:
+        """Lock feedback."""
+
+
+class ResidualCurrentMonitor(abc.ABC):
+    @abc.abstractmethod
+    def tripped(self) -> bool:
+        """True while the RCD/RCM trip is latched."""
+
+    @abc.abstractmethod
+    def reset(self) -> bool:
+        """Try to clear a latched trip; True when it cleared."""
+
+
+class EnergyMeter(abc.ABC):
+    @abc.abstractmethod
+    async def read(self) -> MeterReading:
+        """One reading. Raises MeterError when the meter does not answer."""
+
+
+class RfidReader(abc.ABC):
+    @abc.abstractmethod
+    async def next_tag(self) -> str:
+        """Wait for the next card and return its UID as normalised uppercase hex."""
+
+
+def normalise_uid(uid: bytes | str) -> str:
+    """Card UID as uppercase hex without separators, the form used as OCPP idTag."""
+    if isinstance(uid, bytes):
+        return uid.hex().upper()
+    cleaned = uid.strip().replace(":", "").replace("-", "").replace(" ", "").upper()
+    if not cleaned or any(c not in "0123456789ABCDEF" for c in cleaned):
+        raise ValueError(f"not a hex card UID: {uid!r}")
+    return cleaned
+
+
+@dataclass
+class ConnectorHardware:
+    """The devices that belong to one connector (one outlet with its own contactor)."""
+
+    connector_id: int
+    pilot: ControlPilot
+    contactor: Contactor
+    meter: EnergyMeter
+    proximity: ProximityPilot | None = None  # None for a fixed (tethered) cable
+    lock: ConnectorLock | None = None
+    rcd: ResidualCurrentMonitor | None = None
+    max_current_a: float = 16.0  # rating of this outlet's wiring
+    phases: int = 3
+
+
+@dataclass
+class Board:
+    """Everything the agent drives, as built from a board config."""
+
+    name: str
+    connectors: list[ConnectorHardware]
+    rfid: RfidReader | None = None
+    reboot_command: list[str] | None = None  # argv run on a Hard reset; None restarts the agent in place
+    simulator: object | None = None  # the sim control surface (hal.sim.SimBoard) when the board is simulated
+    extras: dict = field(default_factory=dict)
+
+    async def start(self) -> None:
+        """Open ports and start background readers. Sim back-ends need nothing."""
+
+    async def close(self) -> None:
+        """Leave every contactor open and release the devices."""
+        for conn in self.connectors:
+            conn.contactor.set_closed(False)
