@@ -1,0 +1,249 @@
+"""`evse`: run the agent, and the technician's commands that talk to a running agent."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from agent.config import ConfigError, dump_example_config, load_config
+from agent.control import ControlClientError, request
+
+EXIT_USAGE = 2
+DEFAULT_SOCKET = Path("/run/evse-agent/control.sock")
+
+
+def _socket_path(args: argparse.Namespace) -> Path:
+    if args.socket:
+        return Path(args.socket)
+    if args.config:
+        return load_config(Path(args.config)).control.socket
+    return DEFAULT_SOCKET
+
+
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--socket", help="agent control socket (default %(default)s)" % {"default": DEFAULT_SOCKET})
+    group.add_argument("--config", help="agent config file; its [control] socket is used")
+
+
+def _add_connector(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--connector", type=int, default=1, help="connector id (default 1)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evse", description="evse-agent: EV charge controller and its tools")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the agent in the foreground until SIGTERM")
+    run.add_argument("--config", required=True, help="agent config file (TOML)")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                     help="override [log] level")
+
+    status = sub.add_parser("status", help="station, OCPP, journal and connector status")
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    _add_target(status)
+
+    stop = sub.add_parser("stop", help="stop the transaction on a connector (reason Local)")
+    _add_connector(stop)
+    _add_target(stop)
+
+    availability = sub.add_parser("availability", help="make a connector (0 = station) operative or inoperative")
+    availability.add_argument("state", choices=["operative", "inoperative"])
+    _add_connector(availability)
+    _add_target(availability)
+
+    fault = sub.add_parser("fault", help="fault handling")
+    fault_sub = fault.add_subparsers(dest="fault_command", required=True)
+    reset = fault_sub.add_parser("reset", help="clear latched faults (welded contactor...) once their cause is gone")
+    _add_connector(reset)
+    _add_target(reset)
+
+    swipe = sub.add_parser("swipe", help="present an id tag as if read by the station's reader")
+    swipe.add_argument("tag")
+    _add_target(swipe)
+
+    sim = sub.add_parser("sim", help="drive the simulated board (sim boards only)")
+    sim_sub = sim.add_subparsers(dest="sim_command", required=True)
+    plug = sim_sub.add_parser("plug", help="plug an EV in (state B; it moves to C when it sees PWM)")
+    _add_connector(plug)
+    _add_target(plug)
+    unplug = sim_sub.add_parser("unplug", help="unplug the EV (state A)")
+    _add_connector(unplug)
+    _add_target(unplug)
+    ev_state = sim_sub.add_parser("ev-state", help="pin the EV to a pilot state, or 'auto' to let it follow")
+    ev_state.add_argument("state", choices=["A", "B", "C", "D", "E", "F", "auto"])
+    _add_connector(ev_state)
+    _add_target(ev_state)
+    sim_swipe = sim_sub.add_parser("swipe", help="present a card to the simulated RFID reader")
+    sim_swipe.add_argument("tag")
+    _add_target(sim_swipe)
+    sim_fault = sim_sub.add_parser("fault", help="inject or clear a hardware fault")
+    sim_fault.add_argument("kind", choices=["meter", "weld", "rcd", "diode"])
+    sim_fault.add_argument("onoff", choices=["on", "off"])
+    _add_connector(sim_fault)
+    _add_target(sim_fault)
+
+    demo = sub.add_parser("demo", help="run the bundled CSMS and the agent on the sim board and play a session")
+    demo.add_argument("--seconds", type=float, default=10.0, help="how long the EV charges (default 10)")
+
+    csms = sub.add_parser("csms", help="run the bundled local CSMS (see python -m hil.csms --help)")
+    csms.add_argument("csms_args", nargs=argparse.REMAINDER)
+
+    config = sub.add_parser("config", help="check a config file, or print an example")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate a config file and its board file")
+    check.add_argument("--config", required=True)
+    config_sub.add_parser("example", help="print a commented example config")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"evse: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ControlClientError as exc:
+        print(f"evse: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    match args.command:
+        case "run":
+            return _run(args)
+        case "status":
+            return _status(args)
+        case "stop":
+            result = request(_socket_path(args), "stop", {"connector": args.connector})
+            print("stopped" if result["stopped"] else f"no transaction on connector {args.connector}")
+            return 0 if result["stopped"] else 1
+        case "availability":
+            result = request(_socket_path(args), "availability",
+                             {"connector": args.connector, "operative": args.state == "operative"})
+            print(result["status"])
+            return 0
+        case "fault":
+            result = request(_socket_path(args), "fault.reset", {"connector": args.connector})
+            print("faults still active: " + ", ".join(result["faults"]) if result["faults"] else "no faults")
+            return 1 if result["faults"] else 0
+        case "swipe":
+            result = request(_socket_path(args), "swipe", {"tag": args.tag})
+            print(f"presented to connector {result['connector']}" if result["connector"] else "no connector took it")
+            return 0
+        case "sim":
+            return _sim(args)
+        case "demo":
+            from agent.demo import run_demo
+            return run_demo(seconds=args.seconds)
+        case "csms":
+            from hil.csms import main as csms_main
+            return csms_main(args.csms_args) or 0
+        case "config":
+            if args.config_command == "example":
+                print(dump_example_config(), end="")
+                return 0
+            config = load_config(Path(args.config))
+            from hal.board import BoardConfigError, load_board
+            try:
+                board = load_board(config.board.file)
+            except BoardConfigError as exc:
+                print(f"evse: board config error: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            print(f"{args.config}: OK (station {config.station.id}, board {board.name}, "
+                  f"{len(board.connectors)} connector(s))")
+            return 0
+    return EXIT_USAGE
+
+
+def _sim(args: argparse.Namespace) -> int:
+    socket = _socket_path(args)
+    match args.sim_command:
+        case "plug":
+            request(socket, "sim.plug", {"connector": args.connector})
+        case "unplug":
+            request(socket, "sim.unplug", {"connector": args.connector})
+        case "ev-state":
+            request(socket, "sim.ev_state", {"connector": args.connector,
+                                             "state": None if args.state == "auto" else args.state})
+        case "swipe":
+            request(socket, "sim.swipe", {"tag": args.tag})
+        case "fault":
+            request(socket, "sim.fault", {"connector": args.connector, "kind": args.kind, "on": args.onoff == "on"})
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from agent.app import run_agent, run_reboot_command
+    from hal.board import BoardConfigError
+    from agent.journal import JournalError
+    from agent.control import CommandError
+
+    config = load_config(Path(args.config))
+    logging.basicConfig(
+        level=(args.log_level or config.log.level).upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stdout,
+    )
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    try:
+        restart = asyncio.run(run_agent(config))
+    except BoardConfigError as exc:
+        print(f"evse: board config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (JournalError, CommandError) as exc:
+        print(f"evse: {exc}", file=sys.stderr)
+        return 1
+    if restart is None:
+        return 0
+    run_reboot_command(restart)
+    logging.getLogger("evse.agent").warning("%s reset: restarting in place", restart.kind)
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    return 0  # not reached
+
+
+def _status(args: argparse.Namespace) -> int:
+    status = request(_socket_path(args), "status")
+    if args.json:
+        print(json.dumps(status))
+        return 0
+    print(format_status(status))
+    return 0
+
+
+def format_status(status: dict) -> str:
+    ocpp = status["ocpp"]
+    lines = [
+        f"station     {status['station']['id']}  ({'operative' if status['station']['operative'] else 'INOPERATIVE'})",
+        f"ocpp        {'connected' if ocpp['connected'] else 'DISCONNECTED'}  registration: "
+        f"{ocpp['registration'] or '-'}  {ocpp['url']}",
+    ]
+    if ocpp.get("last_error") and not ocpp["connected"]:
+        lines.append(f"            last error: {ocpp['last_error']}")
+    lines.append(f"journal     {status['journal']['pending']} message(s) waiting to be sent")
+    lines.append("")
+    header = f"{'conn':>4}  {'CP':2}  {'pilot':>10}  {'offer A':>7}  {'contactor':9}  {'status':13}  " \
+             f"{'tx':>6}  {'energy Wh':>10}  {'power W':>8}  faults"
+    lines.append(header)
+    for c in status["connectors"]:
+        pilot = f"PWM {c['pwm_duty']:.1f}%" if c["pilot_mode"] == "PWM" else c["pilot_mode"]
+        tx = str(c["transaction_id"]) if c["transaction_id"] is not None else ("local" if c["transaction_active"] else "-")
+        energy = f"{c['energy_wh']:.0f}" if c["energy_wh"] is not None else "?"
+        power = f"{c['power_w']:.0f}" if c["power_w"] is not None else "?"
+        lines.append(f"{c['id']:>4}  {c['cp_state']:2}  {pilot:>10}  {c['offered_current_a']:>7.1f}  "
+                     f"{'closed' if c['contactor_closed'] else 'open':9}  {c['status']:13}  {tx:>6}  "
+                     f"{energy:>10}  {power:>8}  {', '.join(c['faults']) or '-'}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

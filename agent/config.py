@@ -1,0 +1,518 @@
+"""The agent's TOML configuration file.
+
+`load_config()` checks everything up front, so a typo stops the agent at start with one line that names
+the file and the key, instead of surfacing as a strange failure later. Unknown sections and keys are
+errors for the same reason.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from agent import ocpp_config
+
+DEFAULT_BOARD_FILE = "board-configs/sim.toml"
+DEFAULT_JOURNAL_PATH = "/var/lib/evse-agent/journal.sqlite"
+DEFAULT_CONTROL_SOCKET = "/run/evse-agent/control.sock"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+SUPPORTED_OCPP_VERSIONS = ("1.6",)
+
+# Field lengths of BootNotification.req (OCPP 1.6 CiString20/25/50): longer values would fail schema
+# validation on every boot, so refuse them here.
+MAX_VENDOR_LENGTH = 20
+MAX_MODEL_LENGTH = 20
+MAX_SERIAL_LENGTH = 25
+MAX_FIRMWARE_VERSION_LENGTH = 50
+MAX_STATION_ID_LENGTH = 48
+# Linux sun_path is 108 bytes including the terminating NUL; bind() fails with a vague error beyond that.
+MAX_SOCKET_PATH_BYTES = 107
+
+
+class ConfigError(Exception):
+    """An invalid config file. str() is one line naming the file and, where there is one, the key."""
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("evse-agent")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"  # running from a source tree that was never installed
+
+
+@dataclass(frozen=True)
+class StationConfig:
+    id: str
+    vendor: str = "evse-agent"
+    model: str = "sim"
+    serial: str = ""
+    firmware_version: str = field(default_factory=package_version)
+
+
+@dataclass(frozen=True)
+class OcppConfig:
+    url: str
+    version: str = "1.6"
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+    response_timeout_s: float = 30.0
+    ping_interval_s: float = 60.0  # 0 = off
+    password: str = field(default="", repr=False)  # HTTP Basic auth; kept out of repr so it is never logged
+    # Station maker's initial OCPP configuration values, validated and in canonical string form.
+    configuration: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class BoardConfig:
+    file: Path
+
+
+@dataclass(frozen=True)
+class JournalConfig:
+    path: Path = Path(DEFAULT_JOURNAL_PATH)
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    socket: Path = Path(DEFAULT_CONTROL_SOCKET)
+
+
+@dataclass(frozen=True)
+class ChargingConfig:
+    max_current_a: float = 32.0  # caps the offered current together with the board and the cable rating
+    stop_on_shutdown: bool = False  # whether SIGTERM stops running transactions
+    control_period_s: float = 0.01
+    meter_poll_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    path: Path  # the config file, absolute
+    station: StationConfig
+    ocpp: OcppConfig
+    board: BoardConfig
+    journal: JournalConfig = field(default_factory=JournalConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    charging: ChargingConfig = field(default_factory=ChargingConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @property
+    def ocpp_configuration(self) -> Mapping[str, str]:
+        """Shortcut for `ocpp.configuration`: the initial values for OcppConfiguration."""
+        return self.ocpp.configuration
+
+    @property
+    def ocpp_endpoint(self) -> str:
+        """The WebSocket URL to connect to: the CSMS url plus the percent-encoded station id (OCPP-J §3.1)."""
+        return self.ocpp.url.rstrip("/") + "/" + quote(self.station.id, safe="")
+
+
+_SECTIONS = ("station", "ocpp", "board", "journal", "control", "charging", "log")
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read and validate the config file at `path`. Raises ConfigError."""
+    path = Path(path)
+    document = _parse_toml(path)
+    base_dir = Path(os.path.abspath(path)).parent
+
+    for name, value in document.items():
+        if name not in _SECTIONS:
+            if isinstance(value, dict):
+                raise ConfigError(f"{path}: [{name}]: unknown section")
+            raise ConfigError(f"{path}: {name}: unknown key (keys belong in a [section])")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: {name}: expected a table [{name}], got {_describe(value)}")
+
+    def section(name: str, cls: type) -> _SectionReader:
+        return _SectionReader(path, name, document.get(name, {}), cls)
+
+    return AgentConfig(
+        path=Path(os.path.abspath(path)),
+        station=_read_station(section("station", StationConfig)),
+        ocpp=_read_ocpp(section("ocpp", OcppConfig)),
+        board=_read_board(section("board", BoardConfig), base_dir),
+        journal=_read_journal(section("journal", JournalConfig), base_dir),
+        control=_read_control(section("control", ControlConfig), base_dir),
+        charging=_read_charging(section("charging", ChargingConfig)),
+        log=_read_log(section("log", LogConfig)),
+    )
+
+
+def _parse_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror or error}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise ConfigError(f"{path}: line {line}: invalid TOML: not valid UTF-8") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        # Python 3.11's TOMLDecodeError has no lineno attribute; the position is only in the message.
+        message = str(error)
+        position = re.search(r" \(at line (\d+), column (\d+)\)$", message)
+        if position is None:
+            raise ConfigError(f"{path}: invalid TOML: {message}") from None
+        reason = message[: position.start()]
+        line, column = position.groups()
+        raise ConfigError(f"{path}: line {line}: invalid TOML: {reason} (column {column})") from None
+
+
+def _describe(value: object) -> str:
+    """A TOML value as the user wrote it, for error messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return "a date/time"
+
+
+def _format_number(number: float) -> str:
+    return f"{number:g}"
+
+
+class _SectionReader:
+    """Type-checks the keys of one TOML table.
+
+    Only keys present in the file end up in `values`, so the dataclass defaults stay the single source of
+    the defaults.
+    """
+
+    def __init__(self, file: Path, name: str, table: dict[str, Any], cls: type) -> None:
+        self.file = file
+        self.name = name
+        self.table = table
+        self.values: dict[str, Any] = {}
+        # Checked first so that a misspelt required key reports the typo, not "required".
+        known = {f.name for f in fields(cls)}
+        for key in table:
+            if key not in known:
+                raise self.error(key, "unknown key")
+
+    def error(self, key: str, reason: str) -> ConfigError:
+        return ConfigError(f"{self.file}: [{self.name}] {key}: {reason}")
+
+    def string(
+        self, key: str, *, required_example: str | None = None, check: Callable[[str], str] | None = None
+    ) -> None:
+        """Read a string; `check` returns the value to store or raises ValueError with the reason."""
+        if key not in self.table:
+            if required_example is not None:
+                raise self.error(key, f"required, e.g. {key} = {json.dumps(required_example)}")
+            return
+        value = self.table[key]
+        if not isinstance(value, str):
+            raise self.error(key, f"expected a string, got {_describe(value)}")
+        if check is not None:
+            try:
+                value = check(value)
+            except ValueError as reason:
+                raise self.error(key, str(reason)) from None
+        self.values[key] = value
+
+    def number(
+        self,
+        key: str,
+        *,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        greater_than: float | None = None,
+    ) -> None:
+        if key not in self.table:
+            return
+        value = self.table[key]
+        # bool is a subclass of int in Python, but `true` is not a number in TOML.
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.error(key, f"expected a number, got {_describe(value)}")
+        if not math.isfinite(value):
+            raise self.error(key, f"expected a finite number, got {_describe(value)}")
+        if minimum is not None and maximum is not None:
+            if not minimum <= value <= maximum:
+                raise self.error(
+                    key,
+                    f"must be between {_format_number(minimum)} and {_format_number(maximum)}, got {value}",
+                )
+        elif minimum is not None and value < minimum:
+            raise self.error(key, f"must be >= {_format_number(minimum)}, got {value}")
+        if greater_than is not None and value <= greater_than:
+            raise self.error(key, f"must be greater than {_format_number(greater_than)}, got {value}")
+        self.values[key] = float(value)
+
+    def boolean(self, key: str) -> None:
+        if key not in self.table:
+            return
+        value = self.table[key]
+        if not isinstance(value, bool):
+            raise self.error(key, f"expected true or false, got {_describe(value)}")
+        self.values[key] = value
+
+    def path(self, key: str, default: str, base_dir: Path) -> None:
+        """Read a path; relative paths are relative to the config file's directory."""
+        self.string(key, check=_non_empty)
+        value = self.values.get(key, default)
+        self.values[key] = Path(os.path.abspath(base_dir / value))
+
+
+def _non_empty(value: str) -> str:
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _check_station_id(value: str) -> str:
+    if not 1 <= len(value) <= MAX_STATION_ID_LENGTH:
+        raise ValueError(f"must be 1 to {MAX_STATION_ID_LENGTH} characters, got {len(value)}")
+    # The id becomes a URL path segment and the Basic auth user name, where these are ambiguous.
+    for char in value:
+        if char in "/:" or char.isspace() or not char.isprintable():
+            raise ValueError(f"must not contain {json.dumps(char)}, got {json.dumps(value)}")
+    return value
+
+
+def _max_length(limit: int, *, allow_empty: bool = True) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if not value and not allow_empty:
+            raise ValueError("must not be empty")
+        if len(value) > limit:
+            raise ValueError(f"at most {limit} characters (OCPP BootNotification), got {len(value)}")
+        return value
+
+    return check
+
+
+def _read_station(section: _SectionReader) -> StationConfig:
+    section.string("id", required_example="CP-1", check=_check_station_id)
+    section.string("vendor", check=_max_length(MAX_VENDOR_LENGTH, allow_empty=False))
+    section.string("model", check=_max_length(MAX_MODEL_LENGTH, allow_empty=False))
+    section.string("serial", check=_max_length(MAX_SERIAL_LENGTH))
+    section.string("firmware_version", check=_max_length(MAX_FIRMWARE_VERSION_LENGTH))
+    return StationConfig(**section.values)
+
+
+def _check_ocpp_version(value: str) -> str:
+    if value not in SUPPORTED_OCPP_VERSIONS:
+        raise ValueError("must be " + " or ".join(json.dumps(version) for version in SUPPORTED_OCPP_VERSIONS))
+    return value
+
+
+def _check_websocket_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in ("ws", "wss"):
+        raise ValueError(f"must start with ws:// or wss://, got {json.dumps(value)}")
+    if not parts.hostname:
+        raise ValueError(f"has no host name, got {json.dumps(value)}")
+    _ = parts.port  # raises ValueError for a port that is not a number or out of range
+    # The station id is appended as the last path segment, which a query or fragment would swallow.
+    if parts.query or parts.fragment:
+        raise ValueError(
+            "must not have a query (?) or fragment (#) part: the station id is appended to the path"
+        )
+    # Credentials in the URL would end up in logs; they belong in [ocpp] password.
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not contain credentials, put the password in [ocpp] password")
+    return value
+
+
+def _read_ocpp(section: _SectionReader) -> OcppConfig:
+    section.string("version", check=_check_ocpp_version)
+    section.string("url", required_example="ws://127.0.0.1:9000/ocpp", check=_check_websocket_url)
+    section.number("reconnect_min_s", greater_than=0)
+    section.number("reconnect_max_s", greater_than=0)
+    _check_reconnect_bounds(section)
+    section.number("response_timeout_s", greater_than=0)
+    section.number("ping_interval_s", minimum=0)
+    section.string("password")
+    if "configuration" in section.table:
+        section.values["configuration"] = _read_ocpp_configuration(section)
+    return OcppConfig(**section.values)
+
+
+def _check_reconnect_bounds(section: _SectionReader) -> None:
+    reconnect_min_s = section.values.get("reconnect_min_s", OcppConfig.reconnect_min_s)
+    reconnect_max_s = section.values.get("reconnect_max_s", OcppConfig.reconnect_max_s)
+    if reconnect_max_s >= reconnect_min_s:
+        return
+    # Blame the key the user wrote; if both are written, the maximum.
+    if "reconnect_max_s" in section.table:
+        raise section.error(
+            "reconnect_max_s", f"must be >= reconnect_min_s ({reconnect_min_s:g}), got {reconnect_max_s:g}"
+        )
+    raise section.error(
+        "reconnect_min_s",
+        f"must be <= reconnect_max_s ({reconnect_max_s:g}, the default), got {reconnect_min_s:g}",
+    )
+
+
+def _read_ocpp_configuration(ocpp_section: _SectionReader) -> Mapping[str, str]:
+    table = ocpp_section.table["configuration"]
+    if not isinstance(table, dict):
+        raise ocpp_section.error(
+            "configuration", f"expected a table [ocpp.configuration], got {_describe(table)}"
+        )
+    values: dict[str, str] = {}
+    for name, value in table.items():
+        where = f"{ocpp_section.file}: [ocpp.configuration] {name}"
+        if not isinstance(value, str | int | bool):
+            raise ConfigError(f"{where}: expected a string, integer or boolean, got {_describe(value)}")
+        try:
+            # The connector count is the board's, unknown here; OcppConfiguration checks it against the board.
+            values[name] = ocpp_config.normalise_initial_value(name, value)
+        except ValueError as reason:
+            raise ConfigError(f"{where}: {reason}") from None
+    return MappingProxyType(values)
+
+
+def _read_board(section: _SectionReader, base_dir: Path) -> BoardConfig:
+    section.path("file", DEFAULT_BOARD_FILE, base_dir)
+    return BoardConfig(**section.values)
+
+
+def _read_journal(section: _SectionReader, base_dir: Path) -> JournalConfig:
+    section.path("path", DEFAULT_JOURNAL_PATH, base_dir)
+    return JournalConfig(**section.values)
+
+
+def _read_control(section: _SectionReader, base_dir: Path) -> ControlConfig:
+    section.path("socket", DEFAULT_CONTROL_SOCKET, base_dir)
+    socket_path = section.values["socket"]
+    if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH_BYTES:
+        raise section.error(
+            "socket",
+            f"{socket_path} is longer than the {MAX_SOCKET_PATH_BYTES} bytes a Unix socket path allows",
+        )
+    return ControlConfig(**section.values)
+
+
+def _read_charging(section: _SectionReader) -> ChargingConfig:
+    # IEC 61851-1: 6 A is the lowest current the PWM duty cycle can announce, 80 A the highest.
+    section.number("max_current_a", minimum=6, maximum=80)
+    section.boolean("stop_on_shutdown")
+    section.number("control_period_s", minimum=0.001, maximum=0.1)
+    section.number("meter_poll_s", greater_than=0)
+    return ChargingConfig(**section.values)
+
+
+def _check_log_level(value: str) -> str:
+    if value.lower() not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}, got {json.dumps(value)}")
+    return value.lower()
+
+
+def _read_log(section: _SectionReader) -> LogConfig:
+    section.string("level", check=_check_log_level)
+    return LogConfig(**section.values)
+
+
+def _ocpp_configuration_example_lines() -> list[str]:
+    """One commented line per settable OCPP key, with its default, so the example never drifts."""
+    lines = []
+    for key in ocpp_config.KEYS.values():
+        if key.readonly:
+            continue
+        match key.kind:
+            case "bool" | "int":
+                value = key.default
+            case _:
+                value = json.dumps(key.default)
+        lines.append(f"# {key.name} = {value}")
+    return lines
+
+
+_EXAMPLE_TEMPLATE = """\
+# evse-agent configuration (TOML).
+# Only [station] id and [ocpp] url are required; every other value shown is the default.
+# Relative paths are relative to the directory of this file.
+
+[station]
+# Charge point identity, sent as the last path segment of the OCPP URL:
+# 1 to 48 characters, no "/", ":" or whitespace.
+id = "CP-1"
+# Reported in BootNotification. OCPP 1.6 limits: vendor and model 20 characters, serial 25, firmware 50.
+vendor = "evse-agent"
+model = "sim"
+serial = ""
+# firmware_version = "{firmware_version}"  # default: the installed evse-agent version
+
+[ocpp]
+# Protocol version; only "1.6" (OCPP 1.6J) for now.
+version = "1.6"
+# CSMS endpoint (ws:// or wss://). The agent connects to <url>/<percent-encoded station id>.
+url = "ws://127.0.0.1:9000/ocpp"
+# Bounds of the reconnect back-off, in seconds.
+reconnect_min_s = 1.0
+reconnect_max_s = 60.0
+# How long to wait for the CSMS to answer a request, in seconds.
+response_timeout_s = 30.0
+# WebSocket ping interval in seconds; 0 = off.
+ping_interval_s = 60
+# HTTP Basic auth password (the user name is the station id); empty = no auth. Never logged.
+password = ""
+
+[ocpp.configuration]
+# Initial values of OCPP configuration keys, set by the station maker. Values the CSMS sets with
+# ChangeConfiguration are stored and win over these. Booleans and integers may be written as TOML values
+# or as the OCPP strings ("true", "300"). Uncomment to change:
+{ocpp_configuration}
+
+[board]
+# Board description: which hardware back-end to use and its limits.
+file = "{board_file}"
+
+[journal]
+# SQLite database of queued OCPP messages and transaction state.
+path = "{journal_path}"
+
+[control]
+# Unix socket of the local control interface.
+socket = "{control_socket}"
+
+[charging]
+# Upper limit of the offered current in amperes (6 to 80); the board and the cable can lower it further.
+max_current_a = 32.0
+# Whether stopping the agent (SIGTERM) also stops running transactions.
+stop_on_shutdown = false
+# Period of the control loop in seconds (0.001 to 0.1).
+control_period_s = 0.01
+# How often to read the meter, in seconds.
+meter_poll_s = 1.0
+
+[log]
+# debug, info, warning or error.
+level = "info"
+"""
+
+
+def dump_example_config() -> str:
+    """A commented example config covering every key, for `evse config example` and the README."""
+    return _EXAMPLE_TEMPLATE.format(
+        firmware_version=package_version(),
+        ocpp_configuration="\n".join(_ocpp_configuration_example_lines()),
+        board_file=DEFAULT_BOARD_FILE,
+        journal_path=DEFAULT_JOURNAL_PATH,
+        control_socket=DEFAULT_CONTROL_SOCKET,
+    )

@@ -1,0 +1,673 @@
+"""The charging-session controller for one connector: pure, deterministic, no I/O.
+
+Events go in (`handle(event, now)`), commands come out. `now` is a monotonic time in seconds that
+the caller injects, so every timer here is testable to the millisecond.
+
+Safety rules held here:
+* the contactor closes only while the EV asks for power (state C, or D where ventilation is
+  available), a transaction is running and allowed to draw energy, no fault is active, the
+  contactor's mirror contact agrees, and the minimum time since the last close has passed;
+* it opens in the same call that sees any reason to open (C->B, unplug, fault, stop, PWM off);
+* a contactor whose mirror contact stays closed after an open command is welded: the fault
+  latches and the contactor is never closed again until a technician resets it.
+
+The OCPP-visible connector status is derived from the same state, so the CSMS sees what the
+hardware does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from hal.interfaces import CpState, PilotMode
+from hal.pilot_math import duty_for_current
+
+
+class ConnectorStatus(StrEnum):
+    AVAILABLE = "Available"
+    PREPARING = "Preparing"
+    CHARGING = "Charging"
+    SUSPENDED_EV = "SuspendedEV"
+    SUSPENDED_EVSE = "SuspendedEVSE"
+    FINISHING = "Finishing"
+    RESERVED = "Reserved"
+    UNAVAILABLE = "Unavailable"
+    FAULTED = "Faulted"
+
+
+class Fault(StrEnum):
+    WELD = "weld"  # mirror contact closed while the contactor is commanded open (latched)
+    CONTACTOR = "contactor"  # mirror contact did not follow a close, or opened by itself (latched)
+    RCD = "rcd"  # residual current monitor tripped
+    DIODE = "diode"  # EV diode missing/shorted (latched until unplug)
+    PILOT = "pilot"  # CP shorted (E) or reads -12 V while not driven to F
+    METER = "meter"  # energy meter not answering
+
+
+# Fault -> (OCPP ChargePointErrorCode, vendorErrorCode)
+FAULT_ERROR_CODES: dict[Fault, tuple[str, str]] = {
+    Fault.WELD: ("PowerSwitchFailure", "ContactorWelded"),
+    Fault.CONTACTOR: ("PowerSwitchFailure", "ContactorFeedbackMismatch"),
+    Fault.RCD: ("GroundFailure", "ResidualCurrentTrip"),
+    Fault.DIODE: ("OtherError", "PilotDiodeFault"),
+    Fault.PILOT: ("OtherError", "PilotShortOrFault"),
+    Fault.METER: ("PowerMeterFailure", "MeterNotAnswering"),
+}
+LATCHED_FAULTS = frozenset({Fault.WELD, Fault.CONTACTOR})
+
+
+class StopReason(StrEnum):
+    LOCAL = "Local"
+    REMOTE = "Remote"
+    EV_DISCONNECTED = "EVDisconnected"
+    DEAUTHORIZED = "DeAuthorized"
+    SOFT_RESET = "SoftReset"
+    HARD_RESET = "HardReset"
+    UNLOCK_COMMAND = "UnlockCommand"
+    POWER_LOSS = "PowerLoss"
+    REBOOT = "Reboot"
+    EMERGENCY_STOP = "EmergencyStop"
+    OTHER = "Other"
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """Everything configurable that the controller's decisions depend on."""
+
+    max_current_a: float = 16.0  # min of the configured limit and the outlet's rating
+    connection_timeout_s: float = 60.0  # OCPP ConnectionTimeOut: authorization waits this long for a plug
+    stop_on_ev_side_disconnect: bool = True  # OCPP StopTransactionOnEVSideDisconnect
+    stop_on_invalid_id: bool = True  # OCPP StopTransactionOnInvalidId
+    authorize_remote_tx: bool = True  # OCPP AuthorizeRemoteTxRequests
+    ventilation_available: bool = False  # state D may charge only with ventilation
+    feedback_timeout_s: float = 0.25  # mirror contact must follow a command within this time
+    min_close_interval_s: float = 1.0  # protects the contactor from chattering EVs
+    ev_response_grace_s: float = 3.0  # IEC 61851-1: the EV answers a pilot change within 3 s
+
+
+# ---- events -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PilotChanged:
+    state: CpState
+
+
+@dataclass(frozen=True)
+class DiodeChecked:
+    ok: bool
+
+
+@dataclass(frozen=True)
+class ContactorFeedback:
+    closed: bool
+
+
+@dataclass(frozen=True)
+class CableDetected:
+    ampacity_a: float | None  # None: no cable / fixed cable
+
+
+@dataclass(frozen=True)
+class FaultChanged:
+    fault: Fault
+    active: bool
+
+
+@dataclass(frozen=True)
+class IdTagPresented:
+    id_tag: str
+
+
+@dataclass(frozen=True)
+class AuthorizationResult:
+    id_tag: str
+    accepted: bool
+    parent_id_tag: str | None = None
+
+
+@dataclass(frozen=True)
+class RemoteStart:
+    id_tag: str
+
+
+@dataclass(frozen=True)
+class StopRequested:
+    reason: StopReason
+    id_tag: str | None = None
+
+
+@dataclass(frozen=True)
+class TransactionConfirmed:
+    """The CSMS answered StartTransaction; `accepted` is its idTagInfo verdict."""
+
+    accepted: bool
+    parent_id_tag: str | None = None
+
+
+@dataclass(frozen=True)
+class AvailabilityChanged:
+    operative: bool
+
+
+@dataclass(frozen=True)
+class SettingsChanged:
+    settings: SessionSettings
+
+
+@dataclass(frozen=True)
+class ResetLatchedFaults:
+    """A technician cleared latched faults (only those whose cause is gone are cleared)."""
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passed; evaluates timers."""
+
+
+Event = (
+    PilotChanged
+    | DiodeChecked
+    | ContactorFeedback
+    | CableDetected
+    | FaultChanged
+    | IdTagPresented
+    | AuthorizationResult
+    | RemoteStart
+    | StopRequested
+    | TransactionConfirmed
+    | AvailabilityChanged
+    | SettingsChanged
+    | ResetLatchedFaults
+    | Tick
+)
+
+
+# ---- commands -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SetContactor:
+    closed: bool
+
+
+@dataclass(frozen=True)
+class SetPilot:
+    mode: PilotMode
+    duty_percent: float = 100.0
+
+
+@dataclass(frozen=True)
+class SetLock:
+    locked: bool
+
+
+@dataclass(frozen=True)
+class RequestAuthorization:
+    id_tag: str
+
+
+@dataclass(frozen=True)
+class StartTransaction:
+    id_tag: str
+
+
+@dataclass(frozen=True)
+class StopTransaction:
+    reason: StopReason
+    id_tag: str | None = None
+
+
+@dataclass(frozen=True)
+class StatusChanged:
+    status: ConnectorStatus
+    error_code: str = "NoError"
+    info: str | None = None
+    vendor_error_code: str | None = None
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something a technician should see in the log (rejected card, ignored request...)."""
+
+    text: str
+
+
+Command = (
+    SetContactor
+    | SetPilot
+    | SetLock
+    | RequestAuthorization
+    | StartTransaction
+    | StopTransaction
+    | StatusChanged
+    | Notice
+)
+
+
+# ---- state --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Authorization:
+    id_tag: str
+    parent_id_tag: str | None
+    granted_at: float
+
+
+@dataclass
+class _Transaction:
+    id_tag: str
+    parent_id_tag: str | None
+    started_at: float
+    energy_blocked: bool = False  # CSMS said the id is invalid and StopTransactionOnInvalidId is false
+
+
+@dataclass(frozen=True)
+class ConnectorView:
+    """Read-only picture of a connector for status displays and the OCPP layer."""
+
+    cp_state: CpState
+    pilot_mode: PilotMode
+    duty_percent: float
+    offered_current_a: float
+    contactor_closed: bool
+    contactor_feedback: bool
+    status: ConnectorStatus
+    error_code: str
+    faults: tuple[str, ...]
+    transaction_active: bool
+    id_tag: str | None
+    authorized_id_tag: str | None
+    operative: bool
+    availability_scheduled: bool
+
+
+@dataclass
+class ConnectorController:
+    settings: SessionSettings = field(default_factory=SessionSettings)
+    has_lock: bool = False
+
+    cp_state: CpState = CpState.A
+    diode_ok: bool = True
+    feedback_closed: bool = False
+    cable_a: float | None = None
+    faults: set[Fault] = field(default_factory=set)
+    operative: bool = True
+    _inoperative_scheduled: bool = False
+
+    _contactor_cmd: bool = False
+    _contactor_cmd_at: float = -math.inf
+    _last_close_at: float = -math.inf
+    _pilot_out: SetPilot = field(default_factory=lambda: SetPilot(PilotMode.X1))
+    _pwm_since: float | None = None
+    _ev_answered_pwm: bool = False  # the EV went to C/D since the PWM started
+    _lock_cmd: bool = False
+    _status: StatusChanged | None = None
+
+    _auth: _Authorization | None = None
+    _authorizing: str | None = None  # id tag waiting for an Authorize answer
+    _remote_start_pending: bool = False  # the pending authorization came from RemoteStart
+    _tx: _Transaction | None = None
+    _finishing: bool = False  # a transaction ended while the EV stays plugged
+    _now: float = 0.0
+
+    # ---- public --------------------------------------------------------------------------------
+
+    def handle(self, event: Event, now: float) -> list[Command]:
+        """Apply one event at time `now` and return the commands to carry out, safety-critical first."""
+        self._now = now
+        out: list[Command] = []
+        self._apply(event, out)
+        self._check_contactor_feedback(out)
+        self._expire_authorization(out)
+        self._reconcile(out)
+        return _safety_first(out)
+
+    @property
+    def transaction_active(self) -> bool:
+        return self._tx is not None
+
+    @property
+    def transaction_id_tag(self) -> str | None:
+        return self._tx.id_tag if self._tx else None
+
+    @property
+    def plugged(self) -> bool:
+        return self.cp_state in (CpState.B, CpState.C, CpState.D)
+
+    def can_accept_remote_start(self) -> bool:
+        return self._tx is None and self.operative and not self.faults and self._authorizing is None
+
+    def offered_current_a(self) -> float:
+        limit = self.settings.max_current_a
+        if self.cable_a is not None:
+            limit = min(limit, self.cable_a)
+        return limit
+
+    def view(self) -> ConnectorView:
+        status = self._status or self._derive_status()
+        return ConnectorView(
+            cp_state=self.cp_state,
+            pilot_mode=self._pilot_out.mode,
+            duty_percent=self._pilot_out.duty_percent,
+            offered_current_a=self.offered_current_a() if self._pilot_out.mode is PilotMode.PWM else 0.0,
+            contactor_closed=self._contactor_cmd,
+            contactor_feedback=self.feedback_closed,
+            status=status.status,
+            error_code=status.error_code,
+            faults=tuple(sorted(self.faults)),
+            transaction_active=self._tx is not None,
+            id_tag=self._tx.id_tag if self._tx else None,
+            authorized_id_tag=self._auth.id_tag if self._auth else None,
+            operative=self.operative,
+            availability_scheduled=self._inoperative_scheduled,
+        )
+
+    # ---- event handling ------------------------------------------------------------------------
+
+    def _apply(self, event: Event, out: list[Command]) -> None:
+        match event:
+            case PilotChanged(state):
+                self._on_pilot(state, out)
+            case DiodeChecked(ok):
+                self.diode_ok = ok
+                if not ok and self._pilot_out.mode is PilotMode.PWM and self.plugged:
+                    self._raise_fault(Fault.DIODE, out)
+            case ContactorFeedback(closed):
+                self.feedback_closed = closed
+            case CableDetected(ampacity):
+                self.cable_a = ampacity
+            case FaultChanged(fault, active):
+                if active:
+                    self._raise_fault(fault, out)
+                elif fault not in LATCHED_FAULTS and fault is not Fault.DIODE:
+                    self.faults.discard(fault)
+            case IdTagPresented(id_tag):
+                self._on_id_tag(id_tag, out)
+            case AuthorizationResult(id_tag, accepted, parent):
+                self._on_authorization(id_tag, accepted, parent, out)
+            case RemoteStart(id_tag):
+                self._on_remote_start(id_tag, out)
+            case StopRequested(reason, id_tag):
+                if self._tx is not None:
+                    self._stop(reason, id_tag, out)
+                elif reason in (StopReason.SOFT_RESET, StopReason.HARD_RESET):
+                    self._auth = None
+            case TransactionConfirmed(accepted, parent):
+                self._on_transaction_confirmed(accepted, parent, out)
+            case AvailabilityChanged(operative):
+                self._on_availability(operative)
+            case SettingsChanged(settings):
+                self.settings = settings
+            case ResetLatchedFaults():
+                if self.feedback_closed == self._contactor_cmd:  # only once the mirror contact agrees
+                    self.faults -= LATCHED_FAULTS
+            case Tick():
+                pass
+
+    def _on_pilot(self, state: CpState, out: list[Command]) -> None:
+        was_plugged = self.plugged
+        self.cp_state = state
+        if state in (CpState.C, CpState.D) and self._pilot_out.mode is PilotMode.PWM:
+            self._ev_answered_pwm = True
+        if state is CpState.A:
+            self.faults.discard(Fault.DIODE)  # a new EV gets a new diode check
+        if state is CpState.E or (state is CpState.F and self._pilot_out.mode is not PilotMode.F):
+            self._raise_fault(Fault.PILOT, out)
+        elif Fault.PILOT in self.faults and state in (CpState.A, CpState.B, CpState.C, CpState.D):
+            self.faults.discard(Fault.PILOT)
+        if was_plugged and state is CpState.A:
+            self._on_unplug(out)
+
+    def _on_unplug(self, out: list[Command]) -> None:
+        if self._tx is not None and self.settings.stop_on_ev_side_disconnect:
+            self._stop(StopReason.EV_DISCONNECTED, None, out)
+        self._finishing = False
+
+    def _on_id_tag(self, id_tag: str, out: list[Command]) -> None:
+        if self._tx is not None:
+            if id_tag == self._tx.id_tag:
+                self._stop(StopReason.LOCAL, id_tag, out)
+            else:
+                # another card may stop the session if it shares the parent id: ask the CSMS
+                self._authorizing = id_tag
+                out.append(RequestAuthorization(id_tag))
+            return
+        if self._auth is not None and self._auth.id_tag == id_tag:
+            self._auth = None  # second swipe before plugging in cancels
+            out.append(Notice(f"authorization for {id_tag} cancelled by a second swipe"))
+            return
+        if not self.operative or self.faults:
+            out.append(
+                Notice(f"card {id_tag} ignored: connector {'faulted' if self.faults else 'unavailable'}")
+            )
+            return
+        self._authorizing = id_tag
+        self._remote_start_pending = False
+        out.append(RequestAuthorization(id_tag))
+
+    def _on_remote_start(self, id_tag: str, out: list[Command]) -> None:
+        if not self.can_accept_remote_start():
+            out.append(Notice(f"remote start for {id_tag} ignored: connector busy"))
+            return
+        if self.settings.authorize_remote_tx:
+            self._authorizing = id_tag
+            self._remote_start_pending = True
+            out.append(RequestAuthorization(id_tag))
+        else:
+            self._auth = _Authorization(id_tag, None, self._now)
+
+    def _on_authorization(self, id_tag: str, accepted: bool, parent: str | None, out: list[Command]) -> None:
+        if self._authorizing != id_tag:
+            return  # stale answer (the session moved on)
+        self._authorizing = None
+        if self._tx is not None:
+            same_group = parent is not None and parent == self._tx.parent_id_tag
+            if accepted and same_group:
+                self._stop(StopReason.LOCAL, id_tag, out)
+            else:
+                out.append(Notice(f"card {id_tag} may not stop the running session"))
+            return
+        if not accepted:
+            out.append(Notice(f"card {id_tag} rejected"))
+            return
+        self._auth = _Authorization(id_tag, parent, self._now)
+
+    def _on_transaction_confirmed(self, accepted: bool, parent: str | None, out: list[Command]) -> None:
+        if self._tx is None:
+            return
+        if parent is not None:
+            self._tx.parent_id_tag = parent
+        if accepted:
+            self._tx.energy_blocked = False
+        elif self.settings.stop_on_invalid_id:
+            self._stop(StopReason.DEAUTHORIZED, None, out)
+        else:
+            self._tx.energy_blocked = True
+
+    def _on_availability(self, operative: bool) -> None:
+        if operative:
+            self.operative = True
+            self._inoperative_scheduled = False
+        elif self._tx is not None:
+            self._inoperative_scheduled = True
+        else:
+            self.operative = False
+            self._auth = None
+
+    def _raise_fault(self, fault: Fault, out: list[Command]) -> None:
+        if fault in self.faults:
+            return
+        self.faults.add(fault)
+        out.append(Notice(f"fault: {fault.value}"))
+        if self._tx is not None:
+            self._stop(StopReason.OTHER, None, out)
+
+    def _stop(self, reason: StopReason, id_tag: str | None, out: list[Command]) -> None:
+        assert self._tx is not None
+        self._tx = None
+        self._auth = None
+        self._finishing = self.plugged
+        out.append(StopTransaction(reason, id_tag))
+        if self._inoperative_scheduled:
+            self._inoperative_scheduled = False
+            self.operative = False
+
+    # ---- timers --------------------------------------------------------------------------------
+
+    def _check_contactor_feedback(self, out: list[Command]) -> None:
+        settled = self._now - self._contactor_cmd_at >= self.settings.feedback_timeout_s
+        if not settled or self.feedback_closed == self._contactor_cmd:
+            return
+        self._raise_fault(Fault.CONTACTOR if self._contactor_cmd else Fault.WELD, out)
+
+    def _expire_authorization(self, out: list[Command]) -> None:
+        auth = self._auth
+        if auth is None or self._tx is not None or self.plugged:
+            return
+        if self._now - auth.granted_at >= self.settings.connection_timeout_s:
+            self._auth = None
+            out.append(
+                Notice(f"authorization for {auth.id_tag} expired: no EV plugged in within ConnectionTimeOut")
+            )
+
+    # ---- decisions -----------------------------------------------------------------------------
+
+    def _reconcile(self, out: list[Command]) -> None:
+        if (
+            self._tx is None
+            and self._auth is not None
+            and self.plugged
+            and self.operative
+            and not self.faults
+        ):
+            auth, self._auth = self._auth, None
+            self._tx = _Transaction(auth.id_tag, auth.parent_id_tag, self._now)
+            self._finishing = False
+            out.append(StartTransaction(auth.id_tag))
+
+        want_lock = self.has_lock and self._tx is not None and self.plugged
+        if want_lock != self._lock_cmd:
+            self._lock_cmd = want_lock
+            out.append(SetLock(want_lock))
+
+        pilot = self._desired_pilot()
+        if pilot != self._pilot_out:
+            if pilot.mode is not PilotMode.PWM:
+                self._pwm_since = None
+            elif self._pilot_out.mode is not PilotMode.PWM:
+                self._pwm_since = self._now
+                self._ev_answered_pwm = self._ev_requests_power()
+            self._pilot_out = pilot
+            out.append(pilot)
+
+        want_closed = self._may_close()
+        if want_closed != self._contactor_cmd:
+            if want_closed and self._now - self._last_close_at < self.settings.min_close_interval_s:
+                pass  # closes on a later Tick
+            else:
+                self._contactor_cmd = want_closed
+                self._contactor_cmd_at = self._now
+                if want_closed:
+                    self._last_close_at = self._now
+                out.append(SetContactor(want_closed))
+
+        status = self._derive_status()
+        if status != self._status:
+            self._status = status
+            out.append(status)
+
+    def _offer_duty(self) -> float | None:
+        return duty_for_current(self.offered_current_a())
+
+    def _energy_allowed(self) -> bool:
+        return (
+            self._tx is not None
+            and not self._tx.energy_blocked
+            and not self.faults
+            and self.operative
+            and self.plugged
+            and self._offer_duty() is not None
+        )
+
+    def _desired_pilot(self) -> SetPilot:
+        if not self.operative and self._tx is None:
+            return SetPilot(PilotMode.F, 0.0)
+        if self._energy_allowed():
+            duty = self._offer_duty()
+            assert duty is not None
+            return SetPilot(PilotMode.PWM, round(duty, 2))
+        return SetPilot(PilotMode.X1, 100.0)
+
+    def _ev_requests_power(self) -> bool:
+        return self.cp_state is CpState.C or (
+            self.cp_state is CpState.D and self.settings.ventilation_available
+        )
+
+    def _may_close(self) -> bool:
+        return (
+            self._energy_allowed()
+            and self._pilot_out.mode is PilotMode.PWM
+            and self._ev_requests_power()
+            and self.diode_ok
+            and (self._contactor_cmd or not self.feedback_closed)  # a closed mirror while open = welded
+        )
+
+    def _derive_status(self) -> StatusChanged:
+        if self.faults:
+            fault = _most_severe(self.faults)
+            code, vendor = FAULT_ERROR_CODES[fault]
+            return StatusChanged(ConnectorStatus.FAULTED, code, None, vendor)
+        if self._tx is not None:
+            if not self.plugged:
+                return StatusChanged(ConnectorStatus.SUSPENDED_EV, info="EV side disconnected")
+            if not self._energy_allowed():
+                return StatusChanged(ConnectorStatus.SUSPENDED_EVSE)
+            if self._ev_requests_power():
+                return StatusChanged(ConnectorStatus.CHARGING)
+            if (
+                self._pwm_since is not None
+                and not self._ev_answered_pwm
+                and self._now - self._pwm_since < self.settings.ev_response_grace_s
+            ):
+                # the EV has up to 3 s to answer a new PWM; it is not "suspended" before that
+                return StatusChanged(ConnectorStatus.PREPARING)
+            return StatusChanged(ConnectorStatus.SUSPENDED_EV)
+        if not self.operative:
+            return StatusChanged(ConnectorStatus.UNAVAILABLE)
+        if self.plugged:
+            return StatusChanged(ConnectorStatus.FINISHING if self._finishing else ConnectorStatus.PREPARING)
+        if self._auth is not None:
+            return StatusChanged(ConnectorStatus.PREPARING)  # authorized, waiting for the plug
+        return StatusChanged(ConnectorStatus.AVAILABLE)
+
+
+_FAULT_SEVERITY = [Fault.WELD, Fault.RCD, Fault.CONTACTOR, Fault.PILOT, Fault.DIODE, Fault.METER]
+
+
+def _most_severe(faults: set[Fault]) -> Fault:
+    return next(f for f in _FAULT_SEVERITY if f in faults)
+
+
+def _safety_first(commands: list[Command]) -> list[Command]:
+    """Opening the contactor goes before anything else the same event caused."""
+    opens = [c for c in commands if isinstance(c, SetContactor) and not c.closed]
+    return opens + [c for c in commands if c not in opens]
+
+
+def route_id_tag(controllers: dict[int, ConnectorController], id_tag: str) -> int | None:
+    """Which connector a card swiped at the station's single reader is meant for."""
+    for cid, ctl in controllers.items():
+        if ctl.transaction_id_tag == id_tag:
+            return cid  # stopping one's own session
+    for cid, ctl in controllers.items():
+        if ctl.plugged and not ctl.transaction_active and ctl.operative and not ctl.faults:
+            return cid  # EV waiting for authorization
+    for cid, ctl in controllers.items():
+        if not ctl.transaction_active and ctl.operative and not ctl.faults and not ctl.plugged:
+            return cid  # authorize first, plug in afterwards
+    running = [cid for cid, ctl in controllers.items() if ctl.transaction_active]
+    return running[0] if len(running) == 1 else None

@@ -1,0 +1,257 @@
+"""SQLite journal: the source of truth for transactions and their outgoing OCPP messages.
+
+Every transaction-related message is committed here (WAL, synchronous=FULL, so the commit is on
+disk) before anything tries to send it. The OCPP layer takes the oldest message, sends it, and
+only the CSMS's answer removes it. A power cut at any point leaves either the message queued (it
+is sent again: at-least-once) or the answer applied, never a lost message.
+
+The CSMS's transactionId is not known when StopTransaction or MeterValues are queued during an
+outage, so those rows refer to the local transaction key and the id is filled in from the
+transactions table when the row is sent (-1 if StartTransaction could never be delivered,
+as OCPP 1.6 errata 3.18 prescribes).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS transactions (
+    local_id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    connector_id  INTEGER NOT NULL,
+    id_tag        TEXT    NOT NULL,
+    meter_start   REAL    NOT NULL,
+    started_at    TEXT    NOT NULL,
+    csms_id       INTEGER,             -- transactionId from StartTransaction.conf
+    id_tag_status TEXT,                -- idTagInfo.status from StartTransaction.conf
+    last_meter    REAL    NOT NULL,    -- last journaled register value, for a PowerLoss stop
+    last_meter_at TEXT    NOT NULL,
+    stopped_at    TEXT,
+    meter_stop    REAL,
+    stop_reason   TEXT
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    local_tx   INTEGER REFERENCES transactions(local_id),
+    action     TEXT    NOT NULL,
+    payload    TEXT    NOT NULL,
+    attempts   INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+TRANSACTION_ID_UNKNOWN = -1  # OCPP 1.6 errata 3.18
+
+
+class JournalError(Exception):
+    """The journal cannot be opened or written (disk full, read-only, corrupt)."""
+
+
+@dataclass(frozen=True)
+class TransactionRecord:
+    local_id: int
+    connector_id: int
+    id_tag: str
+    meter_start: float
+    started_at: str
+    csms_id: int | None
+    last_meter: float
+    last_meter_at: str
+    stopped: bool
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    seq: int
+    local_tx: int | None
+    action: str
+    payload: dict  # camelCase OCPP payload, transactionId filled in
+    attempts: int
+
+
+class Journal:
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(SCHEMA)
+            self._db.execute("PRAGMA quick_check").fetchone()
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(f"journal {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise JournalError(f"journal {self.path}: {exc}") from exc
+
+    # ---- transactions --------------------------------------------------------------------------
+
+    def begin_transaction(self, connector_id: int, id_tag: str, meter_wh: float, timestamp: str) -> int:
+        """Record a new transaction and queue its StartTransaction in one commit; returns the local key."""
+        with self._write() as db:
+            cur = db.execute(
+                "INSERT INTO transactions (connector_id, id_tag, meter_start, started_at, last_meter, last_meter_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (connector_id, id_tag, meter_wh, timestamp, meter_wh, timestamp),
+            )
+            local_id = cur.lastrowid
+            payload = {
+                "connectorId": connector_id,
+                "idTag": id_tag,
+                "meterStart": round(meter_wh),
+                "timestamp": timestamp,
+            }
+            self._enqueue(db, local_id, "StartTransaction", payload)
+        return local_id
+
+    def add_meter_values(
+        self, local_id: int, connector_id: int, meter_value: list[dict], meter_wh: float, timestamp: str
+    ) -> None:
+        """Queue a transaction's MeterValues and remember the register for a PowerLoss stop."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE transactions SET last_meter = ?, last_meter_at = ? WHERE local_id = ?",
+                (meter_wh, timestamp, local_id),
+            )
+            self._enqueue(
+                db, local_id, "MeterValues", {"connectorId": connector_id, "meterValue": meter_value}
+            )
+
+    def end_transaction(self, local_id: int, payload: dict) -> None:
+        """Mark the transaction stopped and queue its StopTransaction (payload without transactionId)."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE transactions SET stopped_at = ?, meter_stop = ?, stop_reason = ?,"
+                " last_meter = ?, last_meter_at = ? WHERE local_id = ?",
+                (
+                    payload["timestamp"],
+                    payload["meterStop"],
+                    payload.get("reason", "Local"),
+                    payload["meterStop"],
+                    payload["timestamp"],
+                    local_id,
+                ),
+            )
+            self._enqueue(db, local_id, "StopTransaction", payload)
+
+    def running_transactions(self) -> list[TransactionRecord]:
+        rows = self._db.execute(
+            "SELECT local_id, connector_id, id_tag, meter_start, started_at, csms_id, last_meter,"
+            " last_meter_at, stopped_at IS NOT NULL FROM transactions WHERE stopped_at IS NULL ORDER BY local_id"
+        ).fetchall()
+        return [TransactionRecord(*row[:8], stopped=bool(row[8])) for row in rows]
+
+    def transaction(self, local_id: int) -> TransactionRecord | None:
+        row = self._db.execute(
+            "SELECT local_id, connector_id, id_tag, meter_start, started_at, csms_id, last_meter,"
+            " last_meter_at, stopped_at IS NOT NULL FROM transactions WHERE local_id = ?",
+            (local_id,),
+        ).fetchone()
+        return TransactionRecord(*row[:8], stopped=bool(row[8])) if row else None
+
+    def local_id_for_csms_id(self, csms_id: int) -> int | None:
+        row = self._db.execute(
+            "SELECT local_id FROM transactions WHERE csms_id = ? AND stopped_at IS NULL", (csms_id,)
+        ).fetchone()
+        return row[0] if row else None
+
+    # ---- outbox --------------------------------------------------------------------------------
+
+    def _enqueue(self, db: sqlite3.Connection, local_id: int | None, action: str, payload: dict) -> None:
+        db.execute(
+            "INSERT INTO outbox (local_tx, action, payload) VALUES (?, ?, ?)",
+            (local_id, action, json.dumps(payload, separators=(",", ":"))),
+        )
+
+    def next_message(self) -> QueuedMessage | None:
+        """The oldest queued message with the CSMS transactionId filled in, or None."""
+        row = self._db.execute(
+            "SELECT o.seq, o.local_tx, o.action, o.payload, o.attempts, t.csms_id"
+            " FROM outbox o LEFT JOIN transactions t ON t.local_id = o.local_tx ORDER BY o.seq LIMIT 1"
+        ).fetchone()
+        if row is None:
+            return None
+        seq, local_tx, action, payload_json, attempts, csms_id = row
+        payload = json.loads(payload_json)
+        if action != "StartTransaction" and local_tx is not None:
+            payload["transactionId"] = csms_id if csms_id is not None else TRANSACTION_ID_UNKNOWN
+        return QueuedMessage(seq, local_tx, action, payload, attempts)
+
+    def pending_count(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+
+    def message_delivered(self, message: QueuedMessage, response: dict) -> None:
+        """The CSMS answered: drop the message and apply what the answer tells us, in one commit."""
+        with self._write() as db:
+            db.execute("DELETE FROM outbox WHERE seq = ?", (message.seq,))
+            if message.action == "StartTransaction" and message.local_tx is not None:
+                db.execute(
+                    "UPDATE transactions SET csms_id = ?, id_tag_status = ? WHERE local_id = ?",
+                    (
+                        response.get("transactionId"),
+                        (response.get("idTagInfo") or {}).get("status"),
+                        message.local_tx,
+                    ),
+                )
+            self._forget_finished(db, message.local_tx)
+
+    def message_failed(self, message: QueuedMessage) -> int:
+        """Count a failed attempt (CALLERROR, or a timeout while connected); returns the attempts so far."""
+        with self._write() as db:
+            db.execute("UPDATE outbox SET attempts = attempts + 1 WHERE seq = ?", (message.seq,))
+        return message.attempts + 1
+
+    def drop_message(self, message: QueuedMessage) -> None:
+        """Give up on a message the CSMS repeatedly refused (OCPP 1.6 §3.7.1)."""
+        with self._write() as db:
+            db.execute("DELETE FROM outbox WHERE seq = ?", (message.seq,))
+            self._forget_finished(db, message.local_tx)
+
+    def _forget_finished(self, db: sqlite3.Connection, local_id: int | None) -> None:
+        """A stopped transaction with nothing left to send has served its purpose."""
+        if local_id is None:
+            return
+        db.execute(
+            "DELETE FROM transactions WHERE local_id = ? AND stopped_at IS NOT NULL"
+            " AND NOT EXISTS (SELECT 1 FROM outbox WHERE local_tx = ?)",
+            (local_id, local_id),
+        )
+
+    # ---- persistent settings (OCPP configuration, availability) ---------------------------------
+
+    def settings(self, prefix: str = "") -> dict[str, str]:
+        rows = self._db.execute(
+            "SELECT key, value FROM settings WHERE key LIKE ? ESCAPE '\\'",
+            (prefix.replace("%", "\\%").replace("_", "\\_") + "%",),
+        ).fetchall()
+        return {key[len(prefix) :]: value for key, value in rows}
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )

@@ -1,0 +1,582 @@
+"""OCPP 1.6J client: the connection, registration, message flow and CSMS-initiated commands.
+
+Built on the `ocpp` library for framing, dataclasses and schema validation; this module owns the
+session around it:
+* connect to `<url>/<station id>` with subprotocol ocpp1.6 (verified), back off and retry forever;
+* BootNotification until Accepted, honouring the interval of Pending/Rejected answers; nothing else
+  is sent before that;
+* transaction-related messages come only from the journal, one at a time and in order; a
+  CALLERROR or a timeout on a live connection counts as an attempt (TransactionMessageAttempts,
+  TransactionMessageRetryInterval x attempt), a lost connection does not;
+* other messages (StatusNotification, Authorize, Heartbeat, triggered messages) go through an
+  in-memory queue and may overtake the journal;
+* CSMS calls are answered through the StationPort; this module never touches hardware.
+
+Library pitfalls handled here (see ocpp-notes 1.5-1.7): NotImplemented/NotSupported are swapped by
+the library and FormatViolation is spelt FormationViolation in OCPP-J 1.6, so errors are mapped
+here; `call()` inside an @on handler would deadlock, so follow-up calls are queued; a dropped
+connection does not wake a pending `call()`, so the session's tasks are cancelled together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import dataclasses
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import websockets
+from ocpp.charge_point import camel_to_snake_case, snake_to_camel_case
+from ocpp.exceptions import NotImplementedError as OcppNotImplemented
+from ocpp.exceptions import NotSupportedError, OCPPError, ProtocolError
+from ocpp.messages import Call, CallError, unpack
+from ocpp.routing import after, on
+from ocpp.v16 import ChargePoint as _LibChargePoint
+from ocpp.v16 import call, call_result
+from ocpp.v16.enums import Action
+
+from agent.config import AgentConfig
+from agent.journal import Journal, QueuedMessage
+from agent.meter_values import ocpp_timestamp
+from agent.ocpp_config import OcppConfiguration
+
+log = logging.getLogger("evse.ocpp")
+frame_log = logging.getLogger("evse.ocpp.frames")
+
+SUBPROTOCOL = "ocpp1.6"
+
+# OCPP-J 1.6 spellings of the codes the library names differently
+_V16_ERROR_CODES = {
+    "FormatViolation": "FormationViolation",
+    "OccurrenceConstraintViolation": "OccurenceConstraintViolation",
+}
+
+
+class StationPort(Protocol):
+    """What the OCPP layer may ask of the station. Implemented by agent.station.Station."""
+
+    configuration: OcppConfiguration
+
+    @property
+    def connector_ids(self) -> list[int]: ...
+
+    def remote_start(self, connector_id: int | None, id_tag: str) -> bool: ...
+
+    def remote_stop(self, transaction_id: int) -> bool: ...
+
+    def change_availability(self, connector_id: int, operative: bool) -> str: ...
+
+    def unlock_connector(self, connector_id: int) -> str: ...
+
+    def reset(self, kind: str) -> None: ...
+
+    def statuses(self) -> list[dict]: ...
+
+    def meter_values_now(self, connector_id: int) -> list[dict]: ...
+
+    def transaction_message_delivered(self, message: QueuedMessage, response: dict) -> None: ...
+
+    def configuration_changed(self, key: str, value: str) -> None: ...
+
+
+@dataclasses.dataclass
+class _Outgoing:
+    payload: Any
+    done: asyncio.Future | None = None
+
+
+class _LoggedConnection:
+    """Logs every frame at debug (one line each) and remembers when traffic last flowed."""
+
+    def __init__(self, ws, on_traffic: Callable[[], None]):
+        self._ws = ws
+        self._on_traffic = on_traffic
+
+    async def send(self, message: str) -> None:
+        frame_log.debug("> %s", message)
+        await self._ws.send(message)
+        self._on_traffic()
+
+    async def recv(self) -> str:
+        message = await self._ws.recv()
+        frame_log.debug("< %s", message)
+        return message
+
+
+class OcppClient:
+    def __init__(self, config: AgentConfig, station: StationPort, journal: Journal):
+        self._config = config
+        self._station = station
+        self._journal = journal
+        self.connected = False
+        self.registration: str | None = None  # last BootNotification answer
+        self._accepted_once = False  # Accepted since this process started
+        self._outgoing: asyncio.Queue[_Outgoing] = asyncio.Queue()
+        self._journal_wakeup = asyncio.Event()
+        self._last_traffic = time.monotonic()
+        self._cp: _ChargePoint | None = None
+        self._ws = None
+        self._stopping = False
+        self.dropped_messages = 0  # transaction messages given up after TransactionMessageAttempts
+        self.last_error: str | None = None
+
+    # ---- API for the station ------------------------------------------------------------------
+
+    @property
+    def accepted(self) -> bool:
+        return self.connected and self.registration == "Accepted"
+
+    def journal_changed(self) -> None:
+        self._journal_wakeup.set()
+
+    def send_status(
+        self,
+        connector_id: int,
+        status: str,
+        error_code: str = "NoError",
+        info: str | None = None,
+        vendor_error_code: str | None = None,
+    ) -> None:
+        """StatusNotifications are not queued while offline: the current ones go out after reconnect."""
+        if self.accepted:
+            self._outgoing.put_nowait(
+                _Outgoing(_status_payload(connector_id, status, error_code, info, vendor_error_code))
+            )
+
+    async def authorize(self, id_tag: str) -> dict | None:
+        """idTagInfo (camelCase dict) from the CSMS, or None when it cannot be asked (offline, error)."""
+        if not self.accepted:
+            return None
+        item = _Outgoing(call.Authorize(id_tag=id_tag), asyncio.get_running_loop().create_future())
+        self._outgoing.put_nowait(item)
+        try:
+            result = await item.done
+        except (OCPPError, asyncio.TimeoutError, ConnectionError, websockets.ConnectionClosed):
+            return None
+        return snake_to_camel_case(result.id_tag_info) if result else None
+
+    async def run(self) -> None:
+        """Connect, serve, reconnect with back-off; forever, until stop()."""
+        failures = 0
+        while not self._stopping:
+            try:
+                async with self._connect() as ws:
+                    if ws.subprotocol != SUBPROTOCOL:
+                        raise ConnectionError(
+                            f"CSMS did not agree to subprotocol {SUBPROTOCOL} (answered {ws.subprotocol!r})"
+                        )
+                    failures = 0
+                    self.last_error = None
+                    await self._serve(ws)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # every network or protocol failure leads to a retry, never to exit
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("OCPP connection to %s failed: %s", self._config.ocpp_endpoint, self.last_error)
+            finally:
+                self.connected = False
+                self._ws = None
+                self._cp = None
+            if self._stopping:
+                break
+            failures += 1
+            await asyncio.sleep(self._backoff(failures))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+
+    # ---- connection -----------------------------------------------------------------------------
+
+    def _backoff(self, failures: int) -> float:
+        base = min(self._config.ocpp.reconnect_max_s, self._config.ocpp.reconnect_min_s * 2 ** (failures - 1))
+        return base * random.uniform(0.75, 1.0)  # jitter keeps a fleet from reconnecting in lockstep
+
+    def _connect(self):
+        headers = {}
+        if self._config.ocpp.password:
+            token = base64.b64encode(
+                f"{self._config.station.id}:{self._config.ocpp.password}".encode()
+            ).decode()
+            headers["Authorization"] = f"Basic {token}"
+        ping = self._station.configuration.get_int("WebSocketPingInterval")
+        return websockets.connect(
+            self._config.ocpp_endpoint,
+            subprotocols=[SUBPROTOCOL],
+            additional_headers=headers,
+            ping_interval=ping or None,
+            ping_timeout=ping or None,
+            proxy=None,
+            compression=None,
+            open_timeout=20,
+            max_size=2**20,
+        )
+
+    async def _serve(self, ws) -> None:
+        self._ws = ws
+        cp = _ChargePoint(
+            self._config.station.id,
+            _LoggedConnection(ws, self._touch),
+            client=self,
+            response_timeout=self._station.configuration.get_int("MessageTimeout"),
+        )
+        self._cp = cp
+        self.connected = True
+        log.info("connected to %s", self._config.ocpp_endpoint)
+        reader = asyncio.create_task(cp.start(), name="ocpp-reader")
+        worker = asyncio.create_task(self._work(cp), name="ocpp-worker")
+        try:
+            done, _ = await asyncio.wait({reader, worker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (reader, worker):
+                task.cancel()  # aborts an in-flight call(): its journal row stays queued
+            await asyncio.gather(reader, worker, return_exceptions=True)
+            self.connected = False
+            self._fail_pending_outgoing()
+        for task in done:
+            exc = task.exception()
+            if exc is not None and not isinstance(exc, websockets.ConnectionClosed):
+                raise exc
+        log.warning("OCPP connection closed")
+
+    def _touch(self) -> None:
+        self._last_traffic = time.monotonic()
+
+    def _fail_pending_outgoing(self) -> None:
+        while not self._outgoing.empty():
+            item = self._outgoing.get_nowait()
+            if item.done and not item.done.done():
+                item.done.set_exception(ConnectionError("connection lost"))
+
+    # ---- the session ----------------------------------------------------------------------------
+
+    async def _work(self, cp: _ChargePoint) -> None:
+        if not self._accepted_once or self.registration != "Accepted":
+            await self._register(cp)
+        # what the CSMS sees first: the current status of the station and every connector
+        self._fail_pending_outgoing()
+        for status in self._station.statuses():
+            self._outgoing.put_nowait(_Outgoing(_status_payload(**status)))
+        self._journal_wakeup.set()
+        await asyncio.gather(self._send_outgoing(cp), self._send_journal(cp), self._heartbeat(cp))
+
+    async def _register(self, cp: _ChargePoint) -> None:
+        cfg = self._config.station
+        while True:
+            boot = call.BootNotification(
+                charge_point_vendor=cfg.vendor,
+                charge_point_model=cfg.model,
+                charge_point_serial_number=cfg.serial or None,
+                firmware_version=cfg.firmware_version or None,
+            )
+            try:
+                result = await cp.call(boot, suppress=False)
+            except (OCPPError, asyncio.TimeoutError) as exc:
+                log.warning("BootNotification failed: %s; retrying", exc)
+                await asyncio.sleep(self._config.ocpp.reconnect_min_s * 10)
+                continue
+            self.registration = result.status
+            interval = max(int(result.interval), 1) if result.interval else 60
+            log.info("BootNotification: %s (interval %ss)", result.status, interval)
+            if result.status == "Accepted":
+                self._accepted_once = True
+                self._station.configuration.set_internal("HeartbeatInterval", str(int(result.interval)))
+                return
+            await asyncio.sleep(interval)  # Pending: may answer the CSMS meanwhile; Rejected: silent
+
+    async def _send_outgoing(self, cp: _ChargePoint) -> None:
+        while True:
+            item = await self._outgoing.get()
+            try:
+                result = await cp.call(item.payload, suppress=False)
+            except (OCPPError, asyncio.TimeoutError) as exc:
+                log.warning("%s failed: %s", type(item.payload).__name__, exc)
+                if item.done and not item.done.done():
+                    item.done.set_exception(exc)
+                continue
+            except BaseException as exc:
+                if item.done and not item.done.done():
+                    item.done.set_exception(ConnectionError("connection lost"))
+                raise exc
+            if item.done and not item.done.done():
+                item.done.set_result(result)
+
+    async def _send_journal(self, cp: _ChargePoint) -> None:
+        while True:
+            message = self._journal.next_message()
+            if message is None:
+                self._journal_wakeup.clear()
+                await self._journal_wakeup.wait()
+                continue
+            try:
+                result = await cp.call(_journal_payload(message), suppress=False)
+            except (OCPPError, asyncio.TimeoutError) as exc:
+                await self._failed_attempt(message, exc)
+                continue
+            response = snake_to_camel_case(dataclasses.asdict(result))
+            self._journal.message_delivered(message, response)
+            self._station.transaction_message_delivered(message, response)
+            await asyncio.sleep(0)  # let heartbeats and commands through during a long replay
+
+    async def _failed_attempt(self, message: QueuedMessage, exc: BaseException) -> None:
+        cfg = self._station.configuration
+        attempts = self._journal.message_failed(message)
+        if attempts >= cfg.get_int("TransactionMessageAttempts"):
+            self._journal.drop_message(message)
+            self.dropped_messages += 1
+            log.error(
+                "dropped %s (seq %d) after %d failed attempts: %s", message.action, message.seq, attempts, exc
+            )
+            return
+        delay = cfg.get_int("TransactionMessageRetryInterval") * attempts
+        log.warning(
+            "%s (seq %d) attempt %d failed: %s; retrying in %ss",
+            message.action,
+            message.seq,
+            attempts,
+            exc,
+            delay,
+        )
+        await asyncio.sleep(delay)
+
+    async def _heartbeat(self, cp: _ChargePoint) -> None:
+        while True:
+            interval = self._station.configuration.get_int("HeartbeatInterval") or 86400
+            idle = time.monotonic() - self._last_traffic
+            if idle < interval:
+                await asyncio.sleep(interval - idle)
+                continue
+            self._outgoing.put_nowait(_Outgoing(call.Heartbeat()))
+            self._touch()
+
+    def queue_follow_up(self, payload: Any) -> None:
+        """A message a CSMS command asked for (TriggerMessage); sent after the answer."""
+        self._outgoing.put_nowait(_Outgoing(payload))
+
+
+def _status_payload(
+    connector_id: int,
+    status: str,
+    error_code: str = "NoError",
+    info: str | None = None,
+    vendor_error_code: str | None = None,
+) -> call.StatusNotification:
+    return call.StatusNotification(
+        connector_id=connector_id,
+        error_code=error_code,
+        status=status,
+        timestamp=ocpp_timestamp(),
+        info=info,
+        vendor_error_code=vendor_error_code,
+    )
+
+
+_JOURNAL_CALLS = {
+    "StartTransaction": call.StartTransaction,
+    "StopTransaction": call.StopTransaction,
+    "MeterValues": call.MeterValues,
+}
+
+
+def _journal_payload(message: QueuedMessage):
+    return _JOURNAL_CALLS[message.action](**camel_to_snake_case(message.payload))
+
+
+def _unique_id_of(raw: str) -> str | None:
+    """The message id of a CALL frame that the library could not unpack, to answer it with a CALLERROR."""
+    try:
+        frame = json.loads(raw)
+    except (ValueError, TypeError):
+        return None
+    if (
+        isinstance(frame, list)
+        and len(frame) >= 2
+        and frame[0] == Call.message_type_id
+        and isinstance(frame[1], str)
+    ):
+        return frame[1][:36]
+    return None
+
+
+def _call_error(unique_id: str, error: OCPPError) -> str:
+    code = _V16_ERROR_CODES.get(error.code, error.code)
+    cause = error.details.get("cause") if isinstance(error.details, dict) else None
+    details = {"cause": str(cause)[:200]} if cause else {}  # the library's cause can hold a schema dump
+    return CallError(unique_id, code, error.description or "", details).to_json()
+
+
+class _ChargePoint(_LibChargePoint):
+    """Routing and handlers for CSMS-initiated calls."""
+
+    def __init__(self, station_id: str, connection, *, client: OcppClient, response_timeout: int):
+        super().__init__(station_id, connection, response_timeout=response_timeout, logger=log)
+        self._client = client
+        self._station = client._station
+        self._follow_ups: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        while True:
+            message = await self._connection.recv()
+            await self.route_message(message)
+
+    async def route_message(self, raw_msg) -> None:
+        try:
+            msg = unpack(raw_msg)
+        except OCPPError as error:
+            unique_id = _unique_id_of(raw_msg)
+            log.warning("malformed frame from CSMS (%s): %.200s", error.description, raw_msg)
+            if unique_id is not None:
+                await self._send(_call_error(unique_id, error))
+            return
+        if msg.message_type_id != Call.message_type_id:
+            self._response_queue.put_nowait(msg)
+            return
+        if self._client.registration == "Rejected":
+            log.info("ignoring %s: registration was rejected", msg.action)  # OCPP 1.6 §4.2
+            return
+        if (
+            not isinstance(msg.unique_id, str)
+            or not isinstance(msg.action, str)
+            or not isinstance(msg.payload, dict)
+        ):
+            await self._send(
+                _call_error(
+                    str(msg.unique_id)[:36],
+                    ProtocolError(
+                        details={"cause": "CALL needs a string id, a string action and an object payload"}
+                    ),
+                )
+            )
+            return
+        handlers = self.route_map.get(msg.action, {})
+        if "_on_action" not in handlers:
+            # OCPP-J 1.6 Table 7: unknown action -> NotImplemented; known but unsupported -> NotSupported
+            known = msg.action in {a.value for a in Action}
+            error = NotSupportedError if known else OcppNotImplemented
+            await self._send(
+                _call_error(msg.unique_id, error(details={"cause": f"{msg.action} is not supported"}))
+            )
+            return
+        try:
+            await self._handle_call(msg)
+        except OCPPError as error:
+            log.warning("rejected %s from CSMS: %s", msg.action, error)
+            await self._send(_call_error(msg.unique_id, error))
+        except Exception:
+            log.exception("error handling %s", msg.action)
+            await self._send(
+                CallError(msg.unique_id, "InternalError", "An unexpected error occurred.", {}).to_json()
+            )
+
+    def _follow_up(self, coro: Awaitable) -> None:
+        task = asyncio.ensure_future(coro)
+        self._follow_ups.add(task)  # keep a reference: the library's @after tasks can be collected
+        task.add_done_callback(self._follow_ups.discard)
+
+    def _known_connector(self, connector_id: int | None) -> bool:
+        return connector_id is not None and connector_id in self._station.connector_ids
+
+    # ---- Core profile handlers ------------------------------------------------------------------
+
+    @on(Action.remote_start_transaction)
+    def on_remote_start(self, id_tag: str, connector_id: int | None = None, **_):
+        if self._client.registration != "Accepted" or connector_id == 0:
+            return call_result.RemoteStartTransaction(status="Rejected")
+        if connector_id is not None and not self._known_connector(connector_id):
+            return call_result.RemoteStartTransaction(status="Rejected")
+        accepted = self._station.remote_start(connector_id, id_tag)
+        return call_result.RemoteStartTransaction(status="Accepted" if accepted else "Rejected")
+
+    @on(Action.remote_stop_transaction)
+    def on_remote_stop(self, transaction_id: int, **_):
+        accepted = self._client.registration == "Accepted" and self._station.remote_stop(transaction_id)
+        return call_result.RemoteStopTransaction(status="Accepted" if accepted else "Rejected")
+
+    @on(Action.reset)
+    def on_reset(self, type: str, **_):  # noqa: A002 - the OCPP field is called "type"
+        return call_result.Reset(status="Accepted")
+
+    @after(Action.reset)
+    def after_reset(self, type: str, **_):  # noqa: A002
+        self._station.reset(type)
+
+    @on(Action.change_availability)
+    def on_change_availability(self, connector_id: int, type: str, **_):  # noqa: A002
+        if connector_id != 0 and not self._known_connector(connector_id):
+            return call_result.ChangeAvailability(status="Rejected")
+        status = self._station.change_availability(connector_id, type == "Operative")
+        return call_result.ChangeAvailability(status=status)
+
+    @on(Action.get_configuration)
+    def on_get_configuration(self, key: list[str] | None = None, **_):
+        entries, unknown = self._station.configuration.get_configuration(key)
+        return call_result.GetConfiguration(configuration_key=entries, unknown_key=unknown or None)
+
+    @on(Action.change_configuration)
+    def on_change_configuration(self, key: str, value: str, **_):
+        status = self._station.configuration.change(key, value)
+        return call_result.ChangeConfiguration(status=status)
+
+    @on(Action.unlock_connector)
+    def on_unlock_connector(self, connector_id: int, **_):
+        if not self._known_connector(connector_id):
+            return call_result.UnlockConnector(status="NotSupported")  # errata 3.85
+        return call_result.UnlockConnector(status=self._station.unlock_connector(connector_id))
+
+    @on(Action.clear_cache)
+    def on_clear_cache(self, **_):
+        return call_result.ClearCache(status="Rejected")  # no authorization cache yet (errata 3.23)
+
+    @on(Action.data_transfer)
+    def on_data_transfer(self, vendor_id: str, **_):
+        return call_result.DataTransfer(status="UnknownVendorId")
+
+    @on(Action.trigger_message)
+    def on_trigger_message(self, requested_message: str, connector_id: int | None = None, **_):
+        if connector_id is not None and not self._known_connector(connector_id):
+            return call_result.TriggerMessage(status="Rejected")
+        if requested_message == "BootNotification" and self._client.registration == "Accepted":
+            return call_result.TriggerMessage(status="Rejected")  # errata 3.35
+        if requested_message not in (
+            "BootNotification",
+            "Heartbeat",
+            "StatusNotification",
+            "MeterValues",
+            "DiagnosticsStatusNotification",
+            "FirmwareStatusNotification",
+        ):
+            return call_result.TriggerMessage(status="NotImplemented")
+        return call_result.TriggerMessage(status="Accepted")
+
+    @after(Action.trigger_message)
+    def after_trigger_message(self, requested_message: str, connector_id: int | None = None, **_):
+        if requested_message == "BootNotification" and self._client.registration == "Accepted":
+            return
+        queue = self._client.queue_follow_up
+        if requested_message == "Heartbeat":
+            queue(call.Heartbeat())
+        elif requested_message == "BootNotification":
+            cfg = self._client._config.station
+            queue(call.BootNotification(charge_point_vendor=cfg.vendor, charge_point_model=cfg.model))
+        elif requested_message == "StatusNotification":
+            for status in self._station.statuses():
+                if connector_id is None or status["connector_id"] == connector_id:
+                    queue(_status_payload(**status))
+        elif requested_message == "MeterValues":
+            for cid in self._station.connector_ids:
+                if connector_id in (None, cid):
+                    values = self._station.meter_values_now(cid)
+                    if values:
+                        queue(call.MeterValues(connector_id=cid, meter_value=values))
+        elif requested_message == "DiagnosticsStatusNotification":
+            queue(call.DiagnosticsStatusNotification(status="Idle"))
+        elif requested_message == "FirmwareStatusNotification":
+            queue(call.FirmwareStatusNotification(status="Idle"))

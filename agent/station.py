@@ -1,0 +1,526 @@
+"""The station: the thin shell that wires hardware, session controllers, journal and OCPP together.
+
+* The control loop reads the HAL every `control_period_s`, turns changes into controller events and
+  carries out the commands that come back (contactor, pilot, lock) in the same step.
+* Transaction bookkeeping for a connector runs in one ordered worker per connector: the meter is
+  read, the journal written (the commit is on disk), then the OCPP sender is woken.
+* The OCPP client asks for things through the StationPort methods below and never sees a device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from agent import controller as ctl
+from agent.config import AgentConfig
+from agent.journal import Journal, QueuedMessage
+from agent.meter_values import meter_value, ocpp_timestamp, register_value
+from agent.ocpp16 import OcppClient
+from agent.ocpp_config import OcppConfiguration
+from hal.interfaces import Board, ConnectorHardware, HardwareError, MeterError, MeterReading, PilotMode
+
+log = logging.getLogger("evse.station")
+
+METER_FAILURES_FOR_FAULT = 3  # consecutive failed polls before a meter counts as dead (one glitch is not)
+METER_READ_TIMEOUT_S = 2.0
+
+
+@dataclass
+class _Op:
+    kind: str  # "start" | "stop" | "sample"
+    id_tag: str | None = None
+    reason: str | None = None
+    reading: MeterReading | None = None
+
+
+@dataclass
+class ConnectorRuntime:
+    hw: ConnectorHardware
+    controller: ctl.ConnectorController
+    ops: asyncio.Queue = field(default_factory=asyncio.Queue)
+    local_tx: int | None = None
+    tx_begin: tuple[float, str] | None = None  # (meter start Wh, timestamp)
+    next_sample_at: float | None = None
+    last_reading: MeterReading | None = None
+    meter_failures: int = 0
+
+    @property
+    def id(self) -> int:
+        return self.hw.connector_id
+
+
+class RestartRequested(Exception):
+    """Raised out of Station.run() when the agent must restart in place (Reset)."""
+
+    def __init__(self, kind: str, reboot_command: list[str] | None):
+        super().__init__(kind)
+        self.kind = kind
+        self.reboot_command = reboot_command
+
+
+class Station:
+    def __init__(self, config: AgentConfig, board: Board, journal: Journal,
+                 clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.board = board
+        self.journal = journal
+        self.clock = clock
+        self.configuration = OcppConfiguration(
+            number_of_connectors=len(board.connectors),
+            initial=config.ocpp_configuration,
+            stored=journal.settings("ocpp."),
+            on_change=self.configuration_changed,
+        )
+        self.connectors: dict[int, ConnectorRuntime] = {}
+        for hw in board.connectors:
+            controller = ctl.ConnectorController(settings=self._session_settings(hw), has_lock=hw.lock is not None)
+            self.connectors[hw.connector_id] = ConnectorRuntime(hw, controller)
+        self.station_operative = journal.settings("availability.").get("0", "Operative") == "Operative"
+        self.ocpp = OcppClient(config, self, journal)
+        self._tasks: list[asyncio.Task] = []
+        self._side_tasks: set[asyncio.Task] = set()
+        self._restart: RestartRequested | None = None
+        self._shutdown = asyncio.Event()
+        self.control_loop_alive_at = 0.0
+
+    # ---- settings -------------------------------------------------------------------------------
+
+    def _session_settings(self, hw: ConnectorHardware) -> ctl.SessionSettings:
+        cfg = self.configuration
+        return ctl.SessionSettings(
+            max_current_a=min(self.config.charging.max_current_a, hw.max_current_a),
+            connection_timeout_s=cfg.get_int("ConnectionTimeOut"),
+            stop_on_ev_side_disconnect=cfg.get_bool("StopTransactionOnEVSideDisconnect"),
+            stop_on_invalid_id=cfg.get_bool("StopTransactionOnInvalidId"),
+            authorize_remote_tx=cfg.get_bool("AuthorizeRemoteTxRequests"),
+        )
+
+    def configuration_changed(self, key: str, value: str) -> None:
+        self.journal.set_setting(f"ocpp.{key}", value)  # survives reboots
+        for rt in self.connectors.values():
+            self._dispatch(rt, ctl.SettingsChanged(self._session_settings(rt.hw)))
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Close transactions a previous run left open: reason PowerLoss, last journaled meter value."""
+        stop_measurands = self.configuration.get_list("StopTxnSampledData")
+        for tx in self.journal.running_transactions():
+            payload = {
+                "meterStop": round(tx.last_meter),
+                "timestamp": tx.last_meter_at,
+                "reason": ctl.StopReason.POWER_LOSS.value,
+            }
+            if "Energy.Active.Import.Register" in stop_measurands:
+                payload["transactionData"] = [
+                    register_value(tx.meter_start, "Transaction.Begin", tx.started_at),
+                    register_value(tx.last_meter, "Transaction.End", tx.last_meter_at),
+                ]
+            self.journal.end_transaction(tx.local_id, payload)
+            log.warning("transaction %s on connector %d was interrupted: stopped with PowerLoss at %.0f Wh",
+                        tx.csms_id or f"local-{tx.local_id}", tx.connector_id, tx.last_meter)
+        availability = self.journal.settings("availability.")
+        for rt in self.connectors.values():
+            operative = self.station_operative and availability.get(str(rt.id), "Operative") == "Operative"
+            if not operative:
+                self._dispatch(rt, ctl.AvailabilityChanged(False))
+
+    async def run(self) -> None:
+        """Run until shutdown() or a reset; raises RestartRequested for a reset."""
+        await self.board.start()
+        self.recover()
+        for rt in self.connectors.values():
+            rt.hw.contactor.set_closed(False)
+            self._tasks.append(asyncio.create_task(self._transaction_worker(rt), name=f"tx-{rt.id}"))
+            self._tasks.append(asyncio.create_task(self._meter_loop(rt), name=f"meter-{rt.id}"))
+        self._tasks.append(asyncio.create_task(self._control_loop(), name="control"))
+        if self.board.rfid is not None:
+            self._tasks.append(asyncio.create_task(self._rfid_loop(), name="rfid"))
+        self._tasks.append(asyncio.create_task(self.ocpp.run(), name="ocpp"))
+        try:
+            await self._shutdown.wait()
+        finally:
+            await self._stop_tasks()
+        if self._restart is not None:
+            raise self._restart
+
+    async def shutdown(self, stop_transactions: bool | None = None) -> None:
+        """Orderly stop (SIGTERM): finish journal writes; stop sessions only if configured to."""
+        if stop_transactions is None:
+            stop_transactions = self.config.charging.stop_on_shutdown
+        if stop_transactions:
+            for rt in self.connectors.values():
+                self._dispatch(rt, ctl.StopRequested(ctl.StopReason.OTHER))
+        await self._drain_transaction_ops()
+        self._shutdown.set()
+
+    async def _stop_tasks(self) -> None:
+        await self.ocpp.stop()
+        for task in [*self._tasks, *self._side_tasks]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, *self._side_tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.board.close()  # every contactor open
+
+    async def _drain_transaction_ops(self, timeout: float = 5.0) -> None:
+        async def drained():
+            for rt in self.connectors.values():
+                await rt.ops.join()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(drained(), timeout)
+
+    # ---- control loop ---------------------------------------------------------------------------
+
+    async def _control_loop(self) -> None:
+        period = self.config.charging.control_period_s
+        while True:
+            self.control_step()
+            self.control_loop_alive_at = self.clock()
+            await asyncio.sleep(period)
+
+    def control_step(self) -> None:
+        """Read every device once and feed the changes to the controllers."""
+        for rt in self.connectors.values():
+            hw, c = rt.hw, rt.controller
+            try:
+                reading = hw.pilot.read()
+            except HardwareError as exc:
+                log.error("connector %d: pilot unreadable: %s", rt.id, exc)
+                self._dispatch(rt, ctl.FaultChanged(ctl.Fault.PILOT, True))
+                continue
+            if reading.state != c.cp_state:
+                self._dispatch(rt, ctl.PilotChanged(reading.state))
+            if reading.diode_ok != c.diode_ok:
+                self._dispatch(rt, ctl.DiodeChecked(reading.diode_ok))
+            if hw.rcd is not None:
+                tripped = hw.rcd.tripped()
+                if tripped != (ctl.Fault.RCD in c.faults):
+                    self._dispatch(rt, ctl.FaultChanged(ctl.Fault.RCD, tripped))
+            feedback = hw.contactor.feedback_closed()
+            if feedback != c.feedback_closed:
+                self._dispatch(rt, ctl.ContactorFeedback(feedback))
+            if hw.proximity is not None:
+                ampacity = hw.proximity.read_ampacity() if c.plugged else None
+                if ampacity != c.cable_a:
+                    self._dispatch(rt, ctl.CableDetected(ampacity))
+            self._dispatch(rt, ctl.Tick())
+
+    def _dispatch(self, rt: ConnectorRuntime, event: ctl.Event) -> None:
+        for command in rt.controller.handle(event, self.clock()):
+            self._execute(rt, command)
+
+    def _execute(self, rt: ConnectorRuntime, command: ctl.Command) -> None:
+        hw = rt.hw
+        match command:
+            case ctl.SetContactor(closed):
+                hw.contactor.set_closed(closed)
+                log.info("connector %d: contactor %s", rt.id, "closed" if closed else "opened")
+            case ctl.SetPilot(mode, duty):
+                if mode is PilotMode.PWM:
+                    hw.pilot.set_pwm(duty)
+                elif mode is PilotMode.F:
+                    hw.pilot.set_f()
+                else:
+                    hw.pilot.set_x1()
+            case ctl.SetLock(locked):
+                if hw.lock is not None:
+                    hw.lock.set_locked(locked)
+            case ctl.RequestAuthorization(id_tag):
+                self._spawn(self._authorize(rt, id_tag))
+            case ctl.StartTransaction(id_tag):
+                rt.ops.put_nowait(_Op("start", id_tag=id_tag))
+            case ctl.StopTransaction(reason, id_tag):
+                rt.ops.put_nowait(_Op("stop", id_tag=id_tag, reason=reason.value))
+            case ctl.StatusChanged(status, error_code, info, vendor_code):
+                log.info("connector %d: %s%s", rt.id, status.value,
+                         "" if error_code == "NoError" else f" ({error_code}/{vendor_code})")
+                self.ocpp.send_status(rt.id, status.value, error_code, info, vendor_code)
+            case ctl.Notice(text):
+                log.info("connector %d: %s", rt.id, text)
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    # ---- authorization --------------------------------------------------------------------------
+
+    async def _authorize(self, rt: ConnectorRuntime, id_tag: str) -> None:
+        info = await self.ocpp.authorize(id_tag)
+        if info is None:
+            accepted = self.configuration.get_bool("AllowOfflineTxForUnknownId")
+            parent = None
+            log.info("connector %d: CSMS unreachable, card %s %s offline", rt.id, id_tag,
+                     "accepted" if accepted else "refused")
+        else:
+            accepted = info.get("status") == "Accepted"
+            parent = info.get("parentIdTag")
+            log.info("connector %d: card %s: %s", rt.id, id_tag, info.get("status"))
+        self._dispatch(rt, ctl.AuthorizationResult(id_tag, accepted, parent))
+
+    async def _rfid_loop(self) -> None:
+        assert self.board.rfid is not None
+        while True:
+            try:
+                tag = await self.board.rfid.next_tag()
+            except HardwareError as exc:
+                log.warning("RFID reader: %s", exc)
+                await asyncio.sleep(1.0)
+                continue
+            self.present_id_tag(tag)
+
+    def present_id_tag(self, id_tag: str) -> int | None:
+        controllers = {cid: rt.controller for cid, rt in self.connectors.items()}
+        cid = ctl.route_id_tag(controllers, id_tag)
+        if cid is None:
+            log.info("card %s: no connector can take it", id_tag)
+            return None
+        self._dispatch(self.connectors[cid], ctl.IdTagPresented(id_tag))
+        return cid
+
+    # ---- metering and the transaction journal ---------------------------------------------------
+
+    async def _read_meter(self, rt: ConnectorRuntime) -> MeterReading | None:
+        try:
+            reading = await asyncio.wait_for(rt.hw.meter.read(), METER_READ_TIMEOUT_S)
+        except (MeterError, HardwareError, TimeoutError) as exc:
+            rt.meter_failures += 1
+            if rt.meter_failures == METER_FAILURES_FOR_FAULT:
+                log.error("connector %d: energy meter failed %d times: %s", rt.id, rt.meter_failures, exc)
+                self._dispatch(rt, ctl.FaultChanged(ctl.Fault.METER, True))
+            return None
+        if rt.meter_failures >= METER_FAILURES_FOR_FAULT:
+            log.info("connector %d: energy meter answers again", rt.id)
+            self._dispatch(rt, ctl.FaultChanged(ctl.Fault.METER, False))
+        rt.meter_failures = 0
+        rt.last_reading = reading
+        return reading
+
+    async def _meter_loop(self, rt: ConnectorRuntime) -> None:
+        while True:
+            reading = await self._read_meter(rt)
+            interval = self.configuration.get_int("MeterValueSampleInterval")
+            now = self.clock()
+            if reading and rt.local_tx is not None and interval > 0 and rt.next_sample_at is not None:
+                if now >= rt.next_sample_at:
+                    rt.ops.put_nowait(_Op("sample", reading=reading))
+                    rt.next_sample_at = max(rt.next_sample_at + interval, now)
+            await asyncio.sleep(self.config.charging.meter_poll_s)
+
+    async def _transaction_worker(self, rt: ConnectorRuntime) -> None:
+        """Start, sample and stop in the order the controller asked for them."""
+        while True:
+            op = await rt.ops.get()
+            try:
+                if op.kind == "start":
+                    await self._journal_start(rt, op)
+                elif op.kind == "stop":
+                    await self._journal_stop(rt, op)
+                elif op.kind == "sample":
+                    self._journal_sample(rt, op.reading)
+                self.ocpp.journal_changed()
+            except Exception:
+                log.exception("connector %d: journal %s failed", rt.id, op.kind)
+            finally:
+                rt.ops.task_done()
+
+    def _energy_now(self, rt: ConnectorRuntime, reading: MeterReading | None) -> float:
+        if reading is not None:
+            return reading.energy_wh
+        return rt.last_reading.energy_wh if rt.last_reading else 0.0
+
+    async def _journal_start(self, rt: ConnectorRuntime, op: _Op) -> None:
+        reading = await self._read_meter(rt)
+        energy = self._energy_now(rt, reading)
+        timestamp = ocpp_timestamp()
+        rt.local_tx = self.journal.begin_transaction(rt.id, op.id_tag or "", energy, timestamp)
+        rt.tx_begin = (energy, timestamp)
+        interval = self.configuration.get_int("MeterValueSampleInterval")
+        rt.next_sample_at = self.clock() + interval if interval > 0 else None
+        log.info("connector %d: transaction started for %s at %.0f Wh", rt.id, op.id_tag, energy)
+
+    async def _journal_stop(self, rt: ConnectorRuntime, op: _Op) -> None:
+        if rt.local_tx is None:
+            return
+        reading = await self._read_meter(rt)  # the contactor is already open: this is the final register
+        energy = self._energy_now(rt, reading)
+        timestamp = ocpp_timestamp()
+        payload: dict = {"meterStop": round(energy), "timestamp": timestamp, "reason": op.reason}
+        if op.id_tag:
+            payload["idTag"] = op.id_tag
+        measurands = self.configuration.get_list("StopTxnSampledData")
+        if measurands and rt.tx_begin is not None:
+            begin_wh, begin_ts = rt.tx_begin
+            end = (meter_value(reading, measurands, "Transaction.End", timestamp) if reading
+                   else register_value(energy, "Transaction.End", timestamp))
+            payload["transactionData"] = [register_value(begin_wh, "Transaction.Begin", begin_ts), end]
+        self.journal.end_transaction(rt.local_tx, payload)
+        log.info("connector %d: transaction stopped (%s) at %.0f Wh", rt.id, op.reason, energy)
+        rt.local_tx = None
+        rt.tx_begin = None
+        rt.next_sample_at = None
+
+    def _journal_sample(self, rt: ConnectorRuntime, reading: MeterReading | None) -> None:
+        if rt.local_tx is None or reading is None:
+            return
+        timestamp = ocpp_timestamp()
+        value = meter_value(reading, self.configuration.get_list("MeterValuesSampledData"), "Sample.Periodic",
+                            timestamp, rt.controller.offered_current_a())
+        self.journal.add_meter_values(rt.local_tx, rt.id, [value], reading.energy_wh, timestamp)
+
+    # ---- StationPort: what the OCPP layer may ask -----------------------------------------------
+
+    @property
+    def connector_ids(self) -> list[int]:
+        return list(self.connectors)
+
+    def statuses(self) -> list[dict]:
+        station = "Available" if self.station_operative else "Unavailable"
+        result = [{"connector_id": 0, "status": station}]
+        for rt in self.connectors.values():
+            view = rt.controller.view()
+            code, vendor = ctl.FAULT_ERROR_CODES.get(ctl.Fault(view.faults[0]), ("NoError", None)) if view.faults \
+                else ("NoError", None)
+            result.append({"connector_id": rt.id, "status": view.status.value, "error_code": code,
+                           "vendor_error_code": vendor})
+        return result
+
+    def meter_values_now(self, connector_id: int) -> list[dict]:
+        rt = self.connectors[connector_id]
+        if rt.last_reading is None:
+            return []
+        return [meter_value(rt.last_reading, self.configuration.get_list("MeterValuesSampledData"), "Trigger",
+                            ocpp_timestamp(), rt.controller.offered_current_a())]
+
+    def remote_start(self, connector_id: int | None, id_tag: str) -> bool:
+        if connector_id is None:
+            candidates = [rt for rt in self.connectors.values() if rt.controller.can_accept_remote_start()]
+            plugged = [rt for rt in candidates if rt.controller.plugged]
+            chosen = (plugged or candidates or [None])[0]
+        else:
+            chosen = self.connectors.get(connector_id)
+        if chosen is None or not chosen.controller.can_accept_remote_start():
+            return False
+        self._dispatch(chosen, ctl.RemoteStart(id_tag))
+        return True
+
+    def remote_stop(self, transaction_id: int) -> bool:
+        local_id = self.journal.local_id_for_csms_id(transaction_id)
+        for rt in self.connectors.values():
+            if local_id is not None and rt.local_tx == local_id and rt.controller.transaction_active:
+                self._dispatch(rt, ctl.StopRequested(ctl.StopReason.REMOTE))
+                return True
+        return False
+
+    def change_availability(self, connector_id: int, operative: bool) -> str:
+        targets = list(self.connectors.values()) if connector_id == 0 else [self.connectors[connector_id]]
+        value = "Operative" if operative else "Inoperative"
+        self.journal.set_setting(f"availability.{connector_id}", value)  # survives reboots (OCTT TC_034)
+        if connector_id == 0:
+            for rt in targets:
+                self.journal.set_setting(f"availability.{rt.id}", value)
+            if self.station_operative != operative:
+                self.station_operative = operative
+                self.ocpp.send_status(0, "Available" if operative else "Unavailable")
+        scheduled = False
+        for rt in targets:
+            self._dispatch(rt, ctl.AvailabilityChanged(operative))
+            scheduled |= rt.controller.view().availability_scheduled
+        return "Scheduled" if scheduled else "Accepted"
+
+    def unlock_connector(self, connector_id: int) -> str:
+        rt = self.connectors[connector_id]
+        if rt.hw.lock is None:
+            return "NotSupported"
+        if rt.controller.transaction_active:
+            self._dispatch(rt, ctl.StopRequested(ctl.StopReason.UNLOCK_COMMAND))
+        rt.hw.lock.set_locked(False)
+        return "UnlockFailed" if rt.hw.lock.is_locked() else "Unlocked"
+
+    def transaction_message_delivered(self, message: QueuedMessage, response: dict) -> None:
+        if message.action != "StartTransaction":
+            return
+        info = response.get("idTagInfo") or {}
+        for rt in self.connectors.values():
+            if rt.local_tx == message.local_tx:
+                accepted = info.get("status") == "Accepted"
+                if not accepted:
+                    log.warning("connector %d: CSMS refused id %s in StartTransaction (%s)",
+                                rt.id, message.payload.get("idTag"), info.get("status"))
+                self._dispatch(rt, ctl.TransactionConfirmed(accepted, info.get("parentIdTag")))
+
+    def reset(self, kind: str) -> None:
+        self._spawn(self._reset(kind))
+
+    async def _reset(self, kind: str) -> None:
+        reason = ctl.StopReason.HARD_RESET if kind == "Hard" else ctl.StopReason.SOFT_RESET
+        log.warning("%s reset requested by the CSMS", kind)
+        for rt in self.connectors.values():
+            self._dispatch(rt, ctl.StopRequested(reason))
+        await self._drain_transaction_ops()
+        # give the StopTransaction a moment to reach the CSMS; if it can't, the journal keeps it
+        deadline = time.monotonic() + 5.0
+        while self.journal.pending_count() and self.ocpp.accepted and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        reboot = self.board.reboot_command if kind == "Hard" else None
+        self._restart = RestartRequested(kind, reboot)
+        self._shutdown.set()
+
+    # ---- technician's view ----------------------------------------------------------------------
+
+    def status(self) -> dict:
+        connectors = []
+        for rt in self.connectors.values():
+            view = rt.controller.view()
+            record = self.journal.transaction(rt.local_tx) if rt.local_tx is not None else None
+            reading = rt.last_reading
+            connectors.append({
+                "id": rt.id,
+                "cp_state": view.cp_state.value,
+                "pilot_mode": view.pilot_mode.value,
+                "pwm_duty": view.duty_percent,
+                "offered_current_a": view.offered_current_a,
+                "contactor_closed": view.contactor_closed,
+                "contactor_feedback": view.contactor_feedback,
+                "status": view.status.value,
+                "error_code": view.error_code,
+                "faults": list(view.faults),
+                "transaction_active": view.transaction_active,
+                "transaction_id": record.csms_id if record else None,
+                "id_tag": view.id_tag,
+                "energy_wh": reading.energy_wh if reading else None,
+                "power_w": reading.power_w if reading else None,
+                "session_energy_wh": (reading.energy_wh - record.meter_start) if reading and record else None,
+                "meter_ok": rt.meter_failures < METER_FAILURES_FOR_FAULT,
+            })
+        return {
+            "station": {"id": self.config.station.id, "pid": os.getpid(),
+                        "operative": self.station_operative},
+            "ocpp": {"connected": self.ocpp.connected,
+                     "registration": self.ocpp.registration,
+                     "url": self.config.ocpp_endpoint,
+                     "last_error": self.ocpp.last_error},
+            "journal": {"pending": self.journal.pending_count(), "path": str(self.journal.path),
+                        "dropped": self.ocpp.dropped_messages},
+            "connectors": connectors,
+        }
+
+    def stop_transaction(self, connector_id: int) -> bool:
+        rt = self.connectors[connector_id]
+        if not rt.controller.transaction_active:
+            return False
+        self._dispatch(rt, ctl.StopRequested(ctl.StopReason.LOCAL))
+        return True
+
+    def reset_faults(self, connector_id: int) -> list[str]:
+        rt = self.connectors[connector_id]
+        if rt.hw.rcd is not None and rt.hw.rcd.tripped():
+            rt.hw.rcd.reset()
+        self._dispatch(rt, ctl.ResetLatchedFaults())
+        return list(rt.controller.view().faults)

@@ -1,0 +1,325 @@
+"""Board config loader: a TOML file names a back-end and describes the connectors; we build the Board.
+
+Back-ends are looked up by `[board] backend` in BACKENDS, the way python-can maps `interface=` to a bus
+class. The loader validates what every back-end shares ([board] and the common [[connectors]] keys) and
+checks that no table or key is unknown; a builder validates its own `[<backend>]` table and the
+connector keys it registered in BACKEND_CONNECTOR_KEYS, using ConfigTable so errors look the same.
+
+Every error is a BoardConfigError with a one-line message naming the file and the key, e.g.
+    board-configs/x.toml: [[connectors]][0].max_current_a: expected a number, got "abc"
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hal.interfaces import Board
+
+Clock = Callable[[], float]
+BoardBuilder = Callable[[dict, Path, Path | None, Clock], Board]
+
+COMMON_CONNECTOR_KEYS = ("id", "max_current_a", "phases", "cable", "lock")
+CABLE_KINDS = ("socket", "fixed")
+MIN_CONNECTOR_CURRENT_A = 6.0  # IEC 61851-1: nothing below 6 A can be offered
+MAX_CONNECTOR_CURRENT_A = 80.0  # end of the PWM duty table
+SIM_STATE_FILE = "sim-board.json"
+
+
+class BoardConfigError(Exception):
+    """The board config cannot be used; the message names the file and the offending key."""
+
+
+_REQUIRED = object()
+
+
+def _show(value: Any) -> str:
+    """A value as it would look in TOML, for error messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return str(value)
+
+
+def _one_of(choices: tuple[int, ...]) -> str:
+    """(1, 2, 3) -> "1, 2 or 3"."""
+    *rest, last = (str(c) for c in choices)
+    return f"{', '.join(rest)} or {last}" if rest else last
+
+
+class ConfigTable:
+    """Typed access to one TOML table that produces uniform error messages and tracks the keys read."""
+
+    def __init__(self, data: Any, where: str, path: Path):
+        self.where = where  # e.g. "[board]" or "[[connectors]][0]"
+        self.path = path
+        if not isinstance(data, dict):
+            raise BoardConfigError(f"{path}: {where}: expected a table, got {_show(data)}")
+        self.data = data
+
+    def error(self, key: str, message: str) -> BoardConfigError:
+        return BoardConfigError(f"{self.path}: {self.where}.{key}: {message}")
+
+    def _get(self, key: str, default: Any) -> Any:
+        if key in self.data:
+            return self.data[key]
+        if default is _REQUIRED:
+            raise self.error(key, "required key is missing")
+        return default
+
+    def number(
+        self,
+        key: str,
+        *,
+        default: Any = _REQUIRED,
+        minimum: float | None = None,
+        maximum: float | None = None,
+        unit: str = "",
+    ) -> float:
+        value = self._get(key, default)
+        if key not in self.data:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            raise self.error(key, f"expected a number, got {_show(value)}")
+        self._check_range(key, value, minimum, maximum, unit)
+        return float(value)
+
+    def integer(
+        self,
+        key: str,
+        *,
+        default: Any = _REQUIRED,
+        minimum: int | None = None,
+        maximum: int | None = None,
+        choices: tuple[int, ...] | None = None,
+    ) -> int:
+        value = self._get(key, default)
+        if key not in self.data:
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(key, f"expected an integer, got {_show(value)}")
+        if choices is not None and value not in choices:
+            raise self.error(key, f"must be {_one_of(choices)}, got {value}")
+        self._check_range(key, value, minimum, maximum, "")
+        return value
+
+    def string(self, key: str, *, default: Any = _REQUIRED, choices: tuple[str, ...] | None = None) -> str:
+        value = self._get(key, default)
+        if key not in self.data:
+            return value
+        if not isinstance(value, str):
+            raise self.error(key, f"expected a string, got {_show(value)}")
+        if choices is not None and value not in choices:
+            options = ", ".join(json.dumps(c) for c in choices)
+            raise self.error(key, f"must be one of {options}, got {_show(value)}")
+        if not value.strip():
+            raise self.error(key, "must not be empty")
+        return value
+
+    def boolean(self, key: str, *, default: Any = _REQUIRED) -> bool:
+        value = self._get(key, default)
+        if key in self.data and not isinstance(value, bool):
+            raise self.error(key, f"expected true or false, got {_show(value)}")
+        return value
+
+    def string_list(self, key: str, *, default: Any = _REQUIRED) -> list[str]:
+        value = self._get(key, default)
+        if key not in self.data:
+            return value
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            raise self.error(key, f"expected a non-empty array of non-empty strings, got {_show(value)}")
+        return list(value)
+
+    def reject_unknown(self, allowed: tuple[str, ...] | set[str] | frozenset[str]) -> None:
+        for key in self.data:
+            if key not in allowed:
+                known = ", ".join(sorted(allowed))
+                raise self.error(key, f"unknown key (known keys: {known})")
+
+    def _check_range(
+        self, key: str, value: float, minimum: float | None, maximum: float | None, unit: str
+    ) -> None:
+        suffix = f" {unit}" if unit else ""
+        if minimum is not None and maximum is not None and not minimum <= value <= maximum:
+            raise self.error(key, f"must be between {minimum:g} and {maximum:g}{suffix}, got {_show(value)}")
+        if minimum is not None and value < minimum:
+            raise self.error(key, f"must be at least {minimum:g}{suffix}, got {_show(value)}")
+        if maximum is not None and value > maximum:
+            raise self.error(key, f"must be at most {maximum:g}{suffix}, got {_show(value)}")
+
+
+# --- back-ends -----------------------------------------------------------------------------------------
+
+
+def build_sim_board(config: dict, path: Path, state_dir: Path | None, clock: Clock) -> Board:
+    """The simulated station (hal.sim); its state file lives in state_dir when one is given."""
+    from hal.pilot_math import PP_NOMINAL_OHMS
+    from hal.sim import SimBoard, SimConnectorSpec, SimEvSpec
+
+    sim = ConfigTable(config.get("sim", {}), "[sim]", path)
+    sim.reject_unknown(
+        {"ev_response_s", "ev_max_current_a", "ev_phases", "battery_kwh", "initial_soc", "voltage_v"}
+    )
+    defaults = SimEvSpec()
+    ev = SimEvSpec(
+        response_s=sim.number("ev_response_s", default=defaults.response_s, minimum=0, maximum=60, unit="s"),
+        max_current_a=sim.number(
+            "ev_max_current_a", default=defaults.max_current_a, minimum=1, maximum=80, unit="A"
+        ),
+        phases=sim.integer("ev_phases", default=defaults.phases, choices=(1, 2, 3)),
+        battery_kwh=sim.number(
+            "battery_kwh", default=defaults.battery_kwh, minimum=1, maximum=1000, unit="kWh"
+        ),
+        initial_soc=sim.number("initial_soc", default=defaults.initial_soc, minimum=0, maximum=1),
+    )
+    voltage_v = sim.number("voltage_v", default=230.0, minimum=100, maximum=280, unit="V")
+
+    specs = []
+    for index, conn in enumerate(config["connectors"]):
+        table = ConfigTable(conn, f"[[connectors]][{index}]", path)
+        ampacity = None
+        if conn["cable"] == "socket":
+            ampacity = table.number("cable_ampacity_a", default=32.0)
+            if ampacity not in PP_NOMINAL_OHMS:
+                allowed = ", ".join(f"{a:g}" for a in PP_NOMINAL_OHMS)
+                raise table.error(
+                    "cable_ampacity_a", f"must be one of {allowed} (the PP codings), got {ampacity:g}"
+                )
+        elif "cable_ampacity_a" in conn:
+            raise table.error(
+                "cable_ampacity_a", 'only applies to cable = "socket" (a fixed cable has no PP)'
+            )
+        specs.append(
+            SimConnectorSpec(
+                id=conn["id"],
+                max_current_a=conn["max_current_a"],
+                phases=conn["phases"],
+                cable_ampacity_a=ampacity,
+                has_lock=conn["lock"],
+            )
+        )
+
+    state_file = state_dir / SIM_STATE_FILE if state_dir is not None else None
+    simulator = SimBoard(
+        specs, clock=clock, ev=ev, voltage_v=voltage_v, state_file=state_file, name=config["board"]["name"]
+    )
+    return simulator.as_board()
+
+
+# `[board] backend` -> builder. Real back-ends (GPIO, co-processor, Modbus) register here in a later issue.
+BACKENDS: dict[str, BoardBuilder] = {"sim": build_sim_board}
+# Connector keys a back-end accepts besides COMMON_CONNECTOR_KEYS (its builder validates them).
+BACKEND_CONNECTOR_KEYS: dict[str, tuple[str, ...]] = {"sim": ("cable_ampacity_a",)}
+
+
+# --- loader --------------------------------------------------------------------------------------------
+
+
+def load_board(path: Path, *, state_dir: Path | None = None, clock: Clock = time.monotonic) -> Board:
+    """Read and validate a board config and build its Board. Raises BoardConfigError."""
+    path = Path(path)
+    config = _validate(_read_toml(path), path)
+    builder = BACKENDS[config["board"]["backend"]]
+    try:
+        board = builder(config, path, state_dir, clock)
+    except BoardConfigError:
+        raise
+    except ValueError as exc:  # a builder's own consistency check
+        raise BoardConfigError(f"{path}: {exc}") from exc
+    board.name = config["board"]["name"]
+    board.reboot_command = config["board"]["reboot_command"]
+    return board
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise BoardConfigError(f"{path}: cannot read board config: {exc.strerror or exc}") from exc
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BoardConfigError(f"{path}: not UTF-8 text: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise BoardConfigError(f"{path}: TOML syntax error: {exc}") from exc
+
+
+def _validate(raw: dict, path: Path) -> dict:
+    """Check the parts every back-end shares; return them normalised (defaults filled in)."""
+    if "board" not in raw:
+        raise BoardConfigError(f"{path}: [board]: required table is missing")
+    board = ConfigTable(raw["board"], "[board]", path)
+    board.reject_unknown(("name", "backend", "reboot_command"))
+    backend = board.string("backend")
+    if backend not in BACKENDS:
+        known = ", ".join(json.dumps(b) for b in BACKENDS)
+        raise board.error("backend", f"unknown back-end {_show(backend)} (known: {known})")
+    board_section = {
+        "name": board.string("name"),
+        "backend": backend,
+        "reboot_command": board.string_list("reboot_command", default=None),
+    }
+
+    for key in raw:
+        if key not in ("board", "connectors", backend):
+            hint = f"; [{backend}] is the only back-end table for backend = {_show(backend)}"
+            raise BoardConfigError(f"{path}: {key}: unknown table or key{hint}")
+
+    connectors_raw = raw.get("connectors")
+    if connectors_raw is None:
+        raise BoardConfigError(f"{path}: [[connectors]]: at least one connector is required")
+    if not isinstance(connectors_raw, list) or not connectors_raw:
+        raise BoardConfigError(f"{path}: [[connectors]]: expected a non-empty array of tables")
+
+    allowed_keys = COMMON_CONNECTOR_KEYS + BACKEND_CONNECTOR_KEYS.get(backend, ())
+    connectors = []
+    ids_seen: dict[int, int] = {}
+    for index, entry in enumerate(connectors_raw):
+        table = ConfigTable(entry, f"[[connectors]][{index}]", path)
+        table.reject_unknown(allowed_keys)
+        connector_id = table.integer("id", minimum=1)
+        if connector_id in ids_seen:
+            raise table.error(
+                "id", f"duplicate connector id {connector_id} (also [[connectors]][{ids_seen[connector_id]}])"
+            )
+        ids_seen[connector_id] = index
+        cable = table.string("cable", choices=CABLE_KINDS)
+        connectors.append(
+            {
+                **entry,
+                "id": connector_id,
+                "max_current_a": table.number(
+                    "max_current_a",
+                    minimum=MIN_CONNECTOR_CURRENT_A,
+                    maximum=MAX_CONNECTOR_CURRENT_A,
+                    unit="A",
+                ),
+                "phases": table.integer("phases", choices=(1, 3)),
+                "cable": cable,
+                # A Type 2 socket must lock the plug while charging; a tethered cable needs no lock.
+                "lock": table.boolean("lock", default=cable == "socket"),
+            }
+        )
+
+    count = len(connectors)
+    for index, conn in enumerate(connectors):
+        if conn["id"] > count:
+            raise BoardConfigError(
+                f"{path}: [[connectors]][{index}].id: connector ids must be 1..{count} without gaps, got {conn['id']}"
+            )
+
+    return {
+        **{key: value for key, value in raw.items() if key not in ("board", "connectors")},
+        "board": board_section,
+        "connectors": connectors,  # file order, so builders' error messages index the file correctly
+    }

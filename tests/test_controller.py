@@ -1,0 +1,398 @@
+"""The pure session controller: IEC 61851 safety rules and OCPP status, driven with an injected clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.controller import (
+    AuthorizationResult,
+    AvailabilityChanged,
+    CableDetected,
+    ConnectorController,
+    ConnectorStatus,
+    ContactorFeedback,
+    DiodeChecked,
+    Fault,
+    FaultChanged,
+    IdTagPresented,
+    PilotChanged,
+    RemoteStart,
+    RequestAuthorization,
+    ResetLatchedFaults,
+    SessionSettings,
+    SetContactor,
+    SetPilot,
+    StartTransaction,
+    StatusChanged,
+    StopReason,
+    StopRequested,
+    StopTransaction,
+    Tick,
+    TransactionConfirmed,
+    route_id_tag,
+)
+from hal.interfaces import CpState, PilotMode
+
+CONTROL_PERIOD = 0.010  # s, the agent's default control step
+
+
+class Bench:
+    """A controller wired to an ideal contactor: feedback follows the command one step later."""
+
+    def __init__(self, **settings):
+        self.now = 0.0
+        self.c = ConnectorController(settings=SessionSettings(**{"min_close_interval_s": 0.0, **settings}))
+        self.log: list[tuple[float, object]] = []
+
+    def send(self, event, at: float | None = None):
+        if at is not None:
+            self.now = at
+        commands = self.c.handle(event, self.now)
+        self.log += [(self.now, c) for c in commands]
+        return commands
+
+    def step(self, seconds: float = CONTROL_PERIOD):
+        """Advance one control step; the contactor's mirror contact follows the command."""
+        self.now += seconds
+        out = []
+        if self.c.feedback_closed != self.c.view().contactor_closed:
+            out += self.send(ContactorFeedback(self.c.view().contactor_closed))
+        out += self.send(Tick())
+        return out
+
+    def statuses(self):
+        return [c.status for _, c in self.log if isinstance(c, StatusChanged)]
+
+    def charging_session(self, tag="TAG1"):
+        self.send(PilotChanged(CpState.B))
+        self.send(IdTagPresented(tag))
+        self.send(AuthorizationResult(tag, True))
+        self.send(PilotChanged(CpState.C))
+        self.step()
+        assert self.c.view().contactor_closed and self.c.feedback_closed
+
+
+def of(commands, kind):
+    return [c for c in commands if isinstance(c, kind)]
+
+
+def test_plug_first_session_closes_only_after_authorization_and_state_c():
+    b = Bench()
+    out = b.send(PilotChanged(CpState.B))
+    assert of(out, StatusChanged)[0].status is ConnectorStatus.PREPARING
+    assert not of(out, SetContactor)
+
+    out = b.send(PilotChanged(CpState.C))  # EV asks for power before anyone authorized it
+    assert not of(out, SetContactor), "no contactor without authorization"
+    b.send(PilotChanged(CpState.B))
+
+    out = b.send(IdTagPresented("TAG1"))
+    assert of(out, RequestAuthorization) == [RequestAuthorization("TAG1")]
+    out = b.send(AuthorizationResult("TAG1", True))
+    assert of(out, StartTransaction) == [StartTransaction("TAG1")]
+    assert of(out, SetPilot) == [SetPilot(PilotMode.PWM, 26.67)]  # 16 A -> 16/0.6 %
+    assert not of(out, SetContactor), "EV still in B: no power yet"
+
+    out = b.send(PilotChanged(CpState.C))
+    assert of(out, SetContactor) == [SetContactor(True)]
+    assert of(out, StatusChanged)[0].status is ConnectorStatus.CHARGING
+
+
+def test_authorize_first_then_plug_starts_transaction():
+    b = Bench()
+    b.send(IdTagPresented("TAG1"))
+    out = b.send(AuthorizationResult("TAG1", True))
+    assert of(out, StatusChanged)[0].status is ConnectorStatus.PREPARING
+    assert not of(out, StartTransaction), "no transaction before the EV is plugged in"
+    out = b.send(PilotChanged(CpState.B))
+    assert of(out, StartTransaction) == [StartTransaction("TAG1")]
+    out = b.send(PilotChanged(CpState.C))
+    assert of(out, SetContactor) == [SetContactor(True)]
+
+
+def test_authorization_expires_after_connection_timeout():
+    b = Bench(connection_timeout_s=30)
+    b.send(IdTagPresented("TAG1"), at=0.0)
+    b.send(AuthorizationResult("TAG1", True), at=0.1)
+    b.send(Tick(), at=30.05)
+    assert b.c.view().status is ConnectorStatus.PREPARING  # 29.95 s after authorization
+    out = b.send(Tick(), at=30.1)
+    assert of(out, StatusChanged)[0].status is ConnectorStatus.AVAILABLE
+    out = b.send(PilotChanged(CpState.B), at=31)
+    assert not of(out, StartTransaction)
+
+
+def test_rejected_card_never_closes_the_contactor():
+    b = Bench()
+    b.send(PilotChanged(CpState.B))
+    b.send(IdTagPresented("BAD"))
+    out = b.send(AuthorizationResult("BAD", False))
+    assert not of(out, StartTransaction)
+    out = b.send(PilotChanged(CpState.C))
+    for _ in range(50):
+        out += b.step()
+    assert not of(out, SetContactor)
+    assert b.c.view().pilot_mode is PilotMode.X1
+    assert b.c.view().status is ConnectorStatus.PREPARING
+
+
+def test_c_to_b_opens_the_contactor_in_the_same_control_step():
+    b = Bench()
+    b.charging_session()
+    for _ in range(10):
+        b.step()
+    t_b = b.now + CONTROL_PERIOD
+    out = b.send(PilotChanged(CpState.B), at=t_b)
+    opens = [(t, c) for t, c in b.log if c == SetContactor(False)]
+    assert opens and opens[0][0] == t_b, "open command issued at the instant the step saw state B"
+    assert out[0] == SetContactor(False), "opening goes before every other command"
+    assert opens[0][0] - t_b <= 0.100  # IEC 61851-1 Table A.6 seq. 8.1 allows 100 ms
+    assert b.c.view().status is ConnectorStatus.SUSPENDED_EV
+    assert b.c.transaction_active, "C->B pauses the session, it does not end it"
+
+
+@pytest.mark.parametrize("event,reason", [
+    (PilotChanged(CpState.A), StopReason.EV_DISCONNECTED),
+    (StopRequested(StopReason.REMOTE), StopReason.REMOTE),
+    (IdTagPresented("TAG1"), StopReason.LOCAL),
+    (FaultChanged(Fault.RCD, True), StopReason.OTHER),
+    (StopRequested(StopReason.SOFT_RESET), StopReason.SOFT_RESET),
+])
+def test_every_stop_cause_opens_at_once_and_stops_the_transaction(event, reason):
+    b = Bench()
+    b.charging_session()
+    out = b.send(event)
+    assert out[0] == SetContactor(False)
+    stops = of(out, StopTransaction)
+    assert len(stops) == 1 and stops[0].reason is reason
+    assert b.c.view().pilot_mode is not PilotMode.PWM
+
+
+def test_unplug_keeps_transaction_when_stop_on_ev_side_disconnect_is_false():
+    b = Bench(stop_on_ev_side_disconnect=False)
+    b.charging_session()
+    out = b.send(PilotChanged(CpState.A))
+    assert out[0] == SetContactor(False)
+    assert not of(out, StopTransaction)
+    status = of(out, StatusChanged)[0]
+    assert status.status is ConnectorStatus.SUSPENDED_EV and status.info == "EV side disconnected"
+
+
+def test_finishing_after_local_stop_then_available_on_unplug():
+    b = Bench()
+    b.charging_session()
+    b.send(IdTagPresented("TAG1"))
+    assert b.c.view().status is ConnectorStatus.FINISHING
+    out = b.send(PilotChanged(CpState.B))
+    assert not of(out, SetContactor)
+    out = b.send(PilotChanged(CpState.A))
+    assert of(out, StatusChanged)[0].status is ConnectorStatus.AVAILABLE
+
+
+def test_welded_contactor_is_detected_latched_and_never_closed_again():
+    b = Bench(feedback_timeout_s=0.25)
+    b.charging_session()
+    b.send(PilotChanged(CpState.B), at=b.now + 0.01)  # open command; the mirror contact stays closed
+    t_open = b.now
+    b.send(Tick(), at=t_open + 0.24)
+    assert Fault.WELD not in b.c.faults, "the contactor gets its feedback time"
+    out = b.send(Tick(), at=t_open + 0.25)
+    assert Fault.WELD in b.c.faults
+    assert of(out, StatusChanged)[0] == StatusChanged(ConnectorStatus.FAULTED, "PowerSwitchFailure", None,
+                                                      "ContactorWelded")
+    assert of(out, StopTransaction), "the session ends on a weld"
+    # a new session: authorized, EV asks for power - the contactor must stay open
+    b.send(ContactorFeedback(False), at=t_open + 1)
+    b.send(IdTagPresented("TAG2"))
+    b.send(AuthorizationResult("TAG2", True))
+    out = b.send(PilotChanged(CpState.C))
+    assert not of(out, SetContactor) and not of(out, StartTransaction)
+    # the technician clears it once the mirror contact reads open
+    b.send(ResetLatchedFaults())
+    assert not b.c.faults
+
+
+def test_contactor_that_does_not_close_is_a_fault():
+    b = Bench(feedback_timeout_s=0.25)
+    b.send(PilotChanged(CpState.B))
+    b.send(IdTagPresented("T"))
+    b.send(AuthorizationResult("T", True))
+    out = b.send(PilotChanged(CpState.C), at=1.0)
+    assert of(out, SetContactor) == [SetContactor(True)]
+    out = b.send(Tick(), at=1.25)  # no feedback arrived
+    assert out[0] == SetContactor(False)
+    assert Fault.CONTACTOR in b.c.faults
+
+
+def test_closed_mirror_contact_while_open_blocks_closing():
+    b = Bench()
+    b.send(ContactorFeedback(True))  # mirror says closed but we never closed it
+    b.send(PilotChanged(CpState.B))
+    b.send(IdTagPresented("T"))
+    b.send(AuthorizationResult("T", True))
+    out = b.send(PilotChanged(CpState.C))
+    assert not of(out, SetContactor)
+    assert Fault.WELD in b.c.faults
+
+
+def test_state_d_charges_only_with_ventilation():
+    b = Bench(ventilation_available=False)
+    b.send(PilotChanged(CpState.B))
+    b.send(IdTagPresented("T"))
+    b.send(AuthorizationResult("T", True))
+    assert not of(b.send(PilotChanged(CpState.D)), SetContactor)
+    b2 = Bench(ventilation_available=True)
+    b2.send(PilotChanged(CpState.B))
+    b2.send(IdTagPresented("T"))
+    b2.send(AuthorizationResult("T", True))
+    assert of(b2.send(PilotChanged(CpState.D)), SetContactor) == [SetContactor(True)]
+
+
+def test_cable_ampacity_and_configured_limit_cap_the_offered_current():
+    b = Bench(max_current_a=32)
+    b.send(CableDetected(20.0))
+    b.send(PilotChanged(CpState.B))
+    b.send(IdTagPresented("T"))
+    out = b.send(AuthorizationResult("T", True))
+    assert of(out, SetPilot) == [SetPilot(PilotMode.PWM, round(20 / 0.6, 2))]
+    out = b.send(CableDetected(13.0))
+    assert of(out, SetPilot) == [SetPilot(PilotMode.PWM, round(13 / 0.6, 2))]
+    assert b.c.view().offered_current_a == 13.0
+
+
+def test_rcd_trip_faults_and_clears():
+    b = Bench()
+    b.charging_session()
+    out = b.send(FaultChanged(Fault.RCD, True))
+    assert out[0] == SetContactor(False)
+    assert b.c.view().status is ConnectorStatus.FAULTED and b.c.view().error_code == "GroundFailure"
+    out = b.send(FaultChanged(Fault.RCD, False))
+    assert of(out, StatusChanged)[0].status is ConnectorStatus.FINISHING
+
+
+def test_diode_fault_stops_and_latches_until_unplug():
+    b = Bench()
+    b.charging_session()
+    out = b.send(DiodeChecked(False))
+    assert out[0] == SetContactor(False) and Fault.DIODE in b.c.faults
+    b.send(DiodeChecked(True))  # PWM off: nothing to check any more
+    assert Fault.DIODE in b.c.faults
+    b.send(PilotChanged(CpState.A))
+    assert not b.c.faults and b.c.view().status is ConnectorStatus.AVAILABLE
+
+
+def test_pilot_short_is_a_fault():
+    b = Bench()
+    b.charging_session()
+    out = b.send(PilotChanged(CpState.E))
+    assert out[0] == SetContactor(False)
+    assert b.c.view().status is ConnectorStatus.FAULTED
+
+
+def test_meter_failure_stops_charging_and_is_reported():
+    b = Bench()
+    b.charging_session()
+    out = b.send(FaultChanged(Fault.METER, True))
+    assert out[0] == SetContactor(False)
+    assert of(out, StatusChanged)[0].error_code == "PowerMeterFailure"
+
+
+def test_invalid_id_in_start_transaction_conf():
+    stop = Bench(stop_on_invalid_id=True)
+    stop.charging_session()
+    out = stop.send(TransactionConfirmed(False))
+    assert out[0] == SetContactor(False)
+    assert of(out, StopTransaction) == [StopTransaction(StopReason.DEAUTHORIZED)]
+
+    keep = Bench(stop_on_invalid_id=False)
+    keep.charging_session()
+    out = keep.send(TransactionConfirmed(False))
+    assert out[0] == SetContactor(False)
+    assert not of(out, StopTransaction)
+    assert keep.c.view().status is ConnectorStatus.SUSPENDED_EVSE
+    assert keep.c.view().pilot_mode is PilotMode.X1
+
+
+def test_remote_start_authorizes_when_configured():
+    b = Bench(authorize_remote_tx=True)
+    out = b.send(RemoteStart("R1"))
+    assert of(out, RequestAuthorization) == [RequestAuthorization("R1")]
+    b.send(AuthorizationResult("R1", True))
+    assert of(b.send(PilotChanged(CpState.B)), StartTransaction) == [StartTransaction("R1")]
+
+    direct = Bench(authorize_remote_tx=False)
+    out = direct.send(RemoteStart("R1"))
+    assert not of(out, RequestAuthorization)
+    assert of(direct.send(PilotChanged(CpState.B)), StartTransaction) == [StartTransaction("R1")]
+
+
+def test_other_card_with_same_parent_stops_the_session():
+    b = Bench()
+    b.send(PilotChanged(CpState.B))
+    b.send(IdTagPresented("TAG1"))
+    b.send(AuthorizationResult("TAG1", True, parent_id_tag="FLEET"))
+    b.send(PilotChanged(CpState.C))
+    out = b.send(IdTagPresented("TAG2"))
+    assert of(out, RequestAuthorization) == [RequestAuthorization("TAG2")]
+    out = b.send(AuthorizationResult("TAG2", True, parent_id_tag="OTHER"))
+    assert not of(out, StopTransaction)
+    b.send(IdTagPresented("TAG3"))
+    out = b.send(AuthorizationResult("TAG3", True, parent_id_tag="FLEET"))
+    assert of(out, StopTransaction) == [StopTransaction(StopReason.LOCAL, "TAG3")]
+
+
+def test_unavailable_is_scheduled_during_a_transaction():
+    b = Bench()
+    b.charging_session()
+    b.send(AvailabilityChanged(False))
+    view = b.c.view()
+    assert view.availability_scheduled and view.status is ConnectorStatus.CHARGING
+    b.send(StopRequested(StopReason.REMOTE))
+    assert b.c.view().status is ConnectorStatus.UNAVAILABLE
+    assert b.c.view().pilot_mode is PilotMode.F
+    b.send(IdTagPresented("T"))
+    assert not b.c.view().authorized_id_tag
+
+
+def test_min_close_interval_protects_the_contactor():
+    b = Bench(min_close_interval_s=2.0)
+    b.charging_session()
+    t0 = b.now
+    b.send(PilotChanged(CpState.B), at=t0 + 0.5)
+    b.step()
+    out = b.send(PilotChanged(CpState.C), at=t0 + 1.0)
+    assert not of(out, SetContactor)
+    out = b.send(Tick(), at=t0 + 2.0)
+    assert of(out, SetContactor) == [SetContactor(True)]
+
+
+def test_status_stays_preparing_while_ev_answers_pwm_then_suspended_ev():
+    b = Bench(ev_response_grace_s=3.0)
+    b.send(PilotChanged(CpState.B), at=0)
+    b.send(IdTagPresented("T"))
+    b.send(AuthorizationResult("T", True), at=1.0)
+    b.send(Tick(), at=3.9)
+    assert b.c.view().status is ConnectorStatus.PREPARING
+    b.send(Tick(), at=4.0)
+    assert b.c.view().status is ConnectorStatus.SUSPENDED_EV
+
+
+def test_no_pwm_below_six_amps():
+    b = Bench(max_current_a=16)
+    b.send(CableDetected(5.0))
+    b.send(PilotChanged(CpState.B))
+    b.send(IdTagPresented("T"))
+    out = b.send(AuthorizationResult("T", True))
+    assert of(out, StartTransaction)
+    assert b.c.view().pilot_mode is PilotMode.X1
+    assert b.c.view().status is ConnectorStatus.SUSPENDED_EVSE
+
+
+def test_card_routing_between_connectors():
+    one, two = ConnectorController(), ConnectorController()
+    two.handle(PilotChanged(CpState.B), 0)
+    assert route_id_tag({1: one, 2: two}, "X") == 2  # the EV waiting for a card
+    two.handle(IdTagPresented("X"), 0)
+    two.handle(AuthorizationResult("X", True), 0)
+    assert route_id_tag({1: one, 2: two}, "X") == 2  # its own card stops it
+    assert route_id_tag({1: one, 2: two}, "Y") == 1  # a new card goes to the free connector
