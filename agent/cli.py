@@ -27,7 +27,7 @@ def _socket_path(args: argparse.Namespace) -> Path:
 
 def _add_target(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--socket", help="agent control socket (default %(default)s)" % {"default": DEFAULT_SOCKET})
+    group.add_argument("--socket", help=f"agent control socket (default {DEFAULT_SOCKET})")
     group.add_argument("--config", help="agent config file; its [control] socket is used")
 
 
@@ -183,9 +183,9 @@ def _sim(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from agent.app import run_agent, run_reboot_command
-    from hal.board import BoardConfigError
-    from agent.journal import JournalError
     from agent.control import CommandError
+    from agent.journal import JournalError
+    from hal.board import BoardConfigError
 
     config = load_config(Path(args.config))
     logging.basicConfig(

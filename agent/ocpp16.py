@@ -157,7 +157,7 @@ class OcppClient:
         self._outgoing.put_nowait(item)
         try:
             result = await item.done
-        except (OCPPError, asyncio.TimeoutError, ConnectionError, websockets.ConnectionClosed):
+        except (TimeoutError, OCPPError, ConnectionError, websockets.ConnectionClosed):
             return None
         return snake_to_camel_case(result.id_tag_info) if result else None
 
@@ -279,7 +279,7 @@ class OcppClient:
             )
             try:
                 result = await cp.call(boot, suppress=False)
-            except (OCPPError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OCPPError) as exc:
                 log.warning("BootNotification failed: %s; retrying", exc)
                 await asyncio.sleep(self._config.ocpp.reconnect_min_s * 10)
                 continue
@@ -297,7 +297,7 @@ class OcppClient:
             item = await self._outgoing.get()
             try:
                 result = await cp.call(item.payload, suppress=False)
-            except (OCPPError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OCPPError) as exc:
                 log.warning("%s failed: %s", type(item.payload).__name__, exc)
                 if item.done and not item.done.done():
                     item.done.set_exception(exc)
@@ -318,7 +318,7 @@ class OcppClient:
                 continue
             try:
                 result = await cp.call(_journal_payload(message), suppress=False)
-            except (OCPPError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OCPPError) as exc:
                 await self._failed_attempt(message, exc)
                 continue
             response = snake_to_camel_case(dataclasses.asdict(result))

@@ -1,0 +1,194 @@
+"""Run the real agent as a process against the bundled CSMS on 127.0.0.1, for end-to-end tests.
+
+The agent is started exactly as a station runs it (`python -m agent run --config FILE`), with its
+journal, sim-board state and control socket in the test's temporary directory. Tests drive the
+simulated EV and card reader through the control socket, like `evse sim ...` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from agent.control import ControlClientError, request
+from hil.csms import LocalCsms
+
+REPO = Path(__file__).resolve().parent.parent
+STATION_ID = "CP-T1"
+TAG_OK = "0411223344"  # card UIDs as the reader reports them: uppercase hex
+TAG_2 = "0455667788"
+TAG_BLOCKED = "04DEADBEEF"
+TAG_UNKNOWN = "04FFFFFFFF"
+
+FAST_BOARD = """\
+[board]
+name = "test sim"
+backend = "sim"
+{reboot}
+
+[sim]
+ev_response_s = 0.1
+
+{connectors}
+"""
+
+CONNECTOR = """\
+[[connectors]]
+id = {id}
+max_current_a = 32.0
+phases = 3
+cable = "socket"
+cable_ampacity_a = 32
+"""
+
+
+def write_config(workdir: Path, csms_url: str, *, station_id: str = STATION_ID, connectors: int = 1,
+                 ocpp_keys: dict | None = None, reboot_command: list[str] | None = None,
+                 extra: str = "") -> Path:
+    keys = {"MeterValueSampleInterval": 1, "HeartbeatInterval": 60, "TransactionMessageRetryInterval": 1,
+            "ConnectionTimeOut": 30, **(ocpp_keys or {})}
+    reboot = f"reboot_command = {reboot_command!r}".replace("'", '"') if reboot_command else ""
+    (workdir / "board.toml").write_text(FAST_BOARD.format(
+        reboot=reboot, connectors="\n".join(CONNECTOR.format(id=i) for i in range(1, connectors + 1))))
+    key_lines = "\n".join(
+        f"{k} = {str(v).lower() if isinstance(v, bool) else v!r}".replace("'", '"') for k, v in keys.items())
+    config = workdir / "agent.toml"
+    config.write_text(f"""\
+[station]
+id = "{station_id}"
+vendor = "TestVendor"
+model = "TestModel"
+
+[ocpp]
+url = "{csms_url}"
+reconnect_min_s = 0.2
+reconnect_max_s = 1.0
+
+[ocpp.configuration]
+{key_lines}
+
+[board]
+file = "board.toml"
+
+[journal]
+path = "state/journal.sqlite"
+
+[control]
+socket = "control.sock"
+
+[charging]
+max_current_a = 16
+meter_poll_s = 0.2
+{extra}
+""")
+    return config
+
+
+class Agent:
+    """One agent process; can be killed (SIGKILL) and started again on the same files."""
+
+    def __init__(self, workdir: Path, config: Path):
+        self.workdir = workdir
+        self.config = config
+        self.socket = workdir / "control.sock"
+        self.log_path = workdir / "agent.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+        log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "--config", str(self.config), "--log-level", "debug"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
+        )
+        log.close()
+
+    async def ready(self, timeout: float = 15.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"agent exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                return await self.cmd("status")
+            except (ControlClientError, OSError, ValueError):
+                await asyncio.sleep(0.05)
+        raise TimeoutError(f"agent control socket not up:\n{self.log_tail()}")
+
+    async def cmd(self, cmd: str, **args):
+        return await asyncio.to_thread(request, self.socket, cmd, args, 5.0)
+
+    async def status(self) -> dict:
+        return await self.cmd("status")
+
+    async def connector(self, connector: int = 1) -> dict:
+        return (await self.status())["connectors"][connector - 1]
+
+    async def wait_connector(self, predicate, connector: int = 1, timeout: float = 10.0,
+                             what: str = "connector state") -> dict:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = await self.connector(connector)
+            if predicate(last):
+                return last
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"timed out waiting for {what}; last: {last}\n{self.log_tail()}")
+
+    async def wait_status(self, predicate, timeout: float = 10.0, what: str = "agent status") -> dict:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                last = await self.status()
+                if predicate(last):
+                    return last
+            except (ControlClientError, OSError):
+                pass
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"timed out waiting for {what}; last: {last}\n{self.log_tail()}")
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    async def terminate(self, timeout: float = 15.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise TimeoutError(f"agent ignored SIGTERM:\n{self.log_tail()}")
+        return self.proc.returncode
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text().splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+async def start_agent(tmp_path: Path, csms: LocalCsms, **config_args) -> Agent:
+    config = write_config(tmp_path, csms.url, **config_args)
+    agent = Agent(tmp_path, config)
+    agent.start()
+    await agent.ready()
+    return agent
+
+
+async def charge(agent: Agent, csms: LocalCsms, tag: str, connector: int = 1) -> dict:
+    """Plug in, present a card, wait until the contactor is closed. Returns the connector status."""
+    await agent.cmd("sim.plug", connector=connector)
+    await agent.wait_connector(lambda c: c["status"] == "Preparing", connector, what="Preparing")
+    await agent.cmd("sim.swipe", tag=tag)
+    return await agent.wait_connector(lambda c: c["contactor_closed"] and c["status"] == "Charging",
+                                      connector, what="Charging")

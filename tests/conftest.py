@@ -1,0 +1,31 @@
+import pytest
+
+from hil.csms import LocalCsms
+from tests.agent_harness import TAG_2, TAG_BLOCKED, TAG_OK, Agent, start_agent
+
+TAGS = {TAG_OK: "Accepted", TAG_2: "Accepted", TAG_BLOCKED: "Blocked"}
+
+
+@pytest.fixture
+async def csms(tmp_path):
+    server = LocalCsms(authorized_tags=TAGS, boot_interval=60, record_path=tmp_path / "csms.jsonl")
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def run_agent(tmp_path):
+    """Factory: `agent = await run_agent(csms, **config_args)`; every agent is stopped afterwards."""
+    agents: list[Agent] = []
+
+    async def factory(server: LocalCsms, **config_args) -> Agent:
+        agent = await start_agent(tmp_path, server, **config_args)
+        agents.append(agent)
+        return agent
+
+    yield factory
+    for agent in agents:
+        if agent.proc is not None and agent.proc.poll() is None:
+            agent.proc.kill()
+            agent.proc.wait(5)
