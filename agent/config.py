@@ -65,8 +65,6 @@ class OcppConfig:
     version: str = "1.6"
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
-    response_timeout_s: float = 30.0
-    ping_interval_s: float = 60.0  # 0 = off
     password: str = field(default="", repr=False)  # HTTP Basic auth; kept out of repr so it is never logged
     # Station maker's initial OCPP configuration values, validated and in canonical string form.
     configuration: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -344,8 +342,6 @@ def _read_ocpp(section: _SectionReader) -> OcppConfig:
     section.number("reconnect_min_s", greater_than=0)
     section.number("reconnect_max_s", greater_than=0)
     _check_reconnect_bounds(section)
-    section.number("response_timeout_s", greater_than=0)
-    section.number("ping_interval_s", minimum=0)
     section.string("password")
     if "configuration" in section.table:
         section.values["configuration"] = _read_ocpp_configuration(section)
@@ -466,10 +462,8 @@ url = "ws://127.0.0.1:9000/ocpp"
 # Bounds of the reconnect back-off, in seconds.
 reconnect_min_s = 1.0
 reconnect_max_s = 60.0
-# How long to wait for the CSMS to answer a request, in seconds.
-response_timeout_s = 30.0
-# WebSocket ping interval in seconds; 0 = off.
-ping_interval_s = 60
+# The response timeout and the WebSocket ping interval are the OCPP keys MessageTimeout and
+# WebSocketPingInterval in [ocpp.configuration].
 # HTTP Basic auth password (the user name is the station id); empty = no auth. Never logged.
 password = ""
 

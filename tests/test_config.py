@@ -64,8 +64,6 @@ def test_minimal_config_gets_every_default(tmp_path):
         version="1.6",
         reconnect_min_s=1.0,
         reconnect_max_s=60.0,
-        response_timeout_s=30.0,
-        ping_interval_s=60.0,
         password="",
         configuration={},
     )
@@ -94,8 +92,6 @@ version = "1.6"
 url = "wss://csms.example/ocpp/"
 reconnect_min_s = 2
 reconnect_max_s = 120.5
-response_timeout_s = 10
-ping_interval_s = 0
 password = "s3cret-s3cret-s3cret"
 
 [ocpp.configuration]
@@ -126,8 +122,6 @@ level = "DEBUG"
     assert config.ocpp.url == "wss://csms.example/ocpp/"
     assert (config.ocpp.reconnect_min_s, config.ocpp.reconnect_max_s) == (2.0, 120.5)
     assert isinstance(config.ocpp.reconnect_min_s, float)  # int accepted where a float is expected
-    assert config.ocpp.response_timeout_s == 10.0
-    assert config.ocpp.ping_interval_s == 0.0
     assert config.ocpp.password == "s3cret-s3cret-s3cret"
     assert dict(config.ocpp.configuration) == {
         "HeartbeatInterval": "600",
@@ -227,14 +221,6 @@ def test_ocpp_endpoint_appends_the_percent_encoded_station_id(tmp_path, url, sta
             "[ocpp] reconnect_min_s: expected a number, got true",
         ),
         (
-            MINIMAL.replace("[ocpp]\n", "[ocpp]\nresponse_timeout_s = '30'\n"),
-            '[ocpp] response_timeout_s: expected a number, got "30"',
-        ),
-        (
-            MINIMAL.replace("[ocpp]\n", "[ocpp]\nping_interval_s = nan\n"),
-            "[ocpp] ping_interval_s: expected a finite number, got nan",
-        ),
-        (
             MINIMAL.replace("[ocpp]\n", "[ocpp]\nreconnect_max_s = inf\n"),
             "[ocpp] reconnect_max_s: expected a finite number, got inf",
         ),
@@ -305,14 +291,6 @@ def test_ocpp_endpoint_appends_the_percent_encoded_station_id(tmp_path, url, sta
         (
             MINIMAL.replace("[ocpp]\n", "[ocpp]\nreconnect_min_s = 100\n"),
             "[ocpp] reconnect_min_s: must be <= reconnect_max_s (60, the default), got 100",
-        ),
-        (
-            MINIMAL.replace("[ocpp]\n", "[ocpp]\nresponse_timeout_s = 0\n"),
-            "[ocpp] response_timeout_s: must be greater than 0, got 0",
-        ),
-        (
-            MINIMAL.replace("[ocpp]\n", "[ocpp]\nping_interval_s = -1\n"),
-            "[ocpp] ping_interval_s: must be >= 0, got -1",
         ),
         (
             MINIMAL.replace("[ocpp]\n", "[ocpp]\nconfiguration = 5\n"),
