@@ -87,9 +87,13 @@ class Journal:
             self._db.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(SCHEMA)
-            self._db.execute("PRAGMA quick_check").fetchone()
+            problems = [row[0] for row in self._db.execute("PRAGMA quick_check").fetchall()]
         except (sqlite3.Error, OSError) as exc:
             raise JournalError(f"journal {self.path}: {exc}") from exc
+        if problems != ["ok"]:  # quick_check reports damage as rows, it does not raise
+            self._db.close()
+            detail = " ".join(" ".join(str(p) for p in problems[:3]).split())
+            raise JournalError(f"journal {self.path}: corrupt: {detail[:200]}")
 
     def close(self) -> None:
         self._db.close()

@@ -48,6 +48,9 @@ from agent.ocpp_config import OcppConfiguration
 
 log = logging.getLogger("evse.ocpp")
 frame_log = logging.getLogger("evse.ocpp.frames")
+# the library logs every frame at INFO; _LoggedConnection already logs them once, at DEBUG
+library_log = logging.getLogger("evse.ocpp.library")
+library_log.setLevel(logging.WARNING)
 
 SUBPROTOCOL = "ocpp1.6"
 
@@ -417,7 +420,7 @@ class _ChargePoint(_LibChargePoint):
     """Routing and handlers for CSMS-initiated calls."""
 
     def __init__(self, station_id: str, connection, *, client: OcppClient, response_timeout: int):
-        super().__init__(station_id, connection, response_timeout=response_timeout, logger=log)
+        super().__init__(station_id, connection, response_timeout=response_timeout, logger=library_log)
         self._client = client
         self._station = client._station
         self._follow_ups: set[asyncio.Task] = set()

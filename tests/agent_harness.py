@@ -172,7 +172,7 @@ class Agent:
 
     def log_tail(self, lines: int = 60) -> str:
         try:
-            return "\n".join(self.log_path.read_text().splitlines()[-lines:])
+            return "\n".join(line[:300] for line in self.log_path.read_text().splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
 
@@ -192,3 +192,23 @@ async def charge(agent: Agent, csms: LocalCsms, tag: str, connector: int = 1) ->
     await agent.cmd("sim.swipe", tag=tag)
     return await agent.wait_connector(lambda c: c["contactor_closed"] and c["status"] == "Charging",
                                       connector, what="Charging")
+
+
+CALL = 2  # OCPP-J MessageTypeId of a CALL
+
+
+def is_station_call(frame, action: str, where=None) -> bool:
+    """True for a CALL of `action` sent by the station, whose payload satisfies `where` (if given)."""
+    return (frame.direction == "in" and frame.message_type == CALL and frame.action == action
+            and (where is None or where(frame.payload)))
+
+
+async def wait_call(csms: LocalCsms, action: str, since: int = 0, where=None, timeout: float = 10.0):
+    """The first CALL of `action` from the station at frame index >= `since` (optionally with a payload
+    for which `where(payload)` is true). Pass `since=len(csms.frames)` taken before the trigger."""
+    return await csms.wait_frame(lambda f: is_station_call(f, action, where), timeout=timeout, since=since)
+
+
+def calls_since(csms: LocalCsms, action: str, since: int = 0, where=None) -> list:
+    """Every CALL of `action` from the station at frame index >= `since`, in order."""
+    return [f for f in csms.frames[since:] if is_station_call(f, action, where)]

@@ -1,0 +1,70 @@
+"""Hardware faults injected on the simulated board, seen from the CSMS and the technician (OCTT TC_041)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.agent_harness import STATION_ID, TAG_OK, charge
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("kind,error_code", [
+    ("rcd", "GroundFailure"),
+    ("diode", "OtherError"),
+    ("meter", "PowerMeterFailure"),
+])
+async def test_fault_during_charging_opens_stops_and_reports_faulted(csms, run_agent, kind, error_code):
+    """TC_041: a fault opens the contactor, ends the session and is reported as Faulted with its error code."""
+    agent = await run_agent(csms)
+    await csms.wait_connected(STATION_ID)
+    await charge(agent, csms, TAG_OK)
+    await agent.cmd("sim.fault", kind=kind, on=True)
+
+    faulted = await csms.wait_frame(lambda f: f.action == "StatusNotification" and f.message_type == 2
+                                    and f.payload["status"] == "Faulted")
+    assert faulted.payload["errorCode"] == error_code and faulted.payload["connectorId"] == 1
+    await csms.wait_until(lambda: any(t.stopped for t in csms.transactions.values()))
+    (tx,) = csms.transactions.values()
+    assert tx.stop_reason == "Other"
+    connector = await agent.connector()
+    assert connector["contactor_closed"] is False and connector["status"] == "Faulted"
+    snapshot = await agent.cmd("sim.snapshot")
+    assert snapshot["connectors"][0]["contactor_feedback"] is False
+    assert connector["pilot_mode"] != "PWM"
+
+
+async def test_welded_contactor_stays_faulted_until_the_technician_resets_it(csms, run_agent):
+    """A weld shows when the contactor is told to open and its mirror contact stays closed."""
+    agent = await run_agent(csms)
+    await csms.wait_connected(STATION_ID)
+    await charge(agent, csms, TAG_OK)
+    await agent.cmd("sim.fault", kind="weld", on=True)
+    await agent.cmd("sim.swipe", tag=TAG_OK)  # the driver ends the session: the contactor is told to open
+    await agent.wait_connector(lambda c: "weld" in c["faults"], what="weld fault")
+    faulted = await csms.wait_frame(lambda f: f.action == "StatusNotification" and f.message_type == 2
+                                    and f.payload["status"] == "Faulted")
+    assert faulted.payload["errorCode"] == "PowerSwitchFailure"
+    assert faulted.payload["vendorErrorCode"] == "ContactorWelded"
+    await agent.cmd("sim.unplug")
+    await agent.cmd("sim.fault", kind="weld", on=False)  # contacts freed, mirror reads open again
+    # the fault is latched: a new session must not start
+    await agent.cmd("sim.plug")
+    await agent.cmd("sim.swipe", tag=TAG_OK)
+    connector = await agent.wait_connector(lambda c: c["cp_state"] == "B", what="plugged")
+    assert connector["status"] == "Faulted" and not connector["transaction_active"]
+    assert (await agent.cmd("fault.reset"))["faults"] == []
+    await agent.wait_connector(lambda c: c["status"] == "Preparing", what="Preparing after reset")
+    await agent.cmd("sim.swipe", tag=TAG_OK)
+    await agent.wait_connector(lambda c: c["status"] == "Charging" and c["contactor_closed"], what="charging again")
+
+
+async def test_meter_recovering_clears_the_fault(csms, run_agent):
+    agent = await run_agent(csms)
+    await csms.wait_connected(STATION_ID)
+    await agent.cmd("sim.fault", kind="meter", on=True)
+    await agent.wait_connector(lambda c: c["status"] == "Faulted" and not c["meter_ok"], what="meter fault")
+    await agent.cmd("sim.fault", kind="meter", on=False)
+    await agent.wait_connector(lambda c: c["status"] == "Available" and c["meter_ok"], what="recovered")
+    statuses = [f.payload["status"] for f in csms.calls("StatusNotification") if f.payload["connectorId"] == 1]
+    assert statuses[-2:] == ["Faulted", "Available"]
