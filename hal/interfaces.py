@@ -176,10 +176,34 @@ class Board:
     simulator: object | None = None  # the sim control surface (hal.sim.SimBoard) when the board is simulated
     extras: dict = field(default_factory=dict)
 
+    def devices(self) -> list[object]:
+        """Every device object once (a bus or a co-processor may serve several connectors)."""
+        seen: dict[int, object] = {}
+        for conn in self.connectors:
+            for device in (conn.pilot, conn.contactor, conn.meter, conn.proximity, conn.lock, conn.rcd):
+                if device is not None:
+                    seen.setdefault(id(device), device)
+        if self.rfid is not None:
+            seen.setdefault(id(self.rfid), self.rfid)
+        for extra in self.extras.values():
+            seen.setdefault(id(extra), extra)
+        return list(seen.values())
+
     async def start(self) -> None:
-        """Open ports and start background readers. Sim back-ends need nothing."""
+        """Open ports and start background readers of every device that has them."""
+        for device in self.devices():
+            start = getattr(device, "start", None)
+            if start is not None:
+                await start()
 
     async def close(self) -> None:
-        """Leave every contactor open and release the devices."""
+        """Leave every contactor open, then release the devices."""
         for conn in self.connectors:
-            conn.contactor.set_closed(False)
+            try:
+                conn.contactor.set_closed(False)
+            except HardwareError:
+                pass  # the hardware path (co-processor watchdog, coil drop-out) opens it anyway
+        for device in reversed(self.devices()):
+            close = getattr(device, "close", None)
+            if close is not None:
+                await close()
