@@ -158,6 +158,8 @@ class Station:
             for rt in self.connectors.values():
                 self._dispatch(rt, ctl.StopRequested(ctl.StopReason.OTHER))
         await self._drain_transaction_ops()
+        if stop_transactions:
+            await self._flush_journal()
         self._shutdown.set()
 
     async def _stop_tasks(self) -> None:
@@ -167,6 +169,13 @@ class Station:
         await asyncio.gather(*self._tasks, *self._side_tasks, return_exceptions=True)
         self._tasks.clear()
         await self.board.close()  # every contactor open
+
+    async def _flush_journal(self, timeout: float = 5.0) -> None:
+        """Give queued messages (a final StopTransaction) a moment to reach the CSMS; the journal keeps
+        whatever could not be delivered for the next start."""
+        deadline = time.monotonic() + timeout
+        while self.journal.pending_count() and self.ocpp.accepted and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
     async def _drain_transaction_ops(self, timeout: float = 5.0) -> None:
         async def drained():
@@ -464,10 +473,7 @@ class Station:
         for rt in self.connectors.values():
             self._dispatch(rt, ctl.StopRequested(reason))
         await self._drain_transaction_ops()
-        # give the StopTransaction a moment to reach the CSMS; if it can't, the journal keeps it
-        deadline = time.monotonic() + 5.0
-        while self.journal.pending_count() and self.ocpp.accepted and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await self._flush_journal()
         reboot = self.board.reboot_command if kind == "Hard" else None
         self._restart = RestartRequested(kind, reboot)
         self._shutdown.set()

@@ -47,6 +47,7 @@ async def test_welded_contactor_stays_faulted_until_the_technician_resets_it(csm
     assert faulted.payload["errorCode"] == "PowerSwitchFailure"
     assert faulted.payload["vendorErrorCode"] == "ContactorWelded"
     await agent.cmd("sim.unplug")
+    await agent.wait_connector(lambda c: c["cp_state"] == "A", what="unplugged")
     await agent.cmd("sim.fault", kind="weld", on=False)  # contacts freed, mirror reads open again
     # the fault is latched: a new session must not start
     await agent.cmd("sim.plug")
