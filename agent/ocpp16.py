@@ -34,7 +34,7 @@ from typing import Any, Protocol
 import websockets
 from ocpp.charge_point import camel_to_snake_case, snake_to_camel_case
 from ocpp.exceptions import NotImplementedError as OcppNotImplemented
-from ocpp.exceptions import NotSupportedError, OCPPError, ProtocolError
+from ocpp.exceptions import NotSupportedError, OCPPError, ProtocolError, SecurityError
 from ocpp.messages import Call, CallError, unpack
 from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint as _LibChargePoint
@@ -92,6 +92,10 @@ class StationPort(Protocol):
 class _Outgoing:
     payload: Any
     done: asyncio.Future | None = None
+
+
+class _ReRegister(Exception):
+    """Ends the session so that the next connection starts with BootNotification."""
 
 
 class _LoggedConnection:
@@ -246,6 +250,10 @@ class OcppClient:
             self._fail_pending_outgoing()
         for task in done:
             exc = task.exception()
+            if isinstance(exc, BaseExceptionGroup):
+                if exc.subgroup(_ReRegister) is not None:
+                    return
+                exc = exc.exceptions[0]
             if exc is not None and not isinstance(exc, websockets.ConnectionClosed):
                 raise exc
         log.warning("OCPP connection closed")
@@ -269,7 +277,10 @@ class OcppClient:
         for status in self._station.statuses():
             self._outgoing.put_nowait(_Outgoing(_status_payload(**status)))
         self._journal_wakeup.set()
-        await asyncio.gather(self._send_outgoing(cp), self._send_journal(cp), self._heartbeat(cp))
+        async with asyncio.TaskGroup() as group:  # one failing sender cancels the others
+            group.create_task(self._send_outgoing(cp))
+            group.create_task(self._send_journal(cp))
+            group.create_task(self._heartbeat(cp))
 
     async def _register(self, cp: _ChargePoint) -> None:
         cfg = self._config.station
@@ -300,6 +311,10 @@ class OcppClient:
             item = await self._outgoing.get()
             try:
                 result = await cp.call(item.payload, suppress=False)
+            except SecurityError as exc:
+                if item.done and not item.done.done():
+                    item.done.set_exception(exc)
+                self._registration_lost(exc)
             except (TimeoutError, OCPPError) as exc:
                 log.warning("%s failed: %s", type(item.payload).__name__, exc)
                 if item.done and not item.done.done():
@@ -321,6 +336,8 @@ class OcppClient:
                 continue
             try:
                 result = await cp.call(_journal_payload(message), suppress=False)
+            except SecurityError as exc:
+                self._registration_lost(exc)  # not the message's fault: no attempt is counted
             except (TimeoutError, OCPPError) as exc:
                 await self._failed_attempt(message, exc)
                 continue
@@ -328,6 +345,13 @@ class OcppClient:
             self._journal.message_delivered(message, response)
             self._station.transaction_message_delivered(message, response)
             await asyncio.sleep(0)  # let heartbeats and commands through during a long replay
+
+    def _registration_lost(self, exc: BaseException) -> None:
+        """The CSMS no longer knows us as registered (errata 3.8: it answers SecurityError before
+        Accepted, e.g. after losing its state): boot again on a fresh connection."""
+        log.warning("CSMS answered SecurityError (%s): registering again with BootNotification", exc)
+        self.registration = None
+        raise _ReRegister()
 
     async def _failed_attempt(self, message: QueuedMessage, exc: BaseException) -> None:
         cfg = self._station.configuration

@@ -28,12 +28,25 @@ Configuration (constructor, keyword-only):
     record_path         JSON-lines file; every frame in and out is appended (opened in append mode).
     first_transaction_id, parent_id_tags, echo (called with one human-readable line per frame and
                         per connect/disconnect).
+    assume_booted       treat a station that has not sent a BootNotification to this instance as
+                        Accepted (default False). Models a CSMS that was restarted but keeps its
+                        registrations in a database: a station that merely reconnects does not boot
+                        again (OCPP 1.6 §4.2 requires BootNotification after a (re)boot only), so a
+                        fresh LocalCsms on the old port would otherwise answer it with SecurityError.
 
 Control:
     await start(host="127.0.0.1", port=0) -> int     bound port
     url                                              "ws://127.0.0.1:<port>/ocpp"
     await stop()
     await start_control_socket(path)                 JSON-lines operator socket (see below)
+
+Fault injection (for testing a station's error handling):
+    fail_next(action, count=1, error_code="InternalError", description="injected failure")
+        the next `count` CALLs of `action` from any station are answered with that CALLERROR
+        instead of being handled (nothing is recorded as a transaction); later ones are handled.
+    refuse_connections                               attribute, default False; while True every new
+        WebSocket handshake is answered with HTTP 503 (open connections are not touched), so a
+        station stays offline after `disconnect()` until it is set back to False.
 
 Stations:
     is_connected(station_id) -> bool, stations() -> list[str]
@@ -122,6 +135,20 @@ ENDPOINT_PATH = "/ocpp"
 MESSAGE_CALL, MESSAGE_RESULT, MESSAGE_ERROR = 2, 3, 4
 # OCPP-J message length per type: [2, id, action, payload], [3, id, payload], [4, id, code, text, details]
 _FRAME_LENGTH = {MESSAGE_CALL: 4, MESSAGE_RESULT: 3, MESSAGE_ERROR: 5}
+
+# ErrorCode values of OCPP-J 1.6 §4.2.3 (with the spec's own spelling mistakes), for fail_next().
+_OCPP_J_ERROR_CODES = {
+    "NotImplemented",
+    "NotSupported",
+    "InternalError",
+    "ProtocolError",
+    "SecurityError",
+    "FormationViolation",
+    "PropertyConstraintViolation",
+    "OccurenceConstraintViolation",
+    "TypeConstraintViolation",
+    "GenericError",
+}
 
 # CALLERROR codes the library uses when a CALL fails schema validation: the station's fault.
 _SCHEMA_ERROR_CODES = {
@@ -342,6 +369,11 @@ class _StationHandler(ChargePoint):
             error = SecurityError(description="BootNotification not accepted yet")
             await self._connection.send(message.create_call_error(error).to_json())
             return
+        injected = self._csms._take_injected_failure(message.action)
+        if injected is not None:
+            code, description = injected
+            await self._connection.send(CallError(message.unique_id, code, description, {}).to_json())
+            return
         try:
             await self._handle_call(message)  # the library: validate, run the @on handler, answer
         except OCPPError as error:
@@ -503,6 +535,7 @@ class LocalCsms:
         first_transaction_id: int = 100,
         parent_id_tags: Mapping[str, str] | None = None,
         echo: Callable[[str], None] | None = None,
+        assume_booted: bool = False,
     ):
         if isinstance(authorized_tags, Mapping):
             tag_statuses = dict(authorized_tags)
@@ -524,6 +557,9 @@ class LocalCsms:
         self._record_path = record_path
         self._next_transaction_id = first_transaction_id
         self._echo = echo
+        self._assume_booted = assume_booted
+        self._injected_failures: dict[str, list[tuple[str, str]]] = {}  # action -> CALLERRORs to answer
+        self.refuse_connections = False
 
         self.frames: list[Frame] = []
         self.transactions: dict[int, TransactionRecord] = {}
@@ -578,6 +614,19 @@ class LocalCsms:
         if self._record_file is not None:
             self._record_file.close()
             self._record_file = None
+
+    # --- fault injection -----------------------------------------------------------------------
+
+    def fail_next(
+        self, action: str, count: int = 1, error_code: str = "InternalError", description: str = "injected failure"
+    ) -> None:
+        if error_code not in _OCPP_J_ERROR_CODES:
+            raise ValueError(f"{error_code!r} is not an OCPP-J 1.6 error code")
+        self._injected_failures.setdefault(action, []).extend([(error_code, description)] * count)
+
+    def _take_injected_failure(self, action: str) -> tuple[str, str] | None:
+        pending = self._injected_failures.get(action)
+        return pending.pop(0) if pending else None
 
     # --- stations ------------------------------------------------------------------------------
 
@@ -724,6 +773,8 @@ class LocalCsms:
     def _check_path(self, connection: ServerConnection, request: Request) -> Response | None:
         if self._station_id_from_path(request.path) is None:
             return connection.respond(HTTPStatus.NOT_FOUND, f"use {ENDPOINT_PATH}/<station id>\n")
+        if self.refuse_connections:
+            return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "refusing connections (test)\n")
         return None
 
     async def _serve_station(self, websocket: ServerConnection) -> None:
@@ -814,7 +865,10 @@ class LocalCsms:
         return status
 
     def _is_accepted(self, station_id: str) -> bool:
-        return self._boot_status.get(station_id) == RegistrationStatus.accepted
+        status = self._boot_status.get(station_id)
+        if status is None:
+            return self._assume_booted
+        return status == RegistrationStatus.accepted
 
     def _id_tag_info(self, id_tag: str) -> datatypes.IdTagInfo:
         key = id_tag.casefold()

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from ocpp.exceptions import SecurityError
+from ocpp.exceptions import InternalError, SecurityError
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint, call, call_result
 from ocpp.v16.enums import Action
@@ -437,3 +437,49 @@ async def test_new_connection_of_same_station_replaces_the_old_one(tmp_path):
             heartbeat = await new.call(call.Heartbeat(), suppress=False)  # still Accepted from before
             assert heartbeat.current_time
         assert csms.violations == []
+
+
+# ---- test hooks: assume_booted, fail_next, refuse_connections ------------------------------------
+
+
+async def test_assume_booted_accepts_calls_until_the_station_boots(tmp_path):
+    async with (
+        running_csms(tmp_path, assume_booted=True, boot_statuses=("Pending",)) as csms,
+        station_connected(csms) as station,
+    ):
+        await station.call(call.Heartbeat(), suppress=False)  # no BootNotification to this instance
+        assert csms.violations == []
+        assert (await station.boot()).status == "Pending"  # once it boots, its answer counts
+        with pytest.raises(SecurityError):
+            await station.call(call.Heartbeat(), suppress=False)
+        assert [v.kind for v in csms.violations] == ["call_before_accepted"]
+
+
+async def test_fail_next_answers_that_many_calls_with_the_callerror(tmp_path):
+    async with running_csms(tmp_path) as csms, station_connected(csms) as station:
+        await station.boot()
+        csms.fail_next("Authorize", 2, "InternalError", "try later")
+        for _ in range(2):
+            with pytest.raises(InternalError):
+                await station.call(call.Authorize(id_tag="TAG-OK"), suppress=False)
+        answer = await station.call(call.Authorize(id_tag="TAG-OK"), suppress=False)
+        assert answer.id_tag_info["status"] == "Accepted"
+        await station.call(call.Heartbeat(), suppress=False)  # other actions are not affected
+        errors = [f for f in csms.frames if f.direction == "out" and f.message_type == 4]
+        assert [(f.action, f.payload["errorCode"], f.payload["errorDescription"]) for f in errors] == [
+            ("Authorize", "InternalError", "try later")] * 2
+        assert csms.violations == []
+        with pytest.raises(ValueError):
+            csms.fail_next("Authorize", 1, "NoSuchError")
+
+
+async def test_refuse_connections_answers_handshakes_with_503(tmp_path):
+    async with running_csms(tmp_path) as csms:
+        csms.refuse_connections = True
+        with pytest.raises(InvalidStatus) as raised:
+            async with connect(f"{csms.url}/{STATION}", subprotocols=["ocpp1.6"], proxy=None):
+                pass
+        assert raised.value.response.status_code == 503
+        csms.refuse_connections = False
+        async with station_connected(csms) as station:
+            assert (await station.boot()).status == "Accepted"

@@ -1,0 +1,364 @@
+"""agent/journal.py on real SQLite files: queue order, transactionId patching, delivery bookkeeping,
+crash survival, settings, durability pragmas and the errors a bad journal file gives."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.journal import TRANSACTION_ID_UNKNOWN, Journal, JournalError
+
+REPO = Path(__file__).resolve().parent.parent
+T0 = "2025-01-01T10:00:00.000Z"
+T1 = "2025-01-01T10:01:00.000Z"
+T2 = "2025-01-01T10:02:00.000Z"
+T3 = "2025-01-01T10:03:00.000Z"
+
+
+def sample(wh: float, timestamp: str) -> list[dict]:
+    return [{"timestamp": timestamp, "sampledValue": [
+        {"value": f"{wh:.0f}", "context": "Sample.Periodic", "measurand": "Energy.Active.Import.Register",
+         "unit": "Wh"}]}]
+
+
+def stop_payload(wh: float, timestamp: str, reason: str = "EVDisconnected") -> dict:
+    return {"meterStop": round(wh), "timestamp": timestamp, "reason": reason}
+
+
+def start_answer(transaction_id: int, status: str = "Accepted") -> dict:
+    return {"transactionId": transaction_id, "idTagInfo": {"status": status}}
+
+
+@pytest.fixture
+def path(tmp_path) -> Path:
+    return tmp_path / "state" / "journal.sqlite"
+
+
+@pytest.fixture
+def journal(path):
+    j = Journal(path)
+    yield j
+    j.close()
+
+
+def one_session(journal: Journal) -> int:
+    """Start at 1000 Wh, two samples, stop at 1300 Wh: four queued messages."""
+    local = journal.begin_transaction(1, "TAG-1", 1000.4, T0)
+    journal.add_meter_values(local, 1, sample(1100, T1), 1100.0, T1)
+    journal.add_meter_values(local, 1, sample(1200, T2), 1200.0, T2)
+    journal.end_transaction(local, stop_payload(1300.2, T3))
+    return local
+
+
+def drain(journal: Journal, answers: dict[str, dict] | None = None) -> list[tuple[str, dict]]:
+    """Deliver every queued message as a CSMS would; returns (action, payload) in send order."""
+    sent = []
+    while (message := journal.next_message()) is not None:
+        sent.append((message.action, message.payload))
+        journal.message_delivered(message, (answers or {}).get(message.action, {}))
+    return sent
+
+
+# ---- queue order and payloads ------------------------------------------------------------------
+
+
+def test_begin_meter_end_queue_start_metervalues_stop_in_order(journal):
+    local = one_session(journal)
+    assert journal.pending_count() == 4
+    sent = drain(journal, {"StartTransaction": start_answer(7)})
+    assert [action for action, _ in sent] == ["StartTransaction", "MeterValues", "MeterValues", "StopTransaction"]
+    start, mv1, mv2, stop = (payload for _, payload in sent)
+    assert start == {"connectorId": 1, "idTag": "TAG-1", "meterStart": 1000, "timestamp": T0}
+    assert "transactionId" not in start
+    assert mv1 == {"connectorId": 1, "meterValue": sample(1100, T1), "transactionId": 7}
+    assert mv2["meterValue"] == sample(1200, T2)
+    assert stop == {"meterStop": 1300, "timestamp": T3, "reason": "EVDisconnected", "transactionId": 7}
+    assert journal.transaction(local) is None
+
+
+def test_next_message_is_the_oldest_and_does_not_remove_it(journal):
+    one_session(journal)
+    first = journal.next_message()
+    again = journal.next_message()
+    assert first == again
+    assert first.action == "StartTransaction"
+    assert first.attempts == 0
+    assert journal.pending_count() == 4
+
+
+def test_transaction_id_is_patched_only_after_start_transaction_was_delivered(journal):
+    local = journal.begin_transaction(1, "TAG-1", 0, T0)
+    journal.add_meter_values(local, 1, sample(10, T1), 10, T1)
+    start = journal.next_message()
+    # while the Start is queued it is what goes first; nothing later can be sent with a guessed id
+    assert start.action == "StartTransaction"
+    assert journal.transaction(local).csms_id is None
+    journal.message_delivered(start, start_answer(4242))
+    assert journal.transaction(local).csms_id == 4242
+    assert journal.local_id_for_csms_id(4242) == local
+    meter = journal.next_message()
+    assert meter.action == "MeterValues"
+    assert meter.payload["transactionId"] == 4242
+    # queued after the Start was delivered: patched too
+    journal.end_transaction(local, stop_payload(20, T2))
+    journal.message_delivered(meter, {})
+    assert journal.next_message().payload["transactionId"] == 4242
+
+
+def test_messages_after_a_dropped_start_transaction_carry_minus_one(journal):
+    local = one_session(journal)
+    start = journal.next_message()
+    assert journal.message_failed(start) == 1
+    journal.drop_message(start)
+    rest = drain(journal)
+    assert [action for action, _ in rest] == ["MeterValues", "MeterValues", "StopTransaction"]
+    assert {payload["transactionId"] for _, payload in rest} == {TRANSACTION_ID_UNKNOWN}
+    assert TRANSACTION_ID_UNKNOWN == -1
+    assert journal.transaction(local) is None
+
+
+def test_message_delivered_removes_only_that_message(journal):
+    a = journal.begin_transaction(1, "TAG-A", 0, T0)
+    b = journal.begin_transaction(2, "TAG-B", 500, T0)
+    journal.add_meter_values(a, 1, sample(5, T1), 5, T1)
+    first = journal.next_message()
+    assert (first.local_tx, first.action) == (a, "StartTransaction")
+    journal.message_delivered(first, start_answer(1))
+    assert journal.pending_count() == 2
+    second = journal.next_message()
+    assert (second.local_tx, second.action) == (b, "StartTransaction")
+    assert second.seq > first.seq
+    journal.message_delivered(second, start_answer(2))
+    third = journal.next_message()
+    assert (third.local_tx, third.action, third.payload["transactionId"]) == (a, "MeterValues", 1)
+    # a stale duplicate delivery of an already removed message changes nothing else
+    journal.message_delivered(first, start_answer(1))
+    assert journal.pending_count() == 1
+    assert journal.next_message() == third
+
+
+def test_message_failed_counts_attempts_and_keeps_the_message(journal):
+    one_session(journal)
+    message = journal.next_message()
+    assert journal.message_failed(message) == 1
+    message = journal.next_message()
+    assert message.attempts == 1
+    assert journal.message_failed(message) == 2
+    assert journal.next_message().attempts == 2
+    assert journal.next_message().seq == message.seq
+    assert journal.pending_count() == 4
+
+
+def test_stopped_transaction_is_forgotten_only_when_its_last_message_is_delivered(journal):
+    local = one_session(journal)
+    for _ in range(3):
+        journal.message_delivered(journal.next_message(), start_answer(9))
+        record = journal.transaction(local)
+        assert record is not None and record.stopped
+    assert journal.running_transactions() == []
+    journal.message_delivered(journal.next_message(), {})
+    assert journal.transaction(local) is None
+    assert journal.pending_count() == 0
+    assert journal.next_message() is None
+
+
+def test_running_transaction_keeps_its_row_after_all_messages_are_delivered(journal):
+    local = journal.begin_transaction(1, "TAG-1", 0, T0)
+    drain(journal, {"StartTransaction": start_answer(3)})
+    record = journal.transaction(local)
+    assert record is not None and not record.stopped and record.csms_id == 3
+
+
+def test_last_meter_follows_meter_values_and_stop(journal):
+    local = journal.begin_transaction(1, "TAG-1", 1000, T0)
+    assert (journal.transaction(local).last_meter, journal.transaction(local).last_meter_at) == (1000, T0)
+    journal.add_meter_values(local, 1, sample(1234.5, T1), 1234.5, T1)
+    assert (journal.transaction(local).last_meter, journal.transaction(local).last_meter_at) == (1234.5, T1)
+    journal.end_transaction(local, stop_payload(1300, T2))
+    assert (journal.transaction(local).last_meter, journal.transaction(local).last_meter_at) == (1300, T2)
+
+
+# ---- crash survival ----------------------------------------------------------------------------
+
+
+def test_everything_survives_reopening_without_close(path):
+    first = Journal(path)
+    done = first.begin_transaction(1, "TAG-1", 100, T0)
+    first.message_delivered(first.next_message(), start_answer(11))
+    first.add_meter_values(done, 1, sample(150, T1), 150, T1)
+    first.end_transaction(done, stop_payload(200, T2))
+    running = first.begin_transaction(2, "TAG-2", 5000, T1)
+    first.add_meter_values(running, 2, sample(5100, T2), 5100, T2)
+    failed = first.next_message()
+    first.message_failed(failed)
+    first.set_setting("ocpp.HeartbeatInterval", "120")
+    # no close(): the process "dies" here
+
+    second = Journal(path)
+    try:
+        assert second.pending_count() == 4
+        head = second.next_message()
+        assert (head.seq, head.action, head.attempts) == (failed.seq, "MeterValues", 1)
+        assert head.payload["transactionId"] == 11
+        assert [r.local_id for r in second.running_transactions()] == [running]
+        (record,) = second.running_transactions()
+        assert (record.connector_id, record.id_tag, record.meter_start, record.started_at) == (2, "TAG-2", 5000, T1)
+        assert (record.last_meter, record.last_meter_at, record.csms_id, record.stopped) == (5100, T2, None, False)
+        assert second.transaction(done).stopped
+        assert second.settings("ocpp.") == {"HeartbeatInterval": "120"}
+        sent = drain(second, {"StartTransaction": start_answer(12)})
+        assert [(a, p.get("transactionId")) for a, p in sent] == [
+            ("MeterValues", 11), ("StopTransaction", 11), ("StartTransaction", None), ("MeterValues", 12)]
+    finally:
+        second.close()
+        first.close()
+
+
+def test_commits_survive_a_killed_process(path):
+    """The writer process ends with os._exit (no close, no atexit): every commit is on disk."""
+    script = f"""
+import os, sys
+sys.path.insert(0, {str(REPO)!r})
+from agent.journal import Journal
+j = Journal({str(path)!r})
+local = j.begin_transaction(1, "TAG-1", 1000, {T0!r})
+j.message_delivered(j.next_message(), {{"transactionId": 77, "idTagInfo": {{"status": "Accepted"}}}})
+j.add_meter_values(local, 1, [], 1111, {T1!r})
+j.set_setting("availability.1", "Inoperative")
+os._exit(0)
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=30)
+    journal = Journal(path)
+    try:
+        (record,) = journal.running_transactions()
+        assert (record.csms_id, record.last_meter, record.last_meter_at) == (77, 1111, T1)
+        message = journal.next_message()
+        assert (message.action, message.payload["transactionId"]) == ("MeterValues", 77)
+        assert journal.settings("availability.") == {"1": "Inoperative"}
+    finally:
+        journal.close()
+
+
+def test_running_transactions_after_reopen_lists_only_unstopped_ones_in_order(path):
+    first = Journal(path)
+    a = first.begin_transaction(1, "A", 0, T0)
+    b = first.begin_transaction(2, "B", 0, T0)
+    c = first.begin_transaction(3, "C", 0, T0)
+    first.end_transaction(b, stop_payload(10, T1))
+    second = Journal(path)
+    try:
+        assert [(r.local_id, r.id_tag) for r in second.running_transactions()] == [(a, "A"), (c, "C")]
+    finally:
+        second.close()
+        first.close()
+
+
+# ---- settings ----------------------------------------------------------------------------------
+
+
+def test_settings_round_trip_and_prefix_filter(path):
+    journal = Journal(path)
+    journal.set_setting("ocpp.MeterValueSampleInterval", "60")
+    journal.set_setting("ocpp.MeterValueSampleInterval", "30")  # overwritten, not duplicated
+    journal.set_setting("ocpp.StopTxnSampledData", "Energy.Active.Import.Register,Voltage")
+    journal.set_setting("availability.0", "Inoperative")
+    journal.set_setting("ocppXfoo", "not under ocpp.")
+    journal.set_setting("a_b.key", "underscore is literal")
+    journal.set_setting("aXb.key", "must not match a_b.")
+    journal.close()
+    journal = Journal(path)
+    try:
+        assert journal.settings("ocpp.") == {
+            "MeterValueSampleInterval": "30",
+            "StopTxnSampledData": "Energy.Active.Import.Register,Voltage",
+        }
+        assert journal.settings("availability.") == {"0": "Inoperative"}
+        assert journal.settings("a_b.") == {"key": "underscore is literal"}
+        assert journal.settings("nothing.") == {}
+        assert len(journal.settings()) == 6
+    finally:
+        journal.close()
+
+
+# ---- durability and errors -----------------------------------------------------------------------
+
+
+def test_wal_mode_and_synchronous_full_are_in_force(journal, path):
+    assert journal._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert journal._db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    other = sqlite3.connect(path)  # WAL is a property of the file, seen by every connection
+    try:
+        assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        other.close()
+
+
+def test_journal_under_a_regular_file_raises_journal_error_naming_the_path(tmp_path):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a regular file")
+    bad = blocker / "journal.sqlite"
+    with pytest.raises(JournalError) as info:
+        Journal(bad)
+    assert str(bad) in str(info.value)
+
+
+def test_journal_in_a_read_only_directory_raises_journal_error(tmp_path):
+    directory = tmp_path / "ro"
+    directory.mkdir()
+    directory.chmod(0o500)
+    try:
+        if os.geteuid() == 0:
+            pytest.skip("root ignores directory permissions")
+        with pytest.raises(JournalError) as info:
+            Journal(directory / "journal.sqlite")
+        assert str(directory / "journal.sqlite") in str(info.value)
+    finally:
+        directory.chmod(0o700)
+
+
+def test_garbage_file_raises_journal_error(path):
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"this is not an SQLite database, just garbage \x00\xff\xfe" * 200)
+    with pytest.raises(JournalError) as info:
+        Journal(path)
+    assert str(path) in str(info.value)
+
+
+def test_damaged_pages_behind_a_valid_header_raise_journal_error(path):
+    journal = Journal(path)
+    for i in range(300):  # several pages of rows and index entries
+        local = journal.begin_transaction(1, f"TAG-{i:04d}" * 4, i, T0)
+        journal.add_meter_values(local, 1, sample(i, T1), i, T1)
+    journal.close()  # checkpoints the WAL into the main file
+    data = bytearray(path.read_bytes())
+    page_size = int.from_bytes(data[16:18], "big")
+    assert len(data) > 4 * page_size
+    for offset in range(page_size + 8, len(data), page_size):  # every page but the header page
+        data[offset:offset + 64] = b"\xa5" * 64
+    path.write_bytes(bytes(data))
+    with pytest.raises(JournalError) as info:
+        Journal(path)
+    assert str(path) in str(info.value)
+
+
+def test_one_damaged_page_that_sqlite_still_opens_raises_journal_error(path):
+    """SQLite opens such a file without complaint; only the integrity check at open finds it."""
+    journal = Journal(path)
+    for i in range(300):
+        local = journal.begin_transaction(1, f"TAG-{i:04d}" * 4, i, T0)
+        journal.add_meter_values(local, 1, sample(i, T1), i, T1)
+    journal.close()
+    data = bytearray(path.read_bytes())
+    page_size = int.from_bytes(data[16:18], "big")
+    for end_of_page in range(2 * page_size, len(data) + 1, page_size):  # cell content, headers intact
+        data[end_of_page - 200:end_of_page - 100] = b"\xa5" * 100
+    path.write_bytes(bytes(data))
+    with pytest.raises(JournalError, match="corrupt") as info:
+        Journal(path)
+    assert str(path) in str(info.value)
