@@ -83,6 +83,7 @@ class SessionSettings:
     authorize_remote_tx: bool = True  # OCPP AuthorizeRemoteTxRequests
     ventilation_available: bool = False  # state D may charge only with ventilation
     feedback_timeout_s: float = 0.25  # mirror contact must follow a command within this time
+    feedback_supervised: bool = True  # False when the board infers feedback (no mirror contact to trust)
     min_close_interval_s: float = 1.0  # protects the contactor from chattering EVs
     ev_response_grace_s: float = 3.0  # IEC 61851-1: the EV answers a pilot change within 3 s
 
@@ -519,6 +520,8 @@ class ConnectorController:
     # ---- timers --------------------------------------------------------------------------------
 
     def _check_contactor_feedback(self, out: list[Command]) -> None:
+        if not self.settings.feedback_supervised:
+            return
         settled = self._now - self._contactor_cmd_at >= self.settings.feedback_timeout_s
         if not settled or self.feedback_closed == self._contactor_cmd:
             return
@@ -613,7 +616,8 @@ class ConnectorController:
             and self._pilot_out.mode is PilotMode.PWM
             and self._ev_requests_power()
             and self.diode_ok
-            and (self._contactor_cmd or not self.feedback_closed)  # a closed mirror while open = welded
+            # a closed mirror contact while commanded open means welded contacts
+            and (self._contactor_cmd or not self.feedback_closed or not self.settings.feedback_supervised)
         )
 
     def _derive_status(self) -> StatusChanged:

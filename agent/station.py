@@ -99,6 +99,7 @@ class Station:
             stop_on_ev_side_disconnect=cfg.get_bool("StopTransactionOnEVSideDisconnect"),
             stop_on_invalid_id=cfg.get_bool("StopTransactionOnInvalidId"),
             authorize_remote_tx=cfg.get_bool("AuthorizeRemoteTxRequests"),
+            feedback_supervised=hw.contactor.has_mirror_contact,
         )
 
     def configuration_changed(self, key: str, value: str) -> None:

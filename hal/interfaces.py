@@ -108,6 +108,12 @@ class Contactor(abc.ABC):
     def feedback_closed(self) -> bool:
         """State of the mirror (auxiliary) contact: True when the main contacts are closed."""
 
+    @property
+    def has_mirror_contact(self) -> bool:
+        """False when feedback_closed() is inferred (a board that switches its own relay): then it
+        cannot prove a weld, and the controller does not supervise it."""
+        return True
+
 
 class ConnectorLock(abc.ABC):
     @abc.abstractmethod

@@ -396,3 +396,13 @@ def test_card_routing_between_connectors():
     two.handle(AuthorizationResult("X", True), 0)
     assert route_id_tag({1: one, 2: two}, "X") == 2  # its own card stops it
     assert route_id_tag({1: one, 2: two}, "Y") == 1  # a new card goes to the free connector
+
+
+def test_inferred_feedback_is_not_supervised():
+    """A board that switches its own relay (EVSE-DIN) reports feedback by inference: no weld from it."""
+    b = Bench(feedback_supervised=False, min_close_interval_s=1.0)
+    b.charging_session()
+    b.send(PilotChanged(CpState.B), at=b.now + 0.01)
+    b.send(ContactorFeedback(True), at=b.now + 0.5)  # the board closed by itself when the EV came back
+    out = b.send(Tick(), at=b.now + 1.0)
+    assert Fault.WELD not in b.c.faults and not of(out, StopTransaction)
