@@ -44,6 +44,7 @@ class Fault(StrEnum):
     DIODE = "diode"  # EV diode missing/shorted (latched until unplug)
     PILOT = "pilot"  # CP shorted (E) or reads -12 V while not driven to F
     METER = "meter"  # energy meter not answering
+    DEVICE = "device"  # another device (pilot link, PP, RCD input, mirror contact) cannot be read
 
 
 # Fault -> (OCPP ChargePointErrorCode, vendorErrorCode)
@@ -54,6 +55,7 @@ FAULT_ERROR_CODES: dict[Fault, tuple[str, str]] = {
     Fault.DIODE: ("OtherError", "PilotDiodeFault"),
     Fault.PILOT: ("OtherError", "PilotShortOrFault"),
     Fault.METER: ("PowerMeterFailure", "MeterNotAnswering"),
+    Fault.DEVICE: ("InternalError", "DeviceNotAnswering"),
 }
 LATCHED_FAULTS = frozenset({Fault.WELD, Fault.CONTACTOR})
 
@@ -649,7 +651,7 @@ class ConnectorController:
         return StatusChanged(ConnectorStatus.AVAILABLE)
 
 
-_FAULT_SEVERITY = [Fault.WELD, Fault.RCD, Fault.CONTACTOR, Fault.PILOT, Fault.DIODE, Fault.METER]
+_FAULT_SEVERITY = [Fault.WELD, Fault.RCD, Fault.CONTACTOR, Fault.DEVICE, Fault.PILOT, Fault.DIODE, Fault.METER]
 
 
 def _most_severe(faults: set[Fault]) -> Fault:

@@ -98,8 +98,14 @@ class Journal:
     def close(self) -> None:
         self._db.close()
 
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """For stores that keep their tables in the same file (agent.auth_store); write with write()."""
+        return self._db
+
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One durable commit (BEGIN IMMEDIATE ... COMMIT, fsynced); rolled back on any error."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -115,7 +121,7 @@ class Journal:
 
     def begin_transaction(self, connector_id: int, id_tag: str, meter_wh: float, timestamp: str) -> int:
         """Record a new transaction and queue its StartTransaction in one commit; returns the local key."""
-        with self._write() as db:
+        with self.write() as db:
             cur = db.execute(
                 "INSERT INTO transactions (connector_id, id_tag, meter_start, started_at, last_meter, last_meter_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
@@ -135,7 +141,7 @@ class Journal:
         self, local_id: int, connector_id: int, meter_value: list[dict], meter_wh: float, timestamp: str
     ) -> None:
         """Queue a transaction's MeterValues and remember the register for a PowerLoss stop."""
-        with self._write() as db:
+        with self.write() as db:
             db.execute(
                 "UPDATE transactions SET last_meter = ?, last_meter_at = ? WHERE local_id = ?",
                 (meter_wh, timestamp, local_id),
@@ -146,7 +152,7 @@ class Journal:
 
     def end_transaction(self, local_id: int, payload: dict) -> None:
         """Mark the transaction stopped and queue its StopTransaction (payload without transactionId)."""
-        with self._write() as db:
+        with self.write() as db:
             db.execute(
                 "UPDATE transactions SET stopped_at = ?, meter_stop = ?, stop_reason = ?,"
                 " last_meter = ?, last_meter_at = ? WHERE local_id = ?",
@@ -209,7 +215,7 @@ class Journal:
 
     def message_delivered(self, message: QueuedMessage, response: dict) -> None:
         """The CSMS answered: drop the message and apply what the answer tells us, in one commit."""
-        with self._write() as db:
+        with self.write() as db:
             db.execute("DELETE FROM outbox WHERE seq = ?", (message.seq,))
             if message.action == "StartTransaction" and message.local_tx is not None:
                 db.execute(
@@ -224,13 +230,13 @@ class Journal:
 
     def message_failed(self, message: QueuedMessage) -> int:
         """Count a failed attempt (CALLERROR, or a timeout while connected); returns the attempts so far."""
-        with self._write() as db:
+        with self.write() as db:
             db.execute("UPDATE outbox SET attempts = attempts + 1 WHERE seq = ?", (message.seq,))
         return message.attempts + 1
 
     def drop_message(self, message: QueuedMessage) -> None:
         """Give up on a message the CSMS repeatedly refused (OCPP 1.6 §3.7.1)."""
-        with self._write() as db:
+        with self.write() as db:
             db.execute("DELETE FROM outbox WHERE seq = ?", (message.seq,))
             self._forget_finished(db, message.local_tx)
 
@@ -254,7 +260,7 @@ class Journal:
         return {key[len(prefix) :]: value for key, value in rows}
 
     def set_setting(self, key: str, value: str) -> None:
-        with self._write() as db:
+        with self.write() as db:
             db.execute(
                 "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                 (key, value),

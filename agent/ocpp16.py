@@ -87,6 +87,12 @@ class StationPort(Protocol):
 
     def configuration_changed(self, key: str, value: str) -> None: ...
 
+    def clear_cache(self) -> str: ...
+
+    def local_list_version(self) -> int: ...
+
+    def send_local_list(self, list_version: int, update_type: str, entries: list[dict]) -> str: ...
+
 
 @dataclasses.dataclass
 class _Outgoing:
@@ -560,7 +566,17 @@ class _ChargePoint(_LibChargePoint):
 
     @on(Action.clear_cache)
     def on_clear_cache(self, **_):
-        return call_result.ClearCache(status="Rejected")  # no authorization cache yet (errata 3.23)
+        return call_result.ClearCache(status=self._station.clear_cache())
+
+    @on(Action.get_local_list_version)
+    def on_get_local_list_version(self, **_):
+        return call_result.GetLocalListVersion(list_version=self._station.local_list_version())
+
+    @on(Action.send_local_list)
+    def on_send_local_list(self, list_version: int, update_type: str, local_authorization_list=None, **_):
+        entries = snake_to_camel_case(local_authorization_list or [])  # incoming nested data is snake_case
+        status = self._station.send_local_list(list_version, update_type, entries)
+        return call_result.SendLocalList(status=status)
 
     @on(Action.data_transfer)
     def on_data_transfer(self, vendor_id: str, **_):

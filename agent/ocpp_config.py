@@ -76,7 +76,7 @@ _MAX_LENGTH = str(MEASURAND_LIST_MAX_LENGTH)
 
 _KEY_TABLE = (
     KeyDef("AllowOfflineTxForUnknownId", "RW", "bool", "false"),
-    KeyDef("AuthorizationCacheEnabled", "RW", "bool", "false"),
+    KeyDef("AuthorizationCacheEnabled", "RW", "bool", "true"),
     KeyDef("AuthorizeRemoteTxRequests", "RW", "bool", "true"),
     KeyDef("ClockAlignedDataInterval", "RW", "int", "0", minimum=0),
     KeyDef("ConnectionTimeOut", "RW", "int", "60", minimum=1),
@@ -84,6 +84,8 @@ _KEY_TABLE = (
     KeyDef("ConnectorPhaseRotation", "RW", "csl", "0.Unknown"),
     KeyDef("GetConfigurationMaxKeys", "R", "int", "50"),
     KeyDef("HeartbeatInterval", "RW", "int", "300", minimum=0),
+    KeyDef("LocalAuthListEnabled", "RW", "bool", "true"),
+    KeyDef("LocalAuthListMaxLength", "R", "int", "10000"),
     KeyDef("LocalAuthorizeOffline", "RW", "bool", "true"),
     KeyDef("LocalPreAuthorize", "RW", "bool", "false"),
     _measurand_list("MeterValuesAlignedData", "Energy.Active.Import.Register"),
@@ -97,13 +99,14 @@ _KEY_TABLE = (
     # The real value comes from the board and is set by OcppConfiguration.__init__.
     KeyDef("NumberOfConnectors", "R", "int", "1", minimum=1),
     KeyDef("ResetRetries", "RW", "int", "1", minimum=0),
+    KeyDef("SendLocalListMaxLength", "R", "int", "1000"),
     KeyDef("StopTransactionOnEVSideDisconnect", "RW", "bool", "true"),
     KeyDef("StopTransactionOnInvalidId", "RW", "bool", "true"),
     _measurand_list("StopTxnAlignedData", ""),
     KeyDef("StopTxnAlignedDataMaxLength", "R", "int", _MAX_LENGTH),
     _measurand_list("StopTxnSampledData", "Energy.Active.Import.Register"),
     KeyDef("StopTxnSampledDataMaxLength", "R", "int", _MAX_LENGTH),
-    KeyDef("SupportedFeatureProfiles", "R", "csl", "Core,RemoteTrigger"),
+    KeyDef("SupportedFeatureProfiles", "R", "csl", "Core,LocalAuthListManagement,RemoteTrigger"),
     KeyDef("TransactionMessageAttempts", "RW", "int", "3", minimum=1),
     KeyDef("TransactionMessageRetryInterval", "RW", "int", "60", minimum=0),
     KeyDef("UnlockConnectorOnEVSideDisconnect", "RW", "bool", "true"),

@@ -16,8 +16,19 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from agent import controller as ctl
+from agent.auth_store import AuthStore
+from agent.authorization import (
+    AuthSettings,
+    Decision,
+    IdTagInfo,
+    ListUpdate,
+    Source,
+    decide,
+    plan_send_local_list,
+)
 from agent.config import AgentConfig
 from agent.journal import Journal, QueuedMessage
 from agent.meter_values import meter_value, ocpp_timestamp, register_value
@@ -49,10 +60,20 @@ class ConnectorRuntime:
     next_sample_at: float | None = None
     last_reading: MeterReading | None = None
     meter_failures: int = 0
+    unreadable: set[str] = field(default_factory=set)  # devices whose last read failed
 
     @property
     def id(self) -> int:
         return self.hw.connector_id
+
+
+def _read(unreadable: dict[str, str], name: str, read):
+    """One device read; a HardwareError is noted in `unreadable` instead of escaping the control step."""
+    try:
+        return read()
+    except HardwareError as exc:
+        unreadable[name] = str(exc)
+        return None
 
 
 class RestartRequested(Exception):
@@ -77,6 +98,7 @@ class Station:
             stored=journal.settings("ocpp."),
             on_change=self.configuration_changed,
         )
+        self.auth = AuthStore(journal)
         self.connectors: dict[int, ConnectorRuntime] = {}
         for hw in board.connectors:
             controller = ctl.ConnectorController(settings=self._session_settings(hw), has_lock=hw.lock is not None)
@@ -198,28 +220,38 @@ class Station:
         """Read every device once and feed the changes to the controllers."""
         for rt in self.connectors.values():
             hw, c = rt.hw, rt.controller
-            try:
-                reading = hw.pilot.read()
-            except HardwareError as exc:
-                log.error("connector %d: pilot unreadable: %s", rt.id, exc)
-                self._dispatch(rt, ctl.FaultChanged(ctl.Fault.PILOT, True))
-                continue
-            if reading.state != c.cp_state:
-                self._dispatch(rt, ctl.PilotChanged(reading.state))
-            if reading.diode_ok != c.diode_ok:
-                self._dispatch(rt, ctl.DiodeChecked(reading.diode_ok))
-            if hw.rcd is not None:
-                tripped = hw.rcd.tripped()
-                if tripped != (ctl.Fault.RCD in c.faults):
-                    self._dispatch(rt, ctl.FaultChanged(ctl.Fault.RCD, tripped))
-            feedback = hw.contactor.feedback_closed()
-            if feedback != c.feedback_closed:
+            unreadable: dict[str, str] = {}
+            reading = _read(unreadable, "control pilot", hw.pilot.read)
+            tripped = _read(unreadable, "RCD", hw.rcd.tripped) if hw.rcd is not None else None
+            feedback = _read(unreadable, "contactor mirror contact", hw.contactor.feedback_closed)
+            ampacity = None
+            if hw.proximity is not None and c.plugged:
+                ampacity = _read(unreadable, "proximity pilot", hw.proximity.read_ampacity)
+            self._report_unreadable(rt, unreadable)
+
+            if reading is not None:
+                if reading.state != c.cp_state:
+                    self._dispatch(rt, ctl.PilotChanged(reading.state))
+                if reading.diode_ok != c.diode_ok:
+                    self._dispatch(rt, ctl.DiodeChecked(reading.diode_ok))
+            if tripped is not None and tripped != (ctl.Fault.RCD in c.faults):
+                self._dispatch(rt, ctl.FaultChanged(ctl.Fault.RCD, tripped))
+            if feedback is not None and feedback != c.feedback_closed:
                 self._dispatch(rt, ctl.ContactorFeedback(feedback))
-            if hw.proximity is not None:
-                ampacity = hw.proximity.read_ampacity() if c.plugged else None
-                if ampacity != c.cable_a:
-                    self._dispatch(rt, ctl.CableDetected(ampacity))
+            if "proximity pilot" not in unreadable and ampacity != c.cable_a:
+                self._dispatch(rt, ctl.CableDetected(ampacity))
             self._dispatch(rt, ctl.Tick())
+
+    def _report_unreadable(self, rt: ConnectorRuntime, unreadable: dict[str, str]) -> None:
+        """A device that cannot be read is a fault until it answers again; logged on change only."""
+        if set(unreadable) == rt.unreadable:
+            return
+        for name in set(unreadable) - rt.unreadable:
+            log.error("connector %d: %s cannot be read: %s", rt.id, name, unreadable[name])
+        for name in rt.unreadable - set(unreadable):
+            log.info("connector %d: %s answers again", rt.id, name)
+        rt.unreadable = set(unreadable)
+        self._dispatch(rt, ctl.FaultChanged(ctl.Fault.DEVICE, bool(unreadable)))
 
     def _dispatch(self, rt: ConnectorRuntime, event: ctl.Event) -> None:
         for command in rt.controller.handle(event, self.clock()):
@@ -261,18 +293,40 @@ class Station:
 
     # ---- authorization --------------------------------------------------------------------------
 
+    def _auth_settings(self) -> AuthSettings:
+        cfg = self.configuration
+        return AuthSettings(
+            local_list_enabled=cfg.get_bool("LocalAuthListEnabled"),
+            cache_enabled=cfg.get_bool("AuthorizationCacheEnabled"),
+            local_authorize_offline=cfg.get_bool("LocalAuthorizeOffline"),
+            local_pre_authorize=cfg.get_bool("LocalPreAuthorize"),
+            allow_offline_unknown=cfg.get_bool("AllowOfflineTxForUnknownId"),
+        )
+
+    def _local_decision(self, id_tag: str, online: bool) -> Decision:
+        return decide(id_tag, online=online, now=datetime.now(UTC), list_entry=self.auth.listed(id_tag),
+                      cache_entry=self.auth.cached(id_tag), settings=self._auth_settings())
+
     async def _authorize(self, rt: ConnectorRuntime, id_tag: str) -> None:
-        info = await self.ocpp.authorize(id_tag)
-        if info is None:
-            accepted = self.configuration.get_bool("AllowOfflineTxForUnknownId")
-            parent = None
-            log.info("connector %d: CSMS unreachable, card %s %s offline", rt.id, id_tag,
-                     "accepted" if accepted else "refused")
-        else:
-            accepted = info.get("status") == "Accepted"
-            parent = info.get("parentIdTag")
-            log.info("connector %d: card %s: %s", rt.id, id_tag, info.get("status"))
-        self._dispatch(rt, ctl.AuthorizationResult(id_tag, accepted, parent))
+        decision = self._local_decision(id_tag, online=self.ocpp.accepted)
+        verdict = "Accepted" if decision.accepted else "refused"
+        if decision.ask_csms:
+            info = await self.ocpp.authorize(id_tag)
+            if info is not None:
+                tag_info = IdTagInfo.from_ocpp(info)
+                self._remember(id_tag, tag_info)
+                decision = Decision(tag_info.status == "Accepted", Source.CSMS, tag_info.parent_id_tag)
+                verdict = tag_info.status
+            else:  # the CSMS could not be asked after all: offline rules
+                decision = self._local_decision(id_tag, online=False)
+                verdict = "Accepted" if decision.accepted else "refused"
+        log.info("connector %d: card %s: %s (%s)", rt.id, id_tag, verdict, decision.source.value)
+        self._dispatch(rt, ctl.AuthorizationResult(id_tag, decision.accepted, decision.parent_id_tag))
+
+    def _remember(self, id_tag: str, info: IdTagInfo) -> None:
+        """Every IdTagInfo the CSMS sends updates the Authorization Cache (§3.5.1)."""
+        if self.configuration.get_bool("AuthorizationCacheEnabled"):
+            self.auth.remember(id_tag, info)
 
     async def _rfid_loop(self) -> None:
         assert self.board.rfid is not None
@@ -454,9 +508,11 @@ class Station:
         return "UnlockFailed" if rt.hw.lock.is_locked() else "Unlocked"
 
     def transaction_message_delivered(self, message: QueuedMessage, response: dict) -> None:
+        info = response.get("idTagInfo") or {}
+        if info and message.payload.get("idTag"):
+            self._remember(message.payload["idTag"], IdTagInfo.from_ocpp(info))
         if message.action != "StartTransaction":
             return
-        info = response.get("idTagInfo") or {}
         for rt in self.connectors.values():
             if rt.local_tx == message.local_tx:
                 accepted = info.get("status") == "Accepted"
@@ -464,6 +520,27 @@ class Station:
                     log.warning("connector %d: CSMS refused id %s in StartTransaction (%s)",
                                 rt.id, message.payload.get("idTag"), info.get("status"))
                 self._dispatch(rt, ctl.TransactionConfirmed(accepted, info.get("parentIdTag")))
+
+    def clear_cache(self) -> str:
+        self.auth.clear_cache()
+        return "Accepted"
+
+    def local_list_version(self) -> int:
+        return self.auth.list_version()
+
+    def send_local_list(self, list_version: int, update_type: str, entries: list[dict]) -> str:
+        cfg = self.configuration
+        change = plan_send_local_list(
+            enabled=cfg.get_bool("LocalAuthListEnabled"), current_version=self.auth.list_version(),
+            current_size=self.auth.list_size(), list_version=list_version, update_type=update_type,
+            entries=entries, max_length=cfg.get_int("LocalAuthListMaxLength"),
+            send_max_length=cfg.get_int("SendLocalListMaxLength"),
+        )
+        if change.status is ListUpdate.ACCEPTED:
+            self.auth.apply_list_change(change)
+            log.info("local authorization list: %s update to version %d (%d entries)", update_type,
+                     list_version, self.auth.list_size())
+        return change.status.value
 
     def reset(self, kind: str) -> None:
         self._spawn(self._reset(kind))
@@ -529,5 +606,8 @@ class Station:
         rt = self.connectors[connector_id]
         if rt.hw.rcd is not None and rt.hw.rcd.tripped():
             rt.hw.rcd.reset()
+        reset_hardware = getattr(rt.hw.contactor, "reset_fault", None)  # boards that latch faults themselves
+        if reset_hardware is not None:
+            reset_hardware()
         self._dispatch(rt, ctl.ResetLatchedFaults())
         return list(rt.controller.view().faults)

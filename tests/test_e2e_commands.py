@@ -658,13 +658,6 @@ async def test_trigger_message_for_unknown_connector_is_rejected(csms, run_agent
 # ---- ClearCache, DataTransfer ----------------------------------------------------------------------
 
 
-async def test_clear_cache_is_rejected_without_an_authorization_cache(csms, run_agent):
-    """ClearCache: Rejected, the station has no authorization cache (errata 3.23)."""
-    await online(run_agent, csms)
-
-    assert await call(csms, "ClearCache", {}) == {"status": "Rejected"}
-
-
 async def test_data_transfer_answers_unknown_vendor(csms, run_agent):
     """TC_062_CS: DataTransfer for a vendor the station does not know: UnknownVendorId."""
     await online(run_agent, csms)

@@ -1,0 +1,115 @@
+"""Persistence of the Authorization Cache and the Local Authorization List, in the journal's database.
+
+Both must survive reboots and resets (OCPP 1.6 §3.5, errata 3.4); they live next to the transaction
+journal in the same SQLite file and are written with the same durability.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+from agent.authorization import IdTagInfo, ListChange, cache_evictions
+from agent.journal import Journal
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS auth_cache (
+    id_tag     TEXT PRIMARY KEY,
+    status     TEXT NOT NULL,
+    expiry     TEXT,
+    parent     TEXT,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS local_list (
+    id_tag  TEXT PRIMARY KEY,
+    status  TEXT NOT NULL,
+    expiry  TEXT,
+    parent  TEXT
+);
+"""
+LIST_VERSION_KEY = "local_list.version"
+
+
+def _row_to_info(status: str, expiry: str | None, parent: str | None) -> IdTagInfo:
+    return IdTagInfo(status, datetime.fromisoformat(expiry) if expiry else None, parent)
+
+
+def _info_to_row(info: IdTagInfo) -> tuple[str, str | None, str | None]:
+    return info.status, info.expiry.isoformat() if info.expiry else None, info.parent_id_tag
+
+
+class AuthStore:
+    def __init__(self, journal: Journal, cache_max_entries: int = 1000):
+        self._journal = journal
+        self._db = journal.connection
+        self.cache_max_entries = cache_max_entries
+        with journal.write() as db:  # not executescript(): it would commit the open transaction
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+
+    # ---- cache -----------------------------------------------------------------------------------
+
+    def cached(self, id_tag: str) -> IdTagInfo | None:
+        row = self._db.execute("SELECT status, expiry, parent FROM auth_cache WHERE id_tag = ?", (id_tag,)).fetchone()
+        return _row_to_info(*row) if row else None
+
+    def remember(self, id_tag: str, info: IdTagInfo, now: datetime | None = None) -> None:
+        """Cache what the CSMS said about a tag (valid or not), unless the tag is in the local list."""
+        if self.listed(id_tag) is not None:
+            return  # list entries are never cached (§3.5.3)
+        now = now or datetime.now(UTC)
+        entries = [
+            (tag, _row_to_info(status, expiry, parent), updated)
+            for tag, status, expiry, parent, updated in self._db.execute(
+                "SELECT id_tag, status, expiry, parent, updated_at FROM auth_cache WHERE id_tag != ?", (id_tag,))
+        ]
+        with self._journal.write() as db:
+            for tag in cache_evictions(entries, self.cache_max_entries, now):
+                db.execute("DELETE FROM auth_cache WHERE id_tag = ?", (tag,))
+            db.execute(
+                "INSERT INTO auth_cache (id_tag, status, expiry, parent, updated_at) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT(id_tag) DO UPDATE SET status = excluded.status, expiry = excluded.expiry,"
+                " parent = excluded.parent, updated_at = excluded.updated_at",
+                (id_tag, *_info_to_row(info), time.time()),
+            )
+
+    def clear_cache(self) -> None:
+        with self._journal.write() as db:
+            db.execute("DELETE FROM auth_cache")
+
+    def cache_size(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM auth_cache").fetchone()[0]
+
+    # ---- local list ------------------------------------------------------------------------------
+
+    def listed(self, id_tag: str) -> IdTagInfo | None:
+        row = self._db.execute("SELECT status, expiry, parent FROM local_list WHERE id_tag = ?", (id_tag,)).fetchone()
+        return _row_to_info(*row) if row else None
+
+    def list_version(self) -> int:
+        return int(self._journal.settings().get(LIST_VERSION_KEY, "0"))
+
+    def list_size(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM local_list").fetchone()[0]
+
+    def apply_list_change(self, change: ListChange) -> None:
+        """One commit: a half-applied list would be worse than none."""
+        with self._journal.write() as db:
+            if change.replace_all:
+                db.execute("DELETE FROM local_list")
+            for tag in change.removals:
+                db.execute("DELETE FROM local_list WHERE id_tag = ?", (tag,))
+            for tag, info in change.upserts:
+                db.execute(
+                    "INSERT INTO local_list (id_tag, status, expiry, parent) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT(id_tag) DO UPDATE SET status = excluded.status, expiry = excluded.expiry,"
+                    " parent = excluded.parent",
+                    (tag, *_info_to_row(info)),
+                )
+                db.execute("DELETE FROM auth_cache WHERE id_tag = ?", (tag,))
+            db.execute(
+                "INSERT INTO settings (key, value) VALUES (?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (LIST_VERSION_KEY, str(change.version)),
+            )

@@ -1,0 +1,152 @@
+"""Local authorization: the Authorization Cache and the Local Authorization List (OCPP 1.6 §3.5).
+
+Pure rules (no I/O): which id tags the station may accept without asking the CSMS, how the cache
+is updated from IdTagInfo and evicted, and how SendLocalList changes the list. Storage is
+agent.auth_store; the station asks `decide_*` and then acts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+
+VALID_STATUSES = frozenset({"Accepted"})
+
+
+@dataclass(frozen=True)
+class IdTagInfo:
+    status: str  # Accepted | Blocked | Expired | Invalid | ConcurrentTx
+    expiry: datetime | None = None
+    parent_id_tag: str | None = None
+
+    @classmethod
+    def from_ocpp(cls, info: dict) -> IdTagInfo:
+        """From an OCPP idTagInfo object (camelCase); an unparsable expiryDate counts as expired."""
+        expiry = None
+        raw = info.get("expiryDate")
+        if raw:
+            try:
+                expiry = parse_timestamp(raw)
+            except ValueError:
+                expiry = datetime.min.replace(tzinfo=UTC)
+        return cls(str(info.get("status", "Invalid")), expiry, info.get("parentIdTag"))
+
+    def valid_at(self, now: datetime) -> bool:
+        return self.status in VALID_STATUSES and (self.expiry is None or self.expiry > now)
+
+
+def parse_timestamp(text: str) -> datetime:
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+class Source(StrEnum):
+    LOCAL_LIST = "local list"
+    CACHE = "cache"
+    CSMS = "CSMS"
+    UNKNOWN_OFFLINE = "unknown id, offline"
+    NONE = "no record"
+
+
+@dataclass(frozen=True)
+class Decision:
+    accepted: bool
+    source: Source
+    parent_id_tag: str | None = None
+    ask_csms: bool = False  # the station should send Authorize.req (online, no local answer)
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    local_list_enabled: bool
+    cache_enabled: bool
+    local_authorize_offline: bool
+    local_pre_authorize: bool
+    allow_offline_unknown: bool
+
+
+def local_record(id_tag: str, list_entry: IdTagInfo | None, cache_entry: IdTagInfo | None,
+                 settings: AuthSettings) -> tuple[IdTagInfo | None, Source]:
+    """The local knowledge about a tag; the list wins over the cache (§3.5.3)."""
+    if settings.local_list_enabled and list_entry is not None:
+        return list_entry, Source.LOCAL_LIST
+    if settings.cache_enabled and cache_entry is not None:
+        return cache_entry, Source.CACHE
+    return None, Source.NONE
+
+
+def decide(id_tag: str, *, online: bool, now: datetime, list_entry: IdTagInfo | None,
+           cache_entry: IdTagInfo | None, settings: AuthSettings) -> Decision:
+    """What to do with a presented id tag before (or instead of) asking the CSMS."""
+    record, source = local_record(id_tag, list_entry, cache_entry, settings)
+    locally_valid = record is not None and record.valid_at(now)
+    parent = record.parent_id_tag if record else None
+    if online:
+        if locally_valid and settings.local_pre_authorize:
+            return Decision(True, source, parent)  # start at once; StartTransaction.conf re-validates
+        return Decision(False, source, parent, ask_csms=True)  # invalid cached ids are asked again too
+    if record is not None:
+        # known locally: only a valid record lets the session start offline (§3.5.2)
+        accepted = locally_valid and settings.local_authorize_offline
+        return Decision(accepted, source, parent)
+    if settings.allow_offline_unknown:
+        return Decision(True, Source.UNKNOWN_OFFLINE)
+    return Decision(False, Source.NONE)
+
+
+def cache_evictions(entries: list[tuple[str, IdTagInfo, float]], max_entries: int, now: datetime) -> list[str]:
+    """Which cached tags to drop so that one more fits: not-valid ones first, then the least recently
+    updated valid ones (§3.5.1). `entries` are (id_tag, info, updated_at)."""
+    overflow = len(entries) + 1 - max_entries
+    if overflow <= 0:
+        return []
+    ranked = sorted(entries, key=lambda e: (e[1].valid_at(now), e[2]))
+    return [tag for tag, _, _ in ranked[:overflow]]
+
+
+class ListUpdate(StrEnum):
+    ACCEPTED = "Accepted"
+    FAILED = "Failed"
+    NOT_SUPPORTED = "NotSupported"
+    VERSION_MISMATCH = "VersionMismatch"
+
+
+@dataclass(frozen=True)
+class ListChange:
+    status: ListUpdate
+    replace_all: bool = False
+    upserts: tuple[tuple[str, IdTagInfo], ...] = ()
+    removals: tuple[str, ...] = ()
+    version: int = 0
+
+
+def plan_send_local_list(*, enabled: bool, current_version: int, current_size: int, list_version: int,
+                         update_type: str, entries: list[dict], max_length: int,
+                         send_max_length: int) -> ListChange:
+    """SendLocalList.req → what to change (§5.15): Full replaces, Differential adds/updates/removes."""
+    if not enabled:
+        return ListChange(ListUpdate.NOT_SUPPORTED)
+    if len(entries) > send_max_length:
+        return ListChange(ListUpdate.FAILED)
+    if update_type == "Differential" and list_version <= current_version:
+        return ListChange(ListUpdate.VERSION_MISMATCH)
+    upserts: list[tuple[str, IdTagInfo]] = []
+    removals: list[str] = []
+    for entry in entries:
+        tag = entry.get("idTag")
+        if not isinstance(tag, str) or not tag:
+            return ListChange(ListUpdate.FAILED)
+        info = entry.get("idTagInfo")
+        if info is None:
+            if update_type == "Full":
+                return ListChange(ListUpdate.FAILED)  # a full list carries idTagInfo for every entry
+            removals.append(tag)
+        else:
+            upserts.append((tag, IdTagInfo.from_ocpp(info)))
+    if len({tag for tag, _ in upserts} | set(removals)) != len(entries):
+        return ListChange(ListUpdate.FAILED)  # the same id twice in one update is ambiguous
+    new_size = len(upserts) if update_type == "Full" else current_size + len(upserts)
+    if new_size > max_length:
+        return ListChange(ListUpdate.FAILED)
+    return ListChange(ListUpdate.ACCEPTED, update_type == "Full", tuple(upserts), tuple(removals), list_version)
