@@ -73,7 +73,9 @@ def command_handler(station: Station):
 async def run_agent(config: AgentConfig) -> RestartRequested | None:
     """Run until SIGTERM/SIGINT (returns None) or a reset (returns what to do next)."""
     ocpp.messages.ASYNC_VALIDATION = False  # validate inline: no thread pool on a small board
-    board = load_board(config.board.file, state_dir=config.journal.path.parent)
+    # the simulated EV and meter outlive the agent process, like real ones: their state sits in the
+    # runtime directory (tmpfs on a station), next to the control socket, not on the flash
+    board = load_board(config.board.file, state_dir=config.control.socket.parent)
     journal = Journal(config.journal.path)
     station = Station(config, board, journal)
     control = ControlServer(config.control.socket, command_handler(station))

@@ -103,7 +103,7 @@ class Agent:
         env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
         log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--config", str(self.config), "--log-level", "debug"],
+            [sys.executable, "-m", "agent", "run", "--config", str(self.config), "--log-level", os.environ.get("EVSE_TEST_LOG_LEVEL", "debug")],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
         )
         log.close()

@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -68,7 +69,7 @@ def read_journal(workdir: Path) -> tuple[list[dict], list[tuple[str, dict]]]:
     db.row_factory = sqlite3.Row
     try:
         transactions = [dict(row) for row in db.execute("SELECT * FROM transactions ORDER BY local_id")]
-        outbox = [(row["action"], json.loads(row["payload"]))
+        outbox = [(row["action"], json.loads(zlib.decompress(row["payload"])))
                   for row in db.execute("SELECT action, payload FROM outbox ORDER BY seq")]
     finally:
         db.close()

@@ -3,6 +3,7 @@ crash survival, settings, durability pragmas and the errors a bad journal file g
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -186,37 +187,54 @@ def test_last_meter_follows_meter_values_and_stop(journal):
 # ---- crash survival ----------------------------------------------------------------------------
 
 
-def test_everything_survives_reopening_without_close(path):
-    first = Journal(path)
-    done = first.begin_transaction(1, "TAG-1", 100, T0)
-    first.message_delivered(first.next_message(), start_answer(11))
-    first.add_meter_values(done, 1, sample(150, T1), 150, T1)
-    first.end_transaction(done, stop_payload(200, T2))
-    running = first.begin_transaction(2, "TAG-2", 5000, T1)
-    first.add_meter_values(running, 2, sample(5100, T2), 5100, T2)
-    failed = first.next_message()
-    first.message_failed(failed)
-    first.set_setting("ocpp.HeartbeatInterval", "120")
-    # no close(): the process "dies" here
+def die_after(path, work):
+    """Run work(journal) in a forked child that ends like kill -9 (no close, no atexit, the lock
+    released by the kernel); return what work returned."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(write_end, json.dumps(work(Journal(path))).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        result = json.loads(pipe.read())
+    os.waitpid(pid, 0)
+    return result
 
+
+def test_everything_survives_reopening_without_close(path):
+    def work(first):
+        done = first.begin_transaction(1, "TAG-1", 100, T0)
+        first.message_delivered(first.next_message(), start_answer(11))
+        first.add_meter_values(done, 1, sample(150, T1), 150, T1)
+        first.end_transaction(done, stop_payload(200, T2))
+        running = first.begin_transaction(2, "TAG-2", 5000, T1)
+        first.add_meter_values(running, 2, sample(5100, T2), 5100, T2)
+        failed = first.next_message()
+        first.message_failed(failed)
+        first.set_setting("ocpp.HeartbeatInterval", "120")
+        return {"done": done, "running": running, "failed_seq": failed.seq}  # the process dies here
+
+    ids = die_after(path, work)
     second = Journal(path)
     try:
         assert second.pending_count() == 4
         head = second.next_message()
-        assert (head.seq, head.action, head.attempts) == (failed.seq, "MeterValues", 1)
+        assert (head.seq, head.action, head.attempts) == (ids["failed_seq"], "MeterValues", 1)
         assert head.payload["transactionId"] == 11
-        assert [r.local_id for r in second.running_transactions()] == [running]
+        assert [r.local_id for r in second.running_transactions()] == [ids["running"]]
         (record,) = second.running_transactions()
         assert (record.connector_id, record.id_tag, record.meter_start, record.started_at) == (2, "TAG-2", 5000, T1)
         assert (record.last_meter, record.last_meter_at, record.csms_id, record.stopped) == (5100, T2, None, False)
-        assert second.transaction(done).stopped
+        assert second.transaction(ids["done"]).stopped
         assert second.settings("ocpp.") == {"HeartbeatInterval": "120"}
         sent = drain(second, {"StartTransaction": start_answer(12)})
         assert [(a, p.get("transactionId")) for a, p in sent] == [
             ("MeterValues", 11), ("StopTransaction", 11), ("StartTransaction", None), ("MeterValues", 12)]
     finally:
         second.close()
-        first.close()
 
 
 def test_commits_survive_a_killed_process(path):
@@ -245,17 +263,19 @@ os._exit(0)
 
 
 def test_running_transactions_after_reopen_lists_only_unstopped_ones_in_order(path):
-    first = Journal(path)
-    a = first.begin_transaction(1, "A", 0, T0)
-    b = first.begin_transaction(2, "B", 0, T0)
-    c = first.begin_transaction(3, "C", 0, T0)
-    first.end_transaction(b, stop_payload(10, T1))
+    def work(first):
+        a = first.begin_transaction(1, "A", 0, T0)
+        b = first.begin_transaction(2, "B", 0, T0)
+        c = first.begin_transaction(3, "C", 0, T0)
+        first.end_transaction(b, stop_payload(10, T1))
+        return [a, c]
+
+    a, c = die_after(path, work)
     second = Journal(path)
     try:
         assert [(r.local_id, r.id_tag) for r in second.running_transactions()] == [(a, "A"), (c, "C")]
     finally:
         second.close()
-        first.close()
 
 
 # ---- settings ----------------------------------------------------------------------------------
@@ -292,11 +312,31 @@ def test_wal_mode_and_synchronous_full_are_in_force(journal, path):
     assert journal._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert journal._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     assert journal._db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    journal.close()
     other = sqlite3.connect(path)  # WAL is a property of the file, seen by every connection
     try:
         assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         other.close()
+
+
+def test_a_second_agent_cannot_open_a_journal_in_use(journal, path):
+    with pytest.raises(JournalError, match="locked"):
+        Journal(path)
+
+
+def test_start_and_stop_are_fsynced_meter_values_are_left_to_write_back(path):
+    """Durability per message kind: what is written while each commit runs."""
+    journal = Journal(path)
+    modes = []
+    journal._db.set_trace_callback(lambda sql: modes.append(sql) if sql.startswith("PRAGMA synchronous") else None)
+    local = journal.begin_transaction(1, "T", 0, T0)
+    journal.message_delivered(journal.next_message(), start_answer(5))
+    journal.add_meter_values(local, 1, sample(10, T1), 10, T1)
+    journal.message_delivered(journal.next_message(), {})
+    journal.end_transaction(local, stop_payload(20, T2))
+    assert modes == ["PRAGMA synchronous=NORMAL", "PRAGMA synchronous=FULL"]  # only around the sample
+    journal.close()
 
 
 def test_journal_under_a_regular_file_raises_journal_error_naming_the_path(tmp_path):
