@@ -78,6 +78,7 @@ class BoardConfig:
 @dataclass(frozen=True)
 class JournalConfig:
     path: Path = Path(DEFAULT_JOURNAL_PATH)
+    max_messages: int = 100_000  # queued messages kept during an outage (see agent.journal for the policy)
 
 
 @dataclass(frozen=True)
@@ -390,6 +391,11 @@ def _read_board(section: _SectionReader, base_dir: Path) -> BoardConfig:
 
 def _read_journal(section: _SectionReader, base_dir: Path) -> JournalConfig:
     section.path("path", DEFAULT_JOURNAL_PATH, base_dir)
+    section.number("max_messages", minimum=100, maximum=10_000_000)
+    if "max_messages" in section.values:
+        if not float(section.values["max_messages"]).is_integer():
+            raise section.error("max_messages", f"expected a whole number, got {section.table['max_messages']}")
+        section.values["max_messages"] = int(section.values["max_messages"])
     return JournalConfig(**section.values)
 
 
@@ -480,6 +486,9 @@ file = "{board_file}"
 [journal]
 # SQLite database of queued OCPP messages and transaction state.
 path = "{journal_path}"
+# Most messages kept queued during an outage. Beyond it the oldest queued MeterValues are dropped
+# first; StartTransaction and StopTransaction are never dropped.
+max_messages = 100000
 
 [control]
 # Unix socket of the local control interface.

@@ -45,6 +45,7 @@ class Fault(StrEnum):
     PILOT = "pilot"  # CP shorted (E) or reads -12 V while not driven to F
     METER = "meter"  # energy meter not answering
     DEVICE = "device"  # another device (pilot link, PP, RCD input, mirror contact) cannot be read
+    STORAGE = "storage"  # the journal cannot be written: no session may run unrecorded
 
 
 # Fault -> (OCPP ChargePointErrorCode, vendorErrorCode)
@@ -56,6 +57,7 @@ FAULT_ERROR_CODES: dict[Fault, tuple[str, str]] = {
     Fault.PILOT: ("OtherError", "PilotShortOrFault"),
     Fault.METER: ("PowerMeterFailure", "MeterNotAnswering"),
     Fault.DEVICE: ("InternalError", "DeviceNotAnswering"),
+    Fault.STORAGE: ("InternalError", "JournalNotWritable"),
 }
 LATCHED_FAULTS = frozenset({Fault.WELD, Fault.CONTACTOR})
 
@@ -651,7 +653,9 @@ class ConnectorController:
         return StatusChanged(ConnectorStatus.AVAILABLE)
 
 
-_FAULT_SEVERITY = [Fault.WELD, Fault.RCD, Fault.CONTACTOR, Fault.DEVICE, Fault.PILOT, Fault.DIODE, Fault.METER]
+_FAULT_SEVERITY = [
+    Fault.WELD, Fault.RCD, Fault.CONTACTOR, Fault.STORAGE, Fault.DEVICE, Fault.PILOT, Fault.DIODE, Fault.METER,
+]
 
 
 def _most_severe(faults: set[Fault]) -> Fault:

@@ -14,6 +14,7 @@ as OCPP 1.6 errata 3.18 prescribes).
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import zlib
 from collections.abc import Iterator
@@ -49,6 +50,8 @@ CREATE TABLE IF NOT EXISTS settings (
 );
 """
 
+log = logging.getLogger("evse.journal")
+
 TRANSACTION_ID_UNKNOWN = -1  # OCPP 1.6 errata 3.18
 PAGE_SIZE = 1024
 
@@ -80,8 +83,14 @@ class QueuedMessage:
 
 
 class Journal:
-    def __init__(self, path: Path):
+    """The journal. Storage bound: when `max_messages` are queued (a long outage), every new MeterValues
+    first removes the oldest queued MeterValues, so the samples of the outage thin out from its start;
+    StartTransaction and StopTransaction, which carry meterStart/meterStop, are never dropped."""
+
+    def __init__(self, path: Path, max_messages: int = 100_000):
         self.path = Path(path)
+        self.max_messages = max_messages
+        self.dropped_for_space = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None)
@@ -103,6 +112,7 @@ class Journal:
             self._db.close()
             detail = " ".join(" ".join(str(p) for p in problems[:3]).split())
             raise JournalError(f"journal {self.path}: corrupt: {detail[:200]}")
+        self._pending = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
 
     def close(self) -> None:
         self._db.close()
@@ -153,6 +163,7 @@ class Journal:
                 "timestamp": timestamp,
             }
             self._enqueue(db, local_id, "StartTransaction", payload)
+        self._pending += 1
         return local_id
 
     def add_meter_values(
@@ -164,9 +175,12 @@ class Journal:
                 "UPDATE transactions SET last_meter = ?, last_meter_at = ? WHERE local_id = ?",
                 (meter_wh, timestamp, local_id),
             )
+            dropped = self._make_room(db)
             self._enqueue(
                 db, local_id, "MeterValues", {"connectorId": connector_id, "meterValue": meter_value}
             )
+        self._pending += 1 - dropped
+        self.dropped_for_space += dropped
 
     def end_transaction(self, local_id: int, payload: dict) -> None:
         """Mark the transaction stopped and queue its StopTransaction (payload without transactionId)."""
@@ -184,6 +198,7 @@ class Journal:
                 ),
             )
             self._enqueue(db, local_id, "StopTransaction", payload)
+        self._pending += 1
 
     def running_transactions(self) -> list[TransactionRecord]:
         rows = self._db.execute(
@@ -229,12 +244,24 @@ class Journal:
         return QueuedMessage(seq, local_tx, action, payload, attempts)
 
     def pending_count(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        return self._pending
+
+    def _make_room(self, db: sqlite3.Connection) -> int:
+        """At the bound, drop the oldest queued MeterValues (see the class docstring); returns how many."""
+        if self._pending < self.max_messages:
+            return 0
+        oldest = db.execute("SELECT seq FROM outbox WHERE action = 'MeterValues' ORDER BY seq LIMIT 1").fetchone()
+        if oldest is None:
+            return 0  # only Start/Stop queued: those are never dropped, the bound yields
+        db.execute("DELETE FROM outbox WHERE seq = ?", oldest)
+        if self.dropped_for_space % 100 == 0:
+            log.warning("journal full (%d messages): dropping the oldest queued MeterValues", self._pending)
+        return 1
 
     def message_delivered(self, message: QueuedMessage, response: dict) -> None:
         """The CSMS answered: drop the message and apply what the answer tells us, in one commit."""
         with self.write(durable=message.action != "MeterValues") as db:
-            db.execute("DELETE FROM outbox WHERE seq = ?", (message.seq,))
+            deleted = db.execute("DELETE FROM outbox WHERE seq = ?", (message.seq,)).rowcount
             if message.action == "StartTransaction" and message.local_tx is not None:
                 db.execute(
                     "UPDATE transactions SET csms_id = ?, id_tag_status = ? WHERE local_id = ?",
@@ -245,6 +272,7 @@ class Journal:
                     ),
                 )
             self._forget_finished(db, message.local_tx)
+        self._pending -= deleted
 
     def message_failed(self, message: QueuedMessage) -> int:
         """Count a failed attempt (CALLERROR, or a timeout while connected); returns the attempts so far."""
@@ -255,8 +283,9 @@ class Journal:
     def drop_message(self, message: QueuedMessage) -> None:
         """Give up on a message the CSMS repeatedly refused (OCPP 1.6 §3.7.1)."""
         with self.write() as db:
-            db.execute("DELETE FROM outbox WHERE seq = ?", (message.seq,))
+            deleted = db.execute("DELETE FROM outbox WHERE seq = ?", (message.seq,)).rowcount
             self._forget_finished(db, message.local_tx)
+        self._pending -= deleted
 
     def _forget_finished(self, db: sqlite3.Connection, local_id: int | None) -> None:
         """A stopped transaction with nothing left to send has served its purpose."""

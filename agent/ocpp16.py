@@ -33,8 +33,8 @@ from typing import Any, Protocol
 
 import websockets
 from ocpp.charge_point import camel_to_snake_case, snake_to_camel_case
+from ocpp.exceptions import FormatViolationError, NotSupportedError, OCPPError, ProtocolError, SecurityError
 from ocpp.exceptions import NotImplementedError as OcppNotImplemented
-from ocpp.exceptions import NotSupportedError, OCPPError, ProtocolError, SecurityError
 from ocpp.messages import Call, CallError, unpack
 from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint as _LibChargePoint
@@ -42,7 +42,7 @@ from ocpp.v16 import call, call_result
 from ocpp.v16.enums import Action
 
 from agent.config import AgentConfig
-from agent.journal import Journal, QueuedMessage
+from agent.journal import Journal, JournalError, QueuedMessage
 from agent.meter_values import ocpp_timestamp
 from agent.ocpp_config import OcppConfiguration
 
@@ -84,6 +84,8 @@ class StationPort(Protocol):
     def meter_values_now(self, connector_id: int) -> list[dict]: ...
 
     def transaction_message_delivered(self, message: QueuedMessage, response: dict) -> None: ...
+
+    def journal_failed(self, exc: Exception) -> None: ...
 
     def configuration_changed(self, key: str, value: str) -> None: ...
 
@@ -335,22 +337,29 @@ class OcppClient:
 
     async def _send_journal(self, cp: _ChargePoint) -> None:
         while True:
-            message = self._journal.next_message()
-            if message is None:
-                self._journal_wakeup.clear()
-                await self._journal_wakeup.wait()
-                continue
             try:
-                result = await cp.call(_journal_payload(message), suppress=False)
-            except SecurityError as exc:
-                self._registration_lost(exc)  # not the message's fault: no attempt is counted
-            except (TimeoutError, OCPPError) as exc:
-                await self._failed_attempt(message, exc)
-                continue
-            response = snake_to_camel_case(dataclasses.asdict(result))
-            self._journal.message_delivered(message, response)
-            self._station.transaction_message_delivered(message, response)
-            await asyncio.sleep(0)  # let heartbeats and commands through during a long replay
+                await self._send_next_journal_message(cp)
+            except JournalError as exc:
+                self._station.journal_failed(exc)
+                await asyncio.sleep(60)  # the fault is raised; retry rarely, the log says what is wrong
+
+    async def _send_next_journal_message(self, cp: _ChargePoint) -> None:
+        message = self._journal.next_message()
+        if message is None:
+            self._journal_wakeup.clear()
+            await self._journal_wakeup.wait()
+            return
+        try:
+            result = await cp.call(_journal_payload(message), suppress=False)
+        except SecurityError as exc:
+            self._registration_lost(exc)  # not the message's fault: no attempt is counted
+        except (TimeoutError, OCPPError) as exc:
+            await self._failed_attempt(message, exc)
+            return
+        response = snake_to_camel_case(dataclasses.asdict(result))
+        self._journal.message_delivered(message, response)
+        self._station.transaction_message_delivered(message, response)
+        await asyncio.sleep(0)  # let heartbeats and commands through during a long replay
 
     def _registration_lost(self, exc: BaseException) -> None:
         """The CSMS no longer knows us as registered (errata 3.8: it answers SecurityError before
@@ -435,14 +444,33 @@ def _unique_id_of(raw: str) -> str | None:
         and frame[0] == Call.message_type_id
         and isinstance(frame[1], str)
     ):
-        return frame[1][:36]
+        return frame[1]  # echoed as sent, even beyond 36 characters: the answer's id must equal it
     return None
+
+
+def _finite(payload: Any) -> bool:
+    """False if a number in the payload is NaN or +-Infinity: not JSON (RFC 8259), though Python reads them
+    (1e400 becomes inf), and they crash the library's multipleOf check."""
+    try:
+        json.dumps(payload, allow_nan=False)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def _short(text: str, limit: int = 400) -> str:
+    """At most 200 characters, and fewer if their JSON form on the wire (non-ASCII escaped, up to 12
+    bytes a character) would exceed `limit` bytes."""
+    text = text[:200]
+    while len(json.dumps(text)) > limit:
+        text = text[: len(text) // 2]
+    return text
 
 
 def _call_error(unique_id: str, error: OCPPError) -> str:
     code = _V16_ERROR_CODES.get(error.code, error.code)
     cause = error.details.get("cause") if isinstance(error.details, dict) else None
-    details = {"cause": str(cause)[:200]} if cause else {}  # the library's cause can hold a schema dump
+    details = {"cause": _short(str(cause))} if cause else {}  # the library's cause can hold a schema dump
     return CallError(unique_id, code, error.description or "", details).to_json()
 
 
@@ -460,14 +488,28 @@ class _ChargePoint(_LibChargePoint):
             message = await self._connection.recv()
             await self.route_message(message)
 
+    async def _get_specific_response(self, unique_id, timeout):
+        """The answer to our CALL `unique_id`; answers with other ids (late, unknown) are dropped (OCPP-J).
+        Replaces the library's version, which recursed once per dropped frame (a CSMS sending ~1000 of them
+        while a call waited raised RecursionError and ended the session) and timed with the wall clock."""
+        deadline = time.monotonic() + timeout
+        while True:
+            response = await asyncio.wait_for(self._response_queue.get(), max(deadline - time.monotonic(), 0))
+            if response.unique_id == unique_id:
+                return response
+            log.info("ignoring an answer to no open call: %.100s", response)
+
     async def route_message(self, raw_msg) -> None:
         try:
             msg = unpack(raw_msg)
         except OCPPError as error:
             unique_id = _unique_id_of(raw_msg)
             log.warning("malformed frame from CSMS (%s): %.200s", error.description, raw_msg)
-            if unique_id is not None:
+            if unique_id is not None and self._client.registration != "Rejected":
                 await self._send(_call_error(unique_id, error))
+            return
+        except (ValueError, RecursionError) as error:  # JSON beyond the parser: > 4300 digits, deep nesting
+            log.warning("unreadable frame from CSMS (%s): %.200s", type(error).__name__, raw_msg)
             return
         if msg.message_type_id != Call.message_type_id:
             self._response_queue.put_nowait(msg)
@@ -482,7 +524,7 @@ class _ChargePoint(_LibChargePoint):
         ):
             await self._send(
                 _call_error(
-                    str(msg.unique_id)[:36],
+                    msg.unique_id if isinstance(msg.unique_id, str) else str(msg.unique_id)[:36],
                     ProtocolError(
                         details={"cause": "CALL needs a string id, a string action and an object payload"}
                     ),
@@ -497,6 +539,10 @@ class _ChargePoint(_LibChargePoint):
             await self._send(
                 _call_error(msg.unique_id, error(details={"cause": f"{msg.action} is not supported"}))
             )
+            return
+        if not _finite(msg.payload):
+            await self._send(_call_error(msg.unique_id, FormatViolationError(
+                details={"cause": "NaN and Infinity are not JSON numbers"})))
             return
         try:
             await self._handle_call(msg)
@@ -530,7 +576,12 @@ class _ChargePoint(_LibChargePoint):
 
     @on(Action.remote_stop_transaction)
     def on_remote_stop(self, transaction_id: int, **_):
-        accepted = self._client.registration == "Accepted" and self._station.remote_stop(transaction_id)
+        # an id beyond SQLite's 64-bit integers cannot be one of ours (and the journal cannot look it up)
+        accepted = (
+            self._client.registration == "Accepted"
+            and -(2**63) <= transaction_id < 2**63
+            and self._station.remote_stop(transaction_id)
+        )
         return call_result.RemoteStopTransaction(status="Accepted" if accepted else "Rejected")
 
     @on(Action.reset)

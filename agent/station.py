@@ -30,7 +30,7 @@ from agent.authorization import (
     plan_send_local_list,
 )
 from agent.config import AgentConfig
-from agent.journal import Journal, QueuedMessage
+from agent.journal import Journal, JournalError, QueuedMessage
 from agent.meter_values import meter_value, ocpp_timestamp, register_value
 from agent.ocpp16 import OcppClient
 from agent.ocpp_config import OcppConfiguration
@@ -110,6 +110,7 @@ class Station:
         self._restart: RestartRequested | None = None
         self._shutdown = asyncio.Event()
         self.control_loop_alive_at = 0.0
+        self.storage_error: str | None = None
 
     # ---- settings -------------------------------------------------------------------------------
 
@@ -389,10 +390,22 @@ class Station:
                 elif op.kind == "sample":
                     self._journal_sample(rt, op.reading)
                 self.ocpp.journal_changed()
+            except JournalError as exc:
+                self.journal_failed(exc)
             except Exception:
                 log.exception("connector %d: journal %s failed", rt.id, op.kind)
             finally:
                 rt.ops.task_done()
+
+    def journal_failed(self, exc: Exception) -> None:
+        """The journal cannot be written (disk full, read-only, corrupt): nothing may charge unrecorded.
+        Every connector faults, its contactor opens; a technician must fix the storage and restart."""
+        if self.storage_error is None:
+            self.storage_error = str(exc)
+            log.critical("journal cannot be written: %s; all connectors are faulted until the agent is "
+                         "restarted with working storage", exc)
+        for rt in self.connectors.values():
+            self._dispatch(rt, ctl.FaultChanged(ctl.Fault.STORAGE, True))
 
     def _energy_now(self, rt: ConnectorRuntime, reading: MeterReading | None) -> float:
         if reading is not None:
@@ -591,7 +604,9 @@ class Station:
                      "url": self.config.ocpp_endpoint,
                      "last_error": self.ocpp.last_error},
             "journal": {"pending": self.journal.pending_count(), "path": str(self.journal.path),
-                        "dropped": self.ocpp.dropped_messages},
+                        "dropped": self.ocpp.dropped_messages,
+                        "dropped_for_space": self.journal.dropped_for_space,
+                        "error": self.storage_error},
             "connectors": connectors,
         }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -99,12 +100,19 @@ class Agent:
         self.log_path = workdir / "agent.log"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> None:
+    def start(self, log_level: str | None = None, max_file_bytes: int | None = None) -> None:
+        """Start the agent. max_file_bytes caps every file it writes (RLIMIT_FSIZE): a disk that fills up."""
         env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+        level = log_level or os.environ.get("EVSE_TEST_LOG_LEVEL", "debug")
+
+        def limit_file_size():
+            if max_file_bytes is not None:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
         log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--config", str(self.config), "--log-level", os.environ.get("EVSE_TEST_LOG_LEVEL", "debug")],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
+            [sys.executable, "-m", "agent", "run", "--config", str(self.config), "--log-level", level],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir, preexec_fn=limit_file_size,
         )
         log.close()
 

@@ -402,3 +402,20 @@ def test_one_damaged_page_that_sqlite_still_opens_raises_journal_error(path):
     with pytest.raises(JournalError, match="corrupt") as info:
         Journal(path)
     assert str(path) in str(info.value)
+
+
+def test_at_the_bound_the_oldest_meter_values_go_first_and_start_stop_never(path):
+    journal = Journal(path, max_messages=100)
+    local = journal.begin_transaction(1, "T", 0, T0)
+    for n in range(150):
+        journal.add_meter_values(local, 1, sample(n, T1), n, T1)
+    journal.end_transaction(local, stop_payload(150, T2))
+    assert journal.pending_count() == 101  # 100 at the bound, then the Stop on top: never dropped
+    assert journal.dropped_for_space == 51
+    sent = drain(journal, {"StartTransaction": start_answer(9)})
+    actions = [action for action, _ in sent]
+    assert actions[0] == "StartTransaction" and actions[-1] == "StopTransaction"
+    registers = [p["meterValue"][0]["sampledValue"][0]["value"] for a, p in sent if a == "MeterValues"]
+    assert registers == [str(n) for n in range(51, 150)]  # the oldest samples went first, order kept
+    assert journal.pending_count() == 0
+    journal.close()
