@@ -51,6 +51,14 @@ def command_handler(station: Station):
                 return {"status": station.change_availability(connector, operative)}
             case "swipe":
                 return {"connector": station.present_id_tag(str(args.get("tag", "")))}
+            case "hw.meter":  # technician's checks (`evse hw ...`): each answers a report dict
+                return station.hw_meter(_connector(station, args))
+            case "hw.pilot":
+                return station.hw_pilot(_connector(station, args))
+            case "hw.contactor_test":
+                return station.hw_contactor_test(_connector(station, args))
+            case "hw.rcd_test":
+                return station.hw_rcd_test(_connector(station, args))
             case "sim.plug":
                 _sim(station).plug(_connector(station, args))
             case "sim.unplug":

@@ -88,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connector(sim_fault)
     _add_target(sim_fault)
 
+    hw = sub.add_parser("hw", help="technician's hardware checks: meter, pilot, rfid, contactor test, rcd test "
+                                   "(directly, or through the agent when it runs)")
+    from agent.hw_cli import add_parsers as add_hw_parsers
+    add_hw_parsers(hw)
+
     demo = sub.add_parser("demo", help="run the bundled CSMS and the agent on the sim board and play a session")
     demo.add_argument("--seconds", type=float, default=10.0, help="how long the EV charges (default 10)")
 
@@ -141,6 +146,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 0
         case "sim":
             return _sim(args)
+        case "hw":
+            from agent.hw_cli import run as run_hw
+            return run_hw(args)
         case "demo":
             from agent.demo import run_demo
             return run_demo(seconds=args.seconds)
@@ -153,8 +161,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                 return 0
             config = load_config(Path(args.config))
             from hal.board import BoardConfigError, load_board
-            try:
-                board = load_board(config.board.file)
+            try:  # a dry run: checks the file without touching (or fighting an agent for) the hardware
+                board = load_board(config.board.file, dry_run=True)
             except BoardConfigError as exc:
                 print(f"evse: board config error: {exc}", file=sys.stderr)
                 return EXIT_USAGE
@@ -186,6 +194,7 @@ def _run(args: argparse.Namespace) -> int:
     from agent.control import CommandError
     from agent.journal import JournalError
     from hal.board import BoardConfigError
+    from hal.interfaces import HardwareError
 
     config = load_config(Path(args.config))
     logging.basicConfig(
@@ -199,7 +208,7 @@ def _run(args: argparse.Namespace) -> int:
     except BoardConfigError as exc:
         print(f"evse: board config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (JournalError, CommandError) as exc:
+    except (JournalError, CommandError, HardwareError) as exc:  # HardwareError: a device opened at load
         print(f"evse: {exc}", file=sys.stderr)
         return 1
     if restart is None:

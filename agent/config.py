@@ -90,6 +90,7 @@ class ControlConfig:
 class ChargingConfig:
     max_current_a: float = 32.0  # caps the offered current together with the board and the cable rating
     stop_on_shutdown: bool = False  # whether SIGTERM stops running transactions
+    resume_after_power_loss: bool = False  # continue an interrupted transaction if the EV is still plugged
     control_period_s: float = 0.01
     meter_poll_s: float = 1.0
 
@@ -414,6 +415,7 @@ def _read_charging(section: _SectionReader) -> ChargingConfig:
     # IEC 61851-1: 6 A is the lowest current the PWM duty cycle can announce, 80 A the highest.
     section.number("max_current_a", minimum=6, maximum=80)
     section.boolean("stop_on_shutdown")
+    section.boolean("resume_after_power_loss")
     section.number("control_period_s", minimum=0.001, maximum=0.1)
     section.number("meter_poll_s", greater_than=0)
     return ChargingConfig(**section.values)
@@ -499,6 +501,9 @@ socket = "{control_socket}"
 max_current_a = 32.0
 # Whether stopping the agent (SIGTERM) also stops running transactions.
 stop_on_shutdown = false
+# After a crash or power cut: continue the interrupted transaction when the EV is still plugged in
+# (false: close it with reason PowerLoss and its last journaled meter value).
+resume_after_power_loss = false
 # Period of the control loop in seconds (0.001 to 0.1).
 control_period_s = 0.01
 # How often to read the meter, in seconds.

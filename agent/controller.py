@@ -139,6 +139,13 @@ class RemoteStart:
 
 
 @dataclass(frozen=True)
+class ResumeTransaction:
+    """A transaction the journal says was running before a restart continues (the EV is still plugged)."""
+
+    id_tag: str
+
+
+@dataclass(frozen=True)
 class StopRequested:
     reason: StopReason
     id_tag: str | None = None
@@ -181,6 +188,7 @@ Event = (
     | IdTagPresented
     | AuthorizationResult
     | RemoteStart
+    | ResumeTransaction
     | StopRequested
     | TransactionConfirmed
     | AvailabilityChanged
@@ -396,6 +404,9 @@ class ConnectorController:
                 self._on_authorization(id_tag, accepted, parent, out)
             case RemoteStart(id_tag):
                 self._on_remote_start(id_tag, out)
+            case ResumeTransaction(id_tag):
+                if self._tx is None:
+                    self._tx = _Transaction(id_tag, None, self._now)  # already journaled: no StartTransaction
             case StopRequested(reason, id_tag):
                 if self._tx is not None:
                     self._stop(reason, id_tag, out)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from agent import controller as ctl
+from agent import hw_cli
 from agent.auth_store import AuthStore
 from agent.authorization import (
     AuthSettings,
@@ -34,7 +35,15 @@ from agent.journal import Journal, JournalError, QueuedMessage
 from agent.meter_values import meter_value, ocpp_timestamp, register_value
 from agent.ocpp16 import OcppClient
 from agent.ocpp_config import OcppConfiguration
-from hal.interfaces import Board, ConnectorHardware, HardwareError, MeterError, MeterReading, PilotMode
+from hal.interfaces import (
+    Board,
+    ConnectorHardware,
+    CpState,
+    HardwareError,
+    MeterError,
+    MeterReading,
+    PilotMode,
+)
 
 log = logging.getLogger("evse.station")
 
@@ -61,6 +70,7 @@ class ConnectorRuntime:
     last_reading: MeterReading | None = None
     meter_failures: int = 0
     unreadable: set[str] = field(default_factory=set)  # devices whose last read failed
+    hw_test: str | None = None  # a technician's test that switches devices itself ("contactor test"...)
 
     @property
     def id(self) -> int:
@@ -136,6 +146,8 @@ class Station:
         """Close transactions a previous run left open: reason PowerLoss, last journaled meter value."""
         stop_measurands = self.configuration.get_list("StopTxnSampledData")
         for tx in self.journal.running_transactions():
+            if self._resume(tx):
+                continue
             payload = {
                 "meterStop": round(tx.last_meter),
                 "timestamp": tx.last_meter_at,
@@ -154,6 +166,26 @@ class Station:
             operative = self.station_operative and availability.get(str(rt.id), "Operative") == "Operative"
             if not operative:
                 self._dispatch(rt, ctl.AvailabilityChanged(False))
+
+    def _resume(self, tx) -> bool:
+        """Continue an interrupted transaction when configured to and its EV is still plugged in."""
+        rt = self.connectors.get(tx.connector_id)
+        if not self.config.charging.resume_after_power_loss or rt is None or rt.local_tx is not None:
+            return False
+        try:
+            plugged = rt.hw.pilot.read().state in (CpState.B, CpState.C, CpState.D)
+        except HardwareError:
+            return False
+        if not plugged:
+            return False
+        rt.local_tx = tx.local_id
+        rt.tx_begin = (tx.meter_start, tx.started_at)
+        interval = self.configuration.get_int("MeterValueSampleInterval")
+        rt.next_sample_at = self.clock() + interval if interval > 0 else None
+        self._dispatch(rt, ctl.ResumeTransaction(tx.id_tag))
+        log.warning("transaction %s on connector %d resumes after the restart (EV still plugged in)",
+                    tx.csms_id or f"local-{tx.local_id}", rt.id)
+        return True
 
     async def run(self) -> None:
         """Run until shutdown() or a reset; raises RestartRequested for a reset."""
@@ -220,6 +252,8 @@ class Station:
     def control_step(self) -> None:
         """Read every device once and feed the changes to the controllers."""
         for rt in self.connectors.values():
+            if rt.hw_test is not None:
+                continue  # the test switches the contactor on purpose; supervision resumes right after it
             hw, c = rt.hw, rt.controller
             unreadable: dict[str, str] = {}
             reading = _read(unreadable, "control pilot", hw.pilot.read)
@@ -616,6 +650,56 @@ class Station:
             return False
         self._dispatch(rt, ctl.StopRequested(ctl.StopReason.LOCAL))
         return True
+
+    # ---- technician's hardware checks (`evse hw ...`, control commands hw.*) ------------------------
+    # Each returns a report dict of agent.hw_cli: {"ok": true, ...} or {"ok": false, "exit_code", "error"}.
+
+    async def hw_meter(self, connector_id: int) -> dict:
+        return await hw_cli.report(hw_cli.read_meter(self.connectors[connector_id].hw))
+
+    async def hw_pilot(self, connector_id: int) -> dict:
+        return await hw_cli.report(hw_cli.read_pilot(self.connectors[connector_id].hw))
+
+    async def hw_contactor_test(self, connector_id: int) -> dict:
+        """Close and open the contactor by hand, only with no EV (state A) and no transaction. The control
+        loop leaves the connector alone meanwhile, so the controller neither takes the closed contactor for
+        a fault nor acts on it; the test always opens it again, then supervision resumes (a contactor that
+        stayed closed is then a weld fault, as it should be)."""
+        return await self._hw_test(connector_id, "contactor test", hw_cli.contactor_test)
+
+    async def hw_rcd_test(self, connector_id: int) -> dict:
+        link = self.board.extras.get("coprocessor")
+        return await self._hw_test(connector_id, "RCD self-test", lambda hw: hw_cli.rcd_test(hw, link))
+
+    async def _hw_test(self, connector_id: int, name: str, test) -> dict:
+        rt = self.connectors[connector_id]
+        refusal = self._hw_test_refusal(rt, name)
+        if refusal is not None:
+            return {"ok": False, "exit_code": hw_cli.EXIT_USAGE, "error": refusal}
+        rt.hw_test = name
+        log.warning("connector %d: %s requested by a technician", rt.id, name)
+        try:
+            result = await hw_cli.report(test(rt.hw))
+        finally:
+            rt.hw_test = None
+        log.warning("connector %d: %s: %s", rt.id, name, "passed" if result["ok"] else result["error"])
+        return result
+
+    def _hw_test_refusal(self, rt: ConnectorRuntime, name: str) -> str | None:
+        view = rt.controller.view()
+        where = f"connector {rt.id}: {name} refused"
+        if rt.hw_test is not None:
+            return f"{where}: a {rt.hw_test} is running"
+        if view.transaction_active:
+            return f"{where}: a transaction is running (stop it first: evse stop)"
+        if view.cp_state is not CpState.A:
+            return f"{where}: the control pilot reads state {view.cp_state.value}, not A: unplug the EV"
+        if view.contactor_closed:
+            return f"{where}: the agent has the contactor closed"
+        blocking = sorted({ctl.Fault.WELD, ctl.Fault.CONTACTOR, ctl.Fault.RCD} & set(view.faults))
+        if blocking:
+            return f"{where}: fault(s) {', '.join(blocking)} active: clear the cause and run evse fault reset"
+        return None
 
     def reset_faults(self, connector_id: int) -> list[str]:
         rt = self.connectors[connector_id]

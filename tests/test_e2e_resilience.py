@@ -325,6 +325,28 @@ async def test_kill9_mid_transaction_restart_stops_it_with_power_loss(csms, run_
     assert csms.violations == []
 
 
+async def test_kill9_with_resume_configured_continues_the_same_transaction(csms, run_agent):
+    """[charging] resume_after_power_loss: the EV is still plugged after the restart, so the interrupted
+    transaction goes on (no PowerLoss stop, no second StartTransaction) until the EV leaves."""
+    agent = await run_agent(csms, extra="resume_after_power_loss = true")
+    tx = await charging_with_samples(agent, csms, samples=2)
+    await asyncio.sleep(0.2)  # the last answer is committed (a kill inside that window resends it)
+    agent.kill9()
+    agent.start()
+    await agent.ready()
+    connector = await agent.wait_connector(lambda c: c["status"] == "Charging" and c["contactor_closed"],
+                                           timeout=15, what="charging again")
+    assert connector["transaction_id"] == tx.transaction_id
+    mark = len(csms.frames)
+    await csms.wait_until(lambda: len(station_calls(csms, ["MeterValues"], since=mark)) >= 2)
+    await agent.cmd("sim.unplug")
+    await csms.wait_until(lambda: tx.stopped)
+    assert tx.stop_reason == "EVDisconnected" and tx.stop_count == 1
+    assert len(csms.calls("StartTransaction")) == 1
+    assert {f.payload["transactionId"] for f in station_calls(csms, ["MeterValues"])} == {tx.transaction_id}
+    assert_no_duplicates(station_calls(csms, TX_ACTIONS))
+
+
 async def test_kill9_while_offline_every_queued_message_arrives_exactly_once(csms, run_agent, tmp_path):
     """OCTT TC_032_2_CS + TC_036_CS: queued MeterValues survive kill -9, then go out once, in order,
     followed by the PowerLoss StopTransaction."""
