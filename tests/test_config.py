@@ -131,7 +131,7 @@ level = "DEBUG"
     assert config.board.file == Path("/etc/evse-agent/board.toml")
     assert config.journal.path == Path("/data/journal.sqlite")
     assert config.control.socket == Path("/run/evse/control.sock")
-    assert config.charging == ChargingConfig(16.0, True, 0.005, 0.5)
+    assert config.charging == ChargingConfig(16.0, True, control_period_s=0.005, meter_poll_s=0.5)
     assert config.log.level == "debug"
 
 
