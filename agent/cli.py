@@ -197,6 +197,7 @@ def _run(args: argparse.Namespace) -> int:
     from hal.interfaces import HardwareError
 
     config = load_config(Path(args.config))
+    sys.stdout.reconfigure(errors="backslashreplace")  # a CSMS string with a lone surrogate must still log
     logging.basicConfig(
         level=(args.log_level or config.log.level).upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",

@@ -33,7 +33,14 @@ from typing import Any, Protocol
 
 import websockets
 from ocpp.charge_point import camel_to_snake_case, snake_to_camel_case
-from ocpp.exceptions import FormatViolationError, NotSupportedError, OCPPError, ProtocolError, SecurityError
+from ocpp.exceptions import (
+    FormatViolationError,
+    NotSupportedError,
+    OCPPError,
+    ProtocolError,
+    SecurityError,
+    TypeConstraintViolationError,
+)
 from ocpp.exceptions import NotImplementedError as OcppNotImplemented
 from ocpp.messages import Call, CallError, unpack
 from ocpp.routing import after, on
@@ -548,6 +555,10 @@ class _ChargePoint(_LibChargePoint):
             await self._handle_call(msg)
         except OCPPError as error:
             log.warning("rejected %s from CSMS: %s", msg.action, error)
+            await self._send(_call_error(msg.unique_id, error))
+        except ArithmeticError:  # the library's Decimal multipleOf check, on a number like 1e300 or 10**30
+            log.warning("rejected %s from CSMS: a number beyond Decimal precision", msg.action)
+            error = TypeConstraintViolationError(details={"cause": "a number is out of range"})
             await self._send(_call_error(msg.unique_id, error))
         except Exception:
             log.exception("error handling %s", msg.action)

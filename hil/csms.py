@@ -236,9 +236,10 @@ def _describe_frame(raw: str) -> tuple[Any, int | None, str | None, str | None, 
     """
     try:
         parsed = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
         return None, None, None, None, None
-    if not (isinstance(parsed, list) and parsed and parsed[0] in _FRAME_LENGTH):
+    first = parsed[0] if isinstance(parsed, list) and parsed else None
+    if not (isinstance(first, int) and not isinstance(first, bool) and first in _FRAME_LENGTH):
         return parsed, None, None, None, None
     message_type = parsed[0]
     if len(parsed) != _FRAME_LENGTH[message_type] or not isinstance(parsed[1], str):

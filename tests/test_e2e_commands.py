@@ -767,12 +767,12 @@ async def test_unknown_action_is_answered_not_implemented(csms, run_agent, csms_
 
 
 @pytest.mark.parametrize("frame", [
-    [2, "id2", "GetLocalListVersion", {}],
+    [2, "id2", "CancelReservation", {"reservationId": 1}],
     [2, "id2", "SetChargingProfile", {"connectorId": 1, "csChargingProfiles": {
         "chargingProfileId": 1, "stackLevel": 0, "chargingProfilePurpose": "TxDefaultProfile",
         "chargingProfileKind": "Absolute", "chargingSchedule": {
             "chargingRateUnit": "A", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 10.0}]}}}],
-], ids=["GetLocalListVersion", "SetChargingProfile"])
+], ids=["CancelReservation", "SetChargingProfile"])
 async def test_known_but_unsupported_action_is_answered_not_supported(csms, run_agent, csms_events, frame):
     """OCPP-J 1.6 §4.2.3: a valid request of a profile the station does not support: CALLERROR
     NotSupported."""
@@ -824,4 +824,4 @@ async def test_frame_that_is_not_ocpp_gets_no_answer_and_the_connection_stays(cs
 
     await assert_session_undisturbed(agent, csms, csms_events, tx_id, mark)
     assert [f for f in csms.frames[mark:] if f.direction == "in" and f.message_type == CALLERROR] == []
-    assert await call(csms, "ClearCache", {}) == {"status": "Rejected"}  # still answering
+    assert await call(csms, "DataTransfer", {"vendorId": "x"}) == {"status": "UnknownVendorId"}  # still answering
