@@ -406,6 +406,11 @@ class OcppClient:
             self._outgoing.put_nowait(_Outgoing(call.Heartbeat()))
             self._touch()
 
+    def send_meter_values(self, connector_id: int, meter_value: list[dict]) -> None:
+        """MeterValues outside a transaction: not transaction-related, so not queued while offline."""
+        if self.accepted:
+            self._outgoing.put_nowait(_Outgoing(call.MeterValues(connector_id=connector_id, meter_value=meter_value)))
+
     def queue_follow_up(self, payload: Any) -> None:
         """A message a CSMS command asked for (TriggerMessage); sent after the answer."""
         self._outgoing.put_nowait(_Outgoing(payload))

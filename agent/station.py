@@ -57,6 +57,8 @@ class _Op:
     id_tag: str | None = None
     reason: str | None = None
     reading: MeterReading | None = None
+    context: str = "Sample.Periodic"  # or "Sample.Clock" for clock-aligned values
+    timestamp: str | None = None
 
 
 @dataclass
@@ -67,6 +69,7 @@ class ConnectorRuntime:
     local_tx: int | None = None
     tx_begin: tuple[float, str] | None = None  # (meter start Wh, timestamp)
     next_sample_at: float | None = None
+    next_aligned_at: float | None = None  # wall-clock time of the next clock-aligned sample
     last_reading: MeterReading | None = None
     meter_failures: int = 0
     unreadable: set[str] = field(default_factory=set)  # devices whose last read failed
@@ -410,7 +413,33 @@ class Station:
                 if now >= rt.next_sample_at:
                     rt.ops.put_nowait(_Op("sample", reading=reading))
                     rt.next_sample_at = max(rt.next_sample_at + interval, now)
+            if reading:
+                self._clock_aligned_sample(rt, reading)
             await asyncio.sleep(self.config.charging.meter_poll_s)
+
+    def _clock_aligned_sample(self, rt: ConnectorRuntime, reading: MeterReading) -> None:
+        """ClockAlignedDataInterval: a sample at every multiple of the interval since midnight UTC (§3.16.2).
+        During a transaction it is transaction-related and goes through the journal; otherwise it is
+        sent as a plain MeterValues without transactionId."""
+        interval = self.configuration.get_int("ClockAlignedDataInterval")
+        if interval <= 0:
+            rt.next_aligned_at = None
+            return
+        now = time.time()
+        if rt.next_aligned_at is None:
+            rt.next_aligned_at = (now // interval + 1) * interval
+            return
+        if now < rt.next_aligned_at:
+            return
+        boundary = rt.next_aligned_at
+        rt.next_aligned_at = (now // interval + 1) * interval
+        timestamp = ocpp_timestamp(datetime.fromtimestamp(boundary, UTC))
+        if rt.local_tx is not None:
+            rt.ops.put_nowait(_Op("sample", reading=reading, context="Sample.Clock", timestamp=timestamp))
+        else:
+            value = meter_value(reading, self.configuration.get_list("MeterValuesAlignedData"), "Sample.Clock",
+                                timestamp, rt.controller.offered_current_a())
+            self.ocpp.send_meter_values(rt.id, [value])
 
     async def _transaction_worker(self, rt: ConnectorRuntime) -> None:
         """Start, sample and stop in the order the controller asked for them."""
@@ -422,7 +451,7 @@ class Station:
                 elif op.kind == "stop":
                     await self._journal_stop(rt, op)
                 elif op.kind == "sample":
-                    self._journal_sample(rt, op.reading)
+                    self._journal_sample(rt, op)
                 self.ocpp.journal_changed()
             except JournalError as exc:
                 self.journal_failed(exc)
@@ -477,12 +506,14 @@ class Station:
         rt.tx_begin = None
         rt.next_sample_at = None
 
-    def _journal_sample(self, rt: ConnectorRuntime, reading: MeterReading | None) -> None:
+    def _journal_sample(self, rt: ConnectorRuntime, op: _Op) -> None:
+        reading = op.reading
         if rt.local_tx is None or reading is None:
             return
-        timestamp = ocpp_timestamp()
-        value = meter_value(reading, self.configuration.get_list("MeterValuesSampledData"), "Sample.Periodic",
-                            timestamp, rt.controller.offered_current_a())
+        timestamp = op.timestamp or ocpp_timestamp()
+        measurands = self.configuration.get_list(
+            "MeterValuesAlignedData" if op.context == "Sample.Clock" else "MeterValuesSampledData")
+        value = meter_value(reading, measurands, op.context, timestamp, rt.controller.offered_current_a())
         self.journal.add_meter_values(rt.local_tx, rt.id, [value], reading.energy_wh, timestamp)
 
     # ---- StationPort: what the OCPP layer may ask -----------------------------------------------
@@ -655,10 +686,17 @@ class Station:
     # Each returns a report dict of agent.hw_cli: {"ok": true, ...} or {"ok": false, "exit_code", "error"}.
 
     async def hw_meter(self, connector_id: int) -> dict:
-        return await hw_cli.report(hw_cli.read_meter(self.connectors[connector_id].hw))
+        return self._hw_starting() or await hw_cli.report(hw_cli.read_meter(self.connectors[connector_id].hw))
 
     async def hw_pilot(self, connector_id: int) -> dict:
-        return await hw_cli.report(hw_cli.read_pilot(self.connectors[connector_id].hw))
+        return self._hw_starting() or await hw_cli.report(hw_cli.read_pilot(self.connectors[connector_id].hw))
+
+    def _hw_starting(self) -> dict | None:
+        """A refusal while the board is still being started (the control loop has not run yet)."""
+        if self.control_loop_alive_at:
+            return None
+        return {"ok": False, "exit_code": hw_cli.EXIT_USAGE,
+                "error": "the agent is still starting its devices; try again in a moment"}
 
     async def hw_contactor_test(self, connector_id: int) -> dict:
         """Close and open the contactor by hand, only with no EV (state A) and no transaction. The control
@@ -673,6 +711,9 @@ class Station:
 
     async def _hw_test(self, connector_id: int, name: str, test) -> dict:
         rt = self.connectors[connector_id]
+        refusal = self._hw_starting()
+        if refusal is not None:
+            return refusal
         refusal = self._hw_test_refusal(rt, name)
         if refusal is not None:
             return {"ok": False, "exit_code": hw_cli.EXIT_USAGE, "error": refusal}
