@@ -39,6 +39,9 @@ METER_TIMEOUT_S = 5.0  # a meter read includes the bus's own timeouts and retrie
 CONTACTOR_TIMEOUT_S = 1.0  # the mirror contact must follow the coil within this
 CONTACTOR_HOLD_S = 0.2  # the contactor stays closed this long once the mirror confirmed it
 RCD_TEST_TIMEOUT_S = 2.0
+# Just opened, a pilot back-end may still show the state it had before we took over (a co-processor's next
+# Status comes within 100 ms, its debounce takes 20 ms): read once this has passed.
+PILOT_SETTLE_S = 0.3
 FEEDBACK_POLL_S = 0.001
 AGENT_PROBE_TIMEOUT_S = 2.0
 AGENT_COMMAND_TIMEOUT_S = 15.0
@@ -433,6 +436,7 @@ async def _directly(board_file: Path, kind: str, args: argparse.Namespace, pin_f
             return _print_report(kind, await report(read_meter(hw)))
         if kind == "pilot":
             await _start(board, [hw.pilot, hw.proximity])
+            await asyncio.sleep(PILOT_SETTLE_S)
             return _print_report(kind, await report(read_pilot(hw)))
         await _start(board, [hw.pilot, hw.contactor, hw.rcd])
         if kind == "contactor":

@@ -200,6 +200,13 @@ class Journal:
             self._enqueue(db, local_id, "StopTransaction", payload)
         self._pending += 1
 
+    def enqueue(self, action: str, payload: dict) -> None:
+        """Queue a message that belongs to no transaction but must survive an outage or a power cut
+        (SecurityEventNotification); it is sent in order with the transaction messages."""
+        with self.write() as db:
+            self._enqueue(db, None, action, payload)
+        self._pending += 1
+
     def running_transactions(self) -> list[TransactionRecord]:
         rows = self._db.execute(
             "SELECT local_id, connector_id, id_tag, meter_start, started_at, csms_id, last_meter,"

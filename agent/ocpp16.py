@@ -51,6 +51,8 @@ from ocpp.v16.enums import Action
 from agent.config import AgentConfig
 from agent.journal import Journal, JournalError, QueuedMessage
 from agent.meter_values import ocpp_timestamp
+from agent.ocpp16_firmware import FirmwareHandlers
+from agent.ocpp16_security import SecurityHandlers
 from agent.ocpp_config import OcppConfiguration
 
 log = logging.getLogger("evse.ocpp")
@@ -236,6 +238,9 @@ class OcppClient:
             additional_headers=headers,
             ping_interval=ping or None,
             ping_timeout=ping or None,
+            # after a ping timeout (a half-open link) no close handshake can come back: hang up after 2 s,
+            # not websockets' default 10 s, so the reconnect starts right away; a live CSMS answers in ms
+            close_timeout=2,
             proxy=None,
             compression=None,
             open_timeout=20,
@@ -433,10 +438,13 @@ def _status_payload(
     )
 
 
+# Messages that must not be lost offline go through the journal: the transaction-related ones (§3.7)
+# and the security events the whitepaper requires to be delivered after a reconnect.
 _JOURNAL_CALLS = {
     "StartTransaction": call.StartTransaction,
     "StopTransaction": call.StopTransaction,
     "MeterValues": call.MeterValues,
+    "SecurityEventNotification": call.SecurityEventNotification,
 }
 
 
@@ -486,8 +494,9 @@ def _call_error(unique_id: str, error: OCPPError) -> str:
     return CallError(unique_id, code, error.description or "", details).to_json()
 
 
-class _ChargePoint(_LibChargePoint):
-    """Routing and handlers for CSMS-initiated calls."""
+class _ChargePoint(SecurityHandlers, FirmwareHandlers, _LibChargePoint):
+    """Routing and the Core/LocalAuthList/RemoteTrigger handlers; security and firmware handlers come
+    from their mixins."""
 
     def __init__(self, station_id: str, connection, *, client: OcppClient, response_timeout: int):
         super().__init__(station_id, connection, response_timeout=response_timeout, logger=library_log)
