@@ -1,9 +1,13 @@
 """Board config loader: a TOML file names a back-end and describes the connectors; we build the Board.
 
 Back-ends are looked up by `[board] backend` in BACKENDS, the way python-can maps `interface=` to a bus
-class. The loader validates what every back-end shares ([board] and the common [[connectors]] keys) and
-checks that no table or key is unknown; a builder validates its own `[<backend>]` table and the
-connector keys it registered in BACKEND_CONNECTOR_KEYS, using ConfigTable so errors look the same.
+class:
+    "sim"      the simulated station (hal.sim), configured by a [sim] table
+    "devices"  real hardware, each device of each connector chosen by its own table (hal.devices_board)
+The loader validates what every back-end shares ([board] and the common [[connectors]] keys) and
+checks that no table or key is unknown; a builder validates the top-level tables it registered in
+BACKEND_TABLES and the connector keys it registered in BACKEND_CONNECTOR_KEYS, using ConfigTable so
+errors look the same.
 
 Every error is a BoardConfigError with a one-line message naming the file and the key, e.g.
     board-configs/x.toml: [[connectors]][0].max_current_a: expected a number, got "abc"
@@ -16,13 +20,30 @@ import math
 import time
 import tomllib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hal.interfaces import Board
 
 Clock = Callable[[], float]
-BoardBuilder = Callable[[dict, Path, Path | None, Clock], Board]
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How load_board() was asked to build the board; every builder gets it."""
+
+    state_dir: Path | None = None  # where a back-end may keep state across restarts (the sim board's EV)
+    clock: Clock = time.monotonic
+    # A gpiozero pin factory to use instead of the one the board's [gpio] table names; the caller owns
+    # it. Tests pass a MockFactory with simulated devices attached to its pins.
+    pin_factory: Any = None
+    # Build every device without touching hardware (GPIO on a gpiozero MockFactory, no I2C bus opened),
+    # to check a config on any machine, even while an agent holds the real devices. Never start such a board.
+    dry_run: bool = False
+
+
+BoardBuilder = Callable[[dict, Path, LoadOptions], Board]
 
 COMMON_CONNECTOR_KEYS = ("id", "max_current_a", "phases", "cable", "lock")
 CABLE_KINDS = ("socket", "fixed")
@@ -161,8 +182,8 @@ class ConfigTable:
 # --- back-ends -----------------------------------------------------------------------------------------
 
 
-def build_sim_board(config: dict, path: Path, state_dir: Path | None, clock: Clock) -> Board:
-    """The simulated station (hal.sim); its state file lives in state_dir when one is given."""
+def build_sim_board(config: dict, path: Path, options: LoadOptions) -> Board:
+    """The simulated station (hal.sim); its state file lives in options.state_dir when one is given."""
     from hal.pilot_math import PP_NOMINAL_OHMS
     from hal.sim import SimBoard, SimConnectorSpec, SimEvSpec
 
@@ -209,29 +230,56 @@ def build_sim_board(config: dict, path: Path, state_dir: Path | None, clock: Clo
             )
         )
 
-    state_file = state_dir / SIM_STATE_FILE if state_dir is not None else None
+    state_file = options.state_dir / SIM_STATE_FILE if options.state_dir is not None else None
     simulator = SimBoard(
-        specs, clock=clock, ev=ev, voltage_v=voltage_v, state_file=state_file, name=config["board"]["name"]
+        specs, clock=options.clock, ev=ev, voltage_v=voltage_v, state_file=state_file, name=config["board"]["name"]
     )
     return simulator.as_board()
 
 
-# `[board] backend` -> builder. Real back-ends (GPIO, co-processor, Modbus) register here in a later issue.
-BACKENDS: dict[str, BoardBuilder] = {"sim": build_sim_board}
+def build_devices_board(config: dict, path: Path, options: LoadOptions) -> Board:
+    """Real hardware: see hal.devices_board (imported here, since its device modules import this one)."""
+    from hal.devices_board import build_devices_board as build
+
+    return build(config, path, options)
+
+
+# `[board] backend` -> builder.
+BACKENDS: dict[str, BoardBuilder] = {"sim": build_sim_board, "devices": build_devices_board}
+# Top-level tables a back-end accepts besides [board] and [[connectors]] (its builder validates them).
+BACKEND_TABLES: dict[str, tuple[str, ...]] = {
+    "sim": ("sim",),
+    "devices": ("buses", "gpio", "coprocessor", "rfid"),
+}
 # Connector keys a back-end accepts besides COMMON_CONNECTOR_KEYS (its builder validates them).
-BACKEND_CONNECTOR_KEYS: dict[str, tuple[str, ...]] = {"sim": ("cable_ampacity_a",)}
+BACKEND_CONNECTOR_KEYS: dict[str, tuple[str, ...]] = {
+    "sim": ("cable_ampacity_a",),
+    "devices": ("pilot", "contactor", "meter", "proximity", "lock", "rcd"),
+}
 
 
 # --- loader --------------------------------------------------------------------------------------------
 
 
-def load_board(path: Path, *, state_dir: Path | None = None, clock: Clock = time.monotonic) -> Board:
-    """Read and validate a board config and build its Board. Raises BoardConfigError."""
+def load_board(
+    path: Path,
+    *,
+    state_dir: Path | None = None,
+    clock: Clock = time.monotonic,
+    pin_factory: Any = None,
+    dry_run: bool = False,
+) -> Board:
+    """Read and validate a board config and build its Board (see LoadOptions for the keywords).
+
+    Raises BoardConfigError for a config that cannot be used, and HardwareError (hal.interfaces) when a
+    device that is opened while building (a GPIO pin factory, an ADC) cannot be opened.
+    """
     path = Path(path)
     config = _validate(_read_toml(path), path)
     builder = BACKENDS[config["board"]["backend"]]
+    options = LoadOptions(state_dir=state_dir, clock=clock, pin_factory=pin_factory, dry_run=dry_run)
     try:
-        board = builder(config, path, state_dir, clock)
+        board = builder(config, path, options)
     except BoardConfigError:
         raise
     except ValueError as exc:  # a builder's own consistency check
@@ -270,9 +318,11 @@ def _validate(raw: dict, path: Path) -> dict:
         "reboot_command": board.string_list("reboot_command", default=None),
     }
 
+    tables = BACKEND_TABLES.get(backend, ())
     for key in raw:
-        if key not in ("board", "connectors", backend):
-            hint = f"; [{backend}] is the only back-end table for backend = {_show(backend)}"
+        if key not in ("board", "connectors", *tables):
+            known = ", ".join(f"[{t}]" for t in tables) or "none"
+            hint = f"; back-end tables for backend = {_show(backend)}: {known}"
             raise BoardConfigError(f"{path}: {key}: unknown table or key{hint}")
 
     connectors_raw = raw.get("connectors")
@@ -281,7 +331,7 @@ def _validate(raw: dict, path: Path) -> dict:
     if not isinstance(connectors_raw, list) or not connectors_raw:
         raise BoardConfigError(f"{path}: [[connectors]]: expected a non-empty array of tables")
 
-    allowed_keys = COMMON_CONNECTOR_KEYS + BACKEND_CONNECTOR_KEYS.get(backend, ())
+    allowed_keys = set(COMMON_CONNECTOR_KEYS + BACKEND_CONNECTOR_KEYS.get(backend, ()))
     connectors = []
     ids_seen: dict[int, int] = {}
     for index, entry in enumerate(connectors_raw):
@@ -294,6 +344,9 @@ def _validate(raw: dict, path: Path) -> dict:
             )
         ids_seen[connector_id] = index
         cable = table.string("cable", choices=CABLE_KINDS)
+        lock_table = None
+        if isinstance(entry.get("lock"), dict) and "lock" in BACKEND_CONNECTOR_KEYS.get(backend, ()):
+            lock_table = entry["lock"]  # a back-end whose lock is a device table: the table means "has a lock"
         connectors.append(
             {
                 **entry,
@@ -307,7 +360,8 @@ def _validate(raw: dict, path: Path) -> dict:
                 "phases": table.integer("phases", choices=(1, 3)),
                 "cable": cable,
                 # A Type 2 socket must lock the plug while charging; a tethered cable needs no lock.
-                "lock": table.boolean("lock", default=cable == "socket"),
+                "lock": True if lock_table is not None else table.boolean("lock", default=cable == "socket"),
+                "lock_table": lock_table,
             }
         )
 

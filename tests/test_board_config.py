@@ -107,8 +107,8 @@ def test_clock_is_passed_to_the_simulator(tmp_path):
     assert board.connectors[0].pilot.read().state is CpState.C
 
 
-def test_only_the_sim_backend_is_registered():
-    assert set(BACKENDS) == {"sim"}
+def test_registered_backends():
+    assert set(BACKENDS) == {"sim", "devices"}  # "devices": tests/test_shipped_boards.py
 
 
 # --- errors ---------------------------------------------------------------------------------------------

@@ -365,7 +365,7 @@ class Bench:
 
     def config(self, **overrides) -> dict:
         config = {
-            "backend": "linux_pilot",
+            "backend": "linux-pwm",
             "sysfs_root": str(self.sysfs.chip.parent),
             "adc": "mcp3008",
             "cp_high_channel": CP_HIGH,
@@ -710,7 +710,7 @@ def test_sysfs_pwm_errors_name_the_files(tmp_path):
         ({"pp_channel": None}, ".pp_pullup_ohms: only applies with a pp_channel"),
         ({"pp_supply_v": None}, ".pp_supply_v: required key is missing"),
         ({"sample_period_s": 0.5}, ".sample_period_s: must be between 0.002 and 0.1 s"),
-        ({"backend": "gpio"}, '.backend: must be one of "linux_pilot"'),
+        ({"backend": "gpio"}, '.backend: must be one of "linux-pwm"'),
     ],
 )
 async def test_builder_rejects_bad_config_with_one_line_naming_file_and_key(bench, overrides, message):

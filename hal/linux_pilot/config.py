@@ -1,7 +1,7 @@
 """Builds a LinuxPilot from its board-config table, e.g. for a peak-detector board with an MCP3008:
 
     [connectors.pilot]
-    backend = "linux_pilot"
+    backend = "linux-pwm"
     pwm_chip = 0                    # /sys/class/pwm/pwmchip0 ...
     pwm_channel = 0                 # ... /pwm0
     adc = "mcp3008"                 # or "ads1115" (i2c_bus, i2c_address, ads1115_full_scale_v)
@@ -43,7 +43,7 @@ from hal.linux_pilot.sampling import (
 from hal.linux_pilot.sysfs_pwm import POLARITIES, SYSFS_PWM_ROOT, SysfsPwm
 from hal.pilot_math import PpDivider
 
-BACKEND = "linux_pilot"
+BACKEND = "linux-pwm"
 ADCS = ("mcp3008", "ads1115")
 CP_SAMPLINGS = ("peak_detector", "min_max")
 
