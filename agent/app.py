@@ -1,17 +1,28 @@
-"""`evse run`: assemble the agent from its config and run it until SIGTERM or a reset."""
+"""`evse run`: assemble the agent from its config and run it until SIGTERM or a reset.
+
+Signals: SIGTERM/SIGINT stop the agent (Station.shutdown: no new sessions, journal writes finished,
+transactions stopped only with [charging] stop_on_shutdown; every contactor opens as the board closes)
+and it exits 0. SIGHUP reloads the config file (reload_config): what can change while running takes
+effect at once, the rest is named in a log line and waits for a restart; a file that does not load is
+logged and the running configuration kept.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import subprocess
+from pathlib import Path
 
 import ocpp.messages
 
-from agent.config import AgentConfig
+from agent import logs
+from agent.config import AgentConfig, ConfigError, load_config
 from agent.control import CommandError, ControlServer
 from agent.journal import Journal
+from agent.service import ServiceNotifier
 from agent.station import RestartRequested, Station
 from hal.board import load_board
 
@@ -71,6 +82,8 @@ def command_handler(station: Station):
                 _sim(station).set_fault(str(args.get("kind")), bool(args.get("on")), _connector(station, args))
             case "sim.snapshot":
                 return _sim(station).snapshot()
+            case "sim.stall":  # a stuck device read, for the watchdog test (hal.sim SimBoard.stall_pilot)
+                _sim(station).stall_pilot(args.get("seconds"), _connector(station, args))
             case _:
                 raise CommandError(f"unknown command {cmd!r}")
         return {"done": cmd}
@@ -78,20 +91,91 @@ def command_handler(station: Station):
     return handle
 
 
-async def run_agent(config: AgentConfig) -> RestartRequested | None:
-    """Run until SIGTERM/SIGINT (returns None) or a reset (returns what to do next)."""
+# Settings a SIGHUP applies while running; every other difference waits for a restart.
+LIVE_SETTINGS = ("log.level", "charging.", "ocpp.reconnect_min_s", "ocpp.reconnect_max_s")
+
+
+def _differences(old, new, prefix: str = "") -> list[str]:
+    names = []
+    for item in dataclasses.fields(old):
+        a, b = getattr(old, item.name), getattr(new, item.name)
+        if dataclasses.is_dataclass(a) and dataclasses.is_dataclass(b):
+            names += _differences(a, b, f"{prefix}{item.name}.")
+        elif a != b:
+            names.append(prefix + item.name)
+    return names
+
+
+def reload_config(current: AgentConfig, path: Path) -> tuple[AgentConfig, list[str]]:
+    """The config to run with after SIGHUP: `current` with the file's live settings (LIVE_SETTINGS), and
+    the names of the changed settings that need a restart. Raises ConfigError for a file that does not load.
+    [ocpp.configuration] values count as needing a restart: they are initial values, and once the CSMS
+    has set a key, its value wins anyway."""
+    new = load_config(path)
+    effective = dataclasses.replace(
+        current, charging=new.charging, log=new.log,
+        ocpp=dataclasses.replace(current.ocpp, reconnect_min_s=new.ocpp.reconnect_min_s,
+                                 reconnect_max_s=new.ocpp.reconnect_max_s),
+    )
+    pending = [name for name in _differences(current, new)
+               if not any(name == live or (live.endswith(".") and name.startswith(live)) for live in LIVE_SETTINGS)]
+    return effective, pending
+
+
+def _reload(station: Station, notifier: ServiceNotifier, log_level_override: str | None) -> None:
+    notifier.reloading()
+    try:
+        _apply_reload(station, log_level_override)
+    finally:
+        notifier.reloaded()
+
+
+def _apply_reload(station: Station, log_level_override: str | None) -> None:
+    try:
+        config, pending = reload_config(station.config, station.config.path)
+    except ConfigError as exc:
+        log.error("SIGHUP: the config file does not load, the running configuration stays: %s", exc)
+        return
+    changed = _differences(station.config, config)
+    station.apply_config(config)
+    if log_level_override is None:
+        logging.getLogger().setLevel(config.log.level.upper())
+    log.info("SIGHUP: configuration reloaded from %s (%s); log level %s, max current %g A, meter poll %g s",
+             config.path, ", ".join(changed) + " changed" if changed else "nothing changed",
+             log_level_override or config.log.level, config.charging.max_current_a, config.charging.meter_poll_s)
+    if pending:
+        log.warning("SIGHUP: %s changed in %s but take(s) effect only at the next restart "
+                    "(systemctl restart evse-agent)", ", ".join(pending), config.path)
+
+
+def _register_secrets(station: Station) -> None:
+    """The AuthorizationKey in force (a CSMS may have set it); later changes: Station.configuration_changed."""
+    try:
+        logs.add_basic_auth_secret(station.config.station.id, station.configuration.get("AuthorizationKey"))
+    except (KeyError, ValueError):
+        pass
+
+
+async def run_agent(config: AgentConfig, log_level_override: str | None = None) -> RestartRequested | None:
+    """Run until SIGTERM/SIGINT (returns None) or a reset (returns what to do next). `log_level_override`
+    (`evse run --log-level`) wins over [log] level, also on SIGHUP."""
     ocpp.messages.ASYNC_VALIDATION = False  # validate inline: no thread pool on a small board
+    logs.add_basic_auth_secret(config.station.id, config.ocpp.password)  # before anything could log it
     # the simulated EV and meter outlive the agent process, like real ones: their state sits in the
     # runtime directory (tmpfs on a station), next to the control socket, not on the flash
     board = load_board(config.board.file, state_dir=config.control.socket.parent)
     journal = Journal(config.journal.path)
     station = Station(config, board, journal)
-    control = ControlServer(config.control.socket, command_handler(station))
+    _register_secrets(station)
+    notifier = ServiceNotifier(station)
+    station.after_control_step = notifier.control_step_done  # READY, WATCHDOG, STATUS: agent.service
+    control = ControlServer(config.control.socket, command_handler(station), group=config.control.group)
     await control.start()
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda s=sig: _on_signal(station, s))
+        loop.add_signal_handler(sig, lambda s=sig: _on_signal(station, notifier, s))
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload(station, notifier, log_level_override))
     log.info("station %s up: %d connector(s), board %s, journal %s", config.station.id,
              len(board.connectors), board.name, config.journal.path)
     try:
@@ -100,14 +184,15 @@ async def run_agent(config: AgentConfig) -> RestartRequested | None:
     except RestartRequested as restart:
         return restart
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await control.close()
         journal.close()
 
 
-def _on_signal(station: Station, sig: signal.Signals) -> None:
+def _on_signal(station: Station, notifier: ServiceNotifier, sig: signal.Signals) -> None:
     log.info("%s: shutting down", signal.Signals(sig).name)
+    notifier.stopping(signal.Signals(sig).name)
     asyncio.ensure_future(station.shutdown())
 
 

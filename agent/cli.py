@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     csms = sub.add_parser("csms", help="run the bundled local CSMS (see python -m hil.csms --help)")
     csms.add_argument("csms_args", nargs=argparse.REMAINDER)
 
+    install = sub.add_parser("install-service", help="install the systemd unit, a config skeleton and a board "
+                                                      "file, and the service's users and groups (docs/install.md)")
+    from agent.install import add_arguments as add_install_arguments
+    add_install_arguments(install)
+
     config = sub.add_parser("config", help="check a config file, or print an example")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     check = config_sub.add_parser("check", help="validate a config file and its board file")
@@ -152,6 +157,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         case "demo":
             from agent.demo import run_demo
             return run_demo(seconds=args.seconds)
+        case "install-service":
+            from agent.install import run as run_install
+            return run_install(args)
         case "csms":
             from hil.csms import main as csms_main
             return csms_main(args.csms_args) or 0
@@ -193,19 +201,16 @@ def _run(args: argparse.Namespace) -> int:
     from agent.app import run_agent, run_reboot_command
     from agent.control import CommandError
     from agent.journal import JournalError
+    from agent.logs import setup_logging
     from hal.board import BoardConfigError
     from hal.interfaces import HardwareError
 
     config = load_config(Path(args.config))
     sys.stdout.reconfigure(errors="backslashreplace")  # a CSMS string with a lone surrogate must still log
-    logging.basicConfig(
-        level=(args.log_level or config.log.level).upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stdout,
-    )
-    logging.getLogger("websockets").setLevel(logging.WARNING)
+    # stdout, with <N> priorities instead of timestamps under journald, secrets redacted (agent.logs)
+    setup_logging(args.log_level or config.log.level, sys.stdout)
     try:
-        restart = asyncio.run(run_agent(config))
+        restart = asyncio.run(run_agent(config, log_level_override=args.log_level))
     except BoardConfigError as exc:
         print(f"evse: board config error: {exc}", file=sys.stderr)
         return EXIT_USAGE

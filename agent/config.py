@@ -25,6 +25,7 @@ from agent import ocpp_config
 DEFAULT_BOARD_FILE = "board-configs/sim.toml"
 DEFAULT_JOURNAL_PATH = "/var/lib/evse-agent/journal.sqlite"
 DEFAULT_CONTROL_SOCKET = "/run/evse-agent/control.sock"
+DEFAULT_CONTROL_GROUP = "evse"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 SUPPORTED_OCPP_VERSIONS = ("1.6",)
 
@@ -66,6 +67,14 @@ class OcppConfig:
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
     password: str = field(default="", repr=False)  # HTTP Basic auth; kept out of repr so it is never logged
+    # OCPP 1.6 security (agent.security): the initial SecurityProfile, how the AuthorizationKey becomes the
+    # Basic-auth password, the TLS endpoint of profiles 2-3 and the certificates (absolute paths)
+    security_profile: int = 0
+    authorization_key_encoding: str = "hex-decoded"
+    tls_url: str = ""
+    csms_ca_file: Path | None = None
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
     # Station maker's initial OCPP configuration values, validated and in canonical string form.
     configuration: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -84,6 +93,8 @@ class JournalConfig:
 @dataclass(frozen=True)
 class ControlConfig:
     socket: Path = Path(DEFAULT_CONTROL_SOCKET)
+    # members of this group may use the socket (agent.control); "" = only root and the agent's own user
+    group: str = DEFAULT_CONTROL_GROUP
 
 
 @dataclass(frozen=True)
@@ -145,7 +156,7 @@ def load_config(path: Path) -> AgentConfig:
     return AgentConfig(
         path=Path(os.path.abspath(path)),
         station=_read_station(section("station", StationConfig)),
-        ocpp=_read_ocpp(section("ocpp", OcppConfig)),
+        ocpp=_read_ocpp(section("ocpp", OcppConfig), base_dir),
         board=_read_board(section("board", BoardConfig), base_dir),
         journal=_read_journal(section("journal", JournalConfig), base_dir),
         control=_read_control(section("control", ControlConfig), base_dir),
@@ -338,7 +349,7 @@ def _check_websocket_url(value: str) -> str:
     return value
 
 
-def _read_ocpp(section: _SectionReader) -> OcppConfig:
+def _read_ocpp(section: _SectionReader, base_dir: Path) -> OcppConfig:
     section.string("version", check=_check_ocpp_version)
     section.string("url", required_example="ws://127.0.0.1:9000/ocpp", check=_check_websocket_url)
     section.number("reconnect_min_s", greater_than=0)
@@ -347,7 +358,118 @@ def _read_ocpp(section: _SectionReader) -> OcppConfig:
     section.string("password")
     if "configuration" in section.table:
         section.values["configuration"] = _read_ocpp_configuration(section)
+    _read_ocpp_security(section, base_dir)
     return OcppConfig(**section.values)
+
+
+def _check_tls_url(value: str) -> str:
+    if value and urlsplit(value).scheme.lower() != "wss":
+        raise ValueError(f"must start with wss://, got {json.dumps(value)}")
+    return _check_websocket_url(value) if value else value
+
+
+def _check_key_encoding(value: str) -> str:
+    if value not in ("hex-decoded", "string"):
+        raise ValueError(f'must be "hex-decoded" or "string", got {json.dumps(value)}')
+    return value
+
+
+def _read_ocpp_security(section: _SectionReader, base_dir: Path) -> None:
+    """[ocpp] security_profile, authorization_key_encoding, tls_url and the certificate files; the OCPP keys
+    SecurityProfile and AuthorizationKey in [ocpp.configuration] are the same settings under their OCPP
+    names (agent.security)."""
+    if "security_profile" in section.table:
+        value = section.table["security_profile"]
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 3:
+            raise section.error("security_profile", f"must be 0, 1, 2 or 3, got {_describe(value)}")
+        section.values["security_profile"] = value
+    section.string("authorization_key_encoding", check=_check_key_encoding)
+    section.string("tls_url", check=_check_tls_url)
+    for key in ("csms_ca_file", "client_cert_file", "client_key_file"):
+        section.string(key, check=_non_empty)
+        if key in section.values:
+            section.values[key] = Path(os.path.abspath(base_dir / section.values[key]))
+    _merge_ocpp_key_aliases(section)
+    _check_certificate_files(section)
+    _check_profile_prerequisites(section)
+
+
+def _merge_ocpp_key_aliases(section: _SectionReader) -> None:
+    keys = section.values.get("configuration", {})
+    if "SecurityProfile" in keys:
+        profile = int(keys["SecurityProfile"])
+        if "security_profile" in section.values and section.values["security_profile"] != profile:
+            raise section.error("security_profile", f"differs from [ocpp.configuration] SecurityProfile ({profile})")
+        section.values["security_profile"] = profile
+    key = keys.get("AuthorizationKey")
+    if key:
+        if section.values.get("password") and section.values["password"] != key:
+            raise section.error("password", "differs from [ocpp.configuration] AuthorizationKey")
+        section.values["password"] = key
+
+
+def _check_certificate_files(section: _SectionReader) -> None:
+    from agent import security_certs as certs  # cryptography: only loaded when certificates are configured
+
+    values = section.values
+    ca_file = values.get("csms_ca_file")
+    if ca_file is not None:
+        for number, cert in enumerate(certs.load_pem_certificates(_read_pem(section, "csms_ca_file")), 1):
+            if not certs.is_ca(cert) or not certs.issued_by(cert, cert):
+                raise section.error(
+                    "csms_ca_file",
+                    f"certificate {number} is not a self-signed root CA certificate ({certs.describe(cert)})",
+                )
+    has_cert, has_key = "client_cert_file" in values, "client_key_file" in values
+    if has_cert != has_key:
+        missing = "client_key_file" if has_cert else "client_cert_file"
+        raise section.error(missing, "required together with " + ("client_cert_file" if has_cert else "client_key_file"))
+    if has_cert:
+        chain = certs.load_pem_certificates(_read_pem(section, "client_cert_file"))
+        try:
+            key = certs.load_private_key(_read_pem(section, "client_key_file").encode())
+        except certs.CertificateError as reason:
+            raise section.error("client_key_file", str(reason)) from None
+        if not certs.same_public_key(chain[0].public_key(), key.public_key()):
+            raise section.error("client_key_file", "is not the key of client_cert_file's (first) certificate")
+
+
+def _read_pem(section: _SectionReader, key: str) -> str:
+    """The text of a PEM file named by [ocpp] `key`; checks that a certificate file holds certificates."""
+    from agent import security_certs as certs
+
+    path = section.values[key]
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else "not a PEM text file"
+        raise section.error(key, f"cannot read {path}: {reason}") from None
+    if key != "client_key_file":
+        try:
+            certs.load_pem_certificates(text)
+        except certs.CertificateError as reason:
+            raise section.error(key, f"{path}: {reason}") from None
+    return text
+
+
+def _check_profile_prerequisites(section: _SectionReader) -> None:
+    values = section.values
+    profile = values.get("security_profile", 0)
+    if profile == 0:
+        return
+    where = f"security_profile {profile}"
+    scheme = urlsplit(values.get("url", "")).scheme.lower()
+    if profile in (1, 2) and not values.get("password"):
+        raise section.error("password", f"required by {where} (HTTP Basic auth)")
+    if profile == 1 and scheme == "wss":
+        raise section.error("url", f"{where} is unsecured transport (ws://); use security_profile 2 for wss://")
+    if profile >= 2:
+        if scheme != "wss" and not values.get("tls_url"):
+            raise section.error("url", f"{where} uses TLS: give a wss:// url (or tls_url)")
+        if "csms_ca_file" not in values:
+            raise section.error("csms_ca_file", f"required by {where} (the CSMS root certificate(s))")
+    if profile == 3 and "client_cert_file" not in values:
+        raise section.error("client_cert_file", f"required by {where} (the charge point certificate and key)")
 
 
 def _check_reconnect_bounds(section: _SectionReader) -> None:
@@ -408,7 +530,14 @@ def _read_control(section: _SectionReader, base_dir: Path) -> ControlConfig:
             "socket",
             f"{socket_path} is longer than the {MAX_SOCKET_PATH_BYTES} bytes a Unix socket path allows",
         )
+    section.string("group", check=_check_group_name)
     return ControlConfig(**section.values)
+
+
+def _check_group_name(value: str) -> str:
+    if value and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*\$?", value):
+        raise ValueError(f"not a group name: {json.dumps(value)}")
+    return value
 
 
 def _read_charging(section: _SectionReader) -> ChargingConfig:
@@ -472,8 +601,26 @@ reconnect_min_s = 1.0
 reconnect_max_s = 60.0
 # The response timeout and the WebSocket ping interval are the OCPP keys MessageTimeout and
 # WebSocketPingInterval in [ocpp.configuration].
-# HTTP Basic auth password (the user name is the station id); empty = no auth. Never logged.
+# HTTP Basic auth password (the user name is the station id); empty = no auth. Never logged. It is the
+# initial OCPP AuthorizationKey: the CSMS can replace it (ChangeConfiguration), and editing it here later
+# replaces the CSMS's value again.
 password = ""
+# OCPP 1.6 security profile at first start (the CSMS can raise it, never lower it; editing it here later
+# replaces the CSMS's value): 0 none, 1 Basic auth over ws://, 2 TLS + Basic auth, 3 TLS with the charge
+# point certificate (mutual TLS).
+security_profile = 0
+# How the AuthorizationKey becomes the Basic-auth password: "hex-decoded" sends the bytes of a key of 32
+# to 40 hexadecimal digits (OCPP-J 1.6 §6.2.2, OCTT) and any other key as text; "string" always the text.
+authorization_key_encoding = "hex-decoded"
+# Endpoint for profiles 2 and 3 if the CSMS serves TLS elsewhere; default: url with wss://.
+# tls_url = "wss://csms.example/ocpp"
+# CSMS root certificate(s) (PEM, self-signed CA) that TLS trusts; required for profiles 2 and 3. They are
+# copied into the certificate store under the journal's directory, where the CSMS manages them.
+# csms_ca_file = "csms-root.pem"
+# Charge point certificate (PEM, leaf first) and its unencrypted key for profile 3; the CSMS can renew
+# them (SignCertificate), the key is generated on the station then.
+# client_cert_file = "cp-cert.pem"
+# client_key_file = "cp-key.pem"
 
 [ocpp.configuration]
 # Initial values of OCPP configuration keys, set by the station maker. Values the CSMS sets with
@@ -493,8 +640,11 @@ path = "{journal_path}"
 max_messages = 100000
 
 [control]
-# Unix socket of the local control interface.
+# Unix socket of the local control interface (mode 0660).
 socket = "{control_socket}"
+# Group whose members may use it (the `evse` CLI: status, stop, availability, tests...), besides root
+# and the agent's own user; "" = nobody else. Create it and add technicians: usermod -aG evse NAME.
+group = "{control_group}"
 
 [charging]
 # Upper limit of the offered current in amperes (6 to 80); the board and the cable can lower it further.
@@ -515,12 +665,14 @@ level = "info"
 """
 
 
-def dump_example_config() -> str:
-    """A commented example config covering every key, for `evse config example` and the README."""
+def dump_example_config(board_file: str = DEFAULT_BOARD_FILE) -> str:
+    """A commented example config covering every key, for `evse config example`, the README and the
+    skeleton `evse install-service` writes (with its own board file)."""
     return _EXAMPLE_TEMPLATE.format(
         firmware_version=package_version(),
         ocpp_configuration="\n".join(_ocpp_configuration_example_lines()),
-        board_file=DEFAULT_BOARD_FILE,
+        board_file=board_file,
+        control_group=DEFAULT_CONTROL_GROUP,
         journal_path=DEFAULT_JOURNAL_PATH,
         control_socket=DEFAULT_CONTROL_SOCKET,
     )

@@ -3,16 +3,28 @@
 Request:  {"cmd": "status", "args": {...}}
 Reply:    {"ok": true, "result": ...}  or  {"ok": false, "error": "one line a technician can act on"}
 One request per line, one reply per line; a connection may carry several requests.
+
+Who may use it: the socket file has mode 0660 and belongs to the configured group ([control] group,
+default `evse`), so the kernel lets only the agent's user, root and that group connect. The agent checks
+again per connection (SO_PEERCRED / SO_PEERGROUPS: the caller's uid and groups when it connected) and
+refuses everyone else with a reply that says why, in case the file's mode or group was loosened or could
+not be set. Members of the group may use every command: the read-only ones (status, hw.meter, hw.pilot,
+sim.snapshot) and the ones that change state (stop, availability, fault.reset, swipe, hw.contactor_test,
+hw.rcd_test, sim.*); the latter are logged with the caller's identity. A read-only monitoring account
+therefore needs no socket access at all: `evse status` output is also in `systemctl status` (STATUS=).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import json
 import logging
 import os
+import pwd
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -21,17 +33,61 @@ log = logging.getLogger("evse.control")
 
 Handler = Callable[[str, dict], Any | Awaitable[Any]]
 MAX_REQUEST_BYTES = 64 * 1024
+READ_ONLY_COMMANDS = frozenset({"status", "hw.meter", "hw.pilot", "sim.snapshot"})  # all others change state
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; 59 on the asm-generic ABIs (ARM, x86)
 
 
 class CommandError(Exception):
     """A request that cannot be carried out; the message goes back to the caller as is."""
 
 
+class Peer:
+    """The process at the other end of a connection, as the kernel recorded it at connect()."""
+
+    def __init__(self, pid: int, uid: int, gid: int, groups: set[int]):
+        self.pid, self.uid, self.gid, self.groups = pid, uid, gid, groups | {gid}
+
+    @classmethod
+    def of(cls, sock) -> Peer:
+        pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                            struct.calcsize("3i")))
+        return cls(pid, uid, gid, _peer_groups(sock, pid))
+
+    @property
+    def user(self) -> str:
+        try:
+            return f"uid {self.uid} ({pwd.getpwuid(self.uid).pw_name})"
+        except KeyError:
+            return f"uid {self.uid}"
+
+    def __str__(self) -> str:
+        return f"{self.user} pid {self.pid}"
+
+
+def _peer_groups(sock, pid: int) -> set[int]:
+    """Supplementary groups at connect() time (SO_PEERGROUPS); from /proc on kernels without it."""
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 1024)
+        return set(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
+    except OSError:  # ENOPROTOOPT (old kernel), ERANGE (more than 256 groups)
+        pass
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("Groups:"):
+                    return {int(gid) for gid in line.split()[1:]}
+    except (OSError, ValueError):
+        pass
+    return set()
+
+
 class ControlServer:
-    def __init__(self, path: Path, handler: Handler):
+    def __init__(self, path: Path, handler: Handler, group: str | None = None):
         self.path = Path(path)
         self._handler = handler
         self._server: asyncio.base_events.Server | None = None
+        self.group = group or None
+        self._gid: int | None = None
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -41,6 +97,33 @@ class ControlServer:
             self.path.unlink()  # stale socket from a process that died
         self._server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=MAX_REQUEST_BYTES)
         os.chmod(self.path, 0o660)
+        self._give_to_group()
+
+    def _give_to_group(self) -> None:
+        if self.group is None:
+            return
+        try:
+            self._gid = grp.getgrnam(self.group).gr_gid
+        except KeyError:
+            log.warning("control socket %s: group %r does not exist, so only root and this user (uid %d) may "
+                        "use it; create it: groupadd --system %s", self.path, self.group, os.geteuid(), self.group)
+            return
+        try:
+            os.chown(self.path, -1, self._gid)
+        except OSError as exc:
+            log.warning("control socket %s: cannot give it to group %s (%s): is the agent's user in that group?",
+                        self.path, self.group, exc.strerror or exc)
+
+    def allowed(self, peer: Peer) -> bool:
+        """Root, the agent's own user, and members of the configured group."""
+        return peer.uid in (0, os.geteuid()) or (self._gid is not None and self._gid in peer.groups)
+
+    def _refusal(self, peer: Peer) -> str:
+        who = peer.user
+        if self._gid is None:
+            return f"permission denied: {who} may not use the agent's control socket (only root and the agent's user)"
+        return (f"permission denied: {who} may not use the agent's control socket: it needs root or group "
+                f"{self.group} (usermod -aG {self.group} USER, then log in again)")
 
     async def close(self) -> None:
         if self._server is not None:
@@ -53,6 +136,7 @@ class ControlServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
+            peer = Peer.of(writer.get_extra_info("socket"))
             while True:
                 try:
                     line = await reader.readline()
@@ -61,13 +145,17 @@ class ControlServer:
                     break
                 if not line:
                     break
-                await _reply(writer, await self._answer(line))
+                if not self.allowed(peer):
+                    log.warning("control socket: refused %s", peer)
+                    await _reply(writer, {"ok": False, "error": self._refusal(peer)})
+                    break
+                await _reply(writer, await self._answer(line, peer))
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
             writer.close()
 
-    async def _answer(self, line: bytes) -> dict:
+    async def _answer(self, line: bytes, peer: Peer | None = None) -> dict:
         try:
             request = json.loads(line)
         except ValueError:
@@ -77,6 +165,8 @@ class ControlServer:
         args = request.get("args") or {}
         if not isinstance(args, dict):
             return {"ok": False, "error": '"args" must be an object'}
+        if request["cmd"] not in READ_ONLY_COMMANDS:
+            log.info("control: %s %s by %s", request["cmd"], json.dumps(args)[:200], peer or "?")
         try:
             result = self._handler(request["cmd"], args)
             if asyncio.iscoroutine(result):

@@ -21,7 +21,6 @@ connection does not wake a pending `call()`, so the session's tasks are cancelle
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import dataclasses
 import json
@@ -29,7 +28,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import websockets
 from ocpp.charge_point import camel_to_snake_case, snake_to_camel_case
@@ -54,12 +53,34 @@ from agent.meter_values import ocpp_timestamp
 from agent.ocpp16_firmware import FirmwareHandlers
 from agent.ocpp16_security import SecurityHandlers
 from agent.ocpp_config import OcppConfiguration
+from agent.security import TlsAwareConnection, redact_frame, redact_text
+
+if TYPE_CHECKING:
+    from agent.firmware import FirmwareManager
+    from agent.security import SecurityManager
 
 log = logging.getLogger("evse.ocpp")
 frame_log = logging.getLogger("evse.ocpp.frames")
 # the library logs every frame at INFO; _LoggedConnection already logs them once, at DEBUG
 library_log = logging.getLogger("evse.ocpp.library")
 library_log.setLevel(logging.WARNING)
+
+
+class _RedactingFilter(logging.Filter):
+    """The library logs a request whole when its handler fails: no AuthorizationKey or certificate in it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:
+            return True
+        redacted = redact_text(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
+
+library_log.addFilter(_RedactingFilter())
 
 SUBPROTOCOL = "ocpp1.6"
 
@@ -74,6 +95,8 @@ class StationPort(Protocol):
     """What the OCPP layer may ask of the station. Implemented by agent.station.Station."""
 
     configuration: OcppConfiguration
+    firmware: FirmwareManager  # firmware updates, diagnostics and log uploads (agent.firmware)
+    security: SecurityManager  # security profile, credentials, TLS, certificates, events (agent.security)
 
     @property
     def connector_ids(self) -> list[int]: ...
@@ -123,13 +146,15 @@ class _LoggedConnection:
         self._on_traffic = on_traffic
 
     async def send(self, message: str) -> None:
-        frame_log.debug("> %s", message)
+        if frame_log.isEnabledFor(logging.DEBUG):
+            frame_log.debug("> %s", redact_frame(message))  # no AuthorizationKey, no certificate
         await self._ws.send(message)
         self._on_traffic()
 
     async def recv(self) -> str:
         message = await self._ws.recv()
-        frame_log.debug("< %s", message)
+        if frame_log.isEnabledFor(logging.DEBUG):
+            frame_log.debug("< %s", redact_frame(message))
         return message
 
 
@@ -149,8 +174,16 @@ class OcppClient:
         self._stopping = False
         self.dropped_messages = 0  # transaction messages given up after TransactionMessageAttempts
         self.last_error: str | None = None
+        self._endpoint = config.ocpp_endpoint  # of the last connection attempt (the security profile's)
+        self._reconnect_now = False  # reconnect() closed the connection: connect again without back-off
+        self._closing: asyncio.Task | None = None
+        self._registered = False  # the current connection got past BootNotification
 
     # ---- API for the station ------------------------------------------------------------------
+
+    def apply_config(self, config: AgentConfig) -> None:
+        """SIGHUP: a reloaded config; only the reconnect back-off differs (agent.app.reload_config)."""
+        self._config = config
 
     @property
     def accepted(self) -> bool:
@@ -189,28 +222,48 @@ class OcppClient:
         """Connect, serve, reconnect with back-off; forever, until stop()."""
         failures = 0
         while not self._stopping:
+            self._registered = False  # set by _work once this connection is past BootNotification
             try:
                 async with self._connect() as ws:
                     if ws.subprotocol != SUBPROTOCOL:
                         raise ConnectionError(
                             f"CSMS did not agree to subprotocol {SUBPROTOCOL} (answered {ws.subprotocol!r})"
                         )
-                    failures = 0
                     self.last_error = None
+                    self._station.security.connection_succeeded(ws)
                     await self._serve(ws)
+                    if not self._registered and not self._stopping:
+                        self.last_error = (f"CSMS closed the connection before registration "
+                                           f"(code {ws.close_code}, reason {ws.close_reason!r})")
+                        log.warning("OCPP connection to %s: %s", self._endpoint, self.last_error)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # every network or protocol failure leads to a retry, never to exit
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("OCPP connection to %s failed: %s", self._config.ocpp_endpoint, self.last_error)
+                log.warning("OCPP connection to %s failed: %s", self._endpoint, self.last_error)
+                self._station.security.connection_failed(exc)  # security event, profile fallback
             finally:
                 self.connected = False
                 self._ws = None
                 self._cp = None
             if self._stopping:
                 break
-            failures += 1
+            if self._reconnect_now:  # new credentials or profile: no reason to wait
+                self._reconnect_now = False
+                continue
+            # only a connection that got the station registered resets the back-off: a CSMS that
+            # accepts the WebSocket and hangs up at once is not hammered at reconnect_min_s
+            failures = 1 if self._registered else failures + 1
             await asyncio.sleep(self._backoff(failures))
+
+    def reconnect(self, reason: str) -> None:
+        """Close the connection and connect again at once with the current security settings (new
+        AuthorizationKey, SecurityProfile or certificate). Call it after the CSMS's command was answered."""
+        if self._ws is None or self._stopping:
+            return
+        log.info("reconnecting to apply %s", reason)
+        self._reconnect_now = True
+        self._closing = asyncio.ensure_future(self._ws.close(code=1000, reason="reconnecting"))
 
     async def stop(self) -> None:
         self._stopping = True
@@ -225,17 +278,17 @@ class OcppClient:
         return base * random.uniform(0.75, 1.0)  # jitter keeps a fleet from reconnecting in lockstep
 
     def _connect(self):
-        headers = {}
-        if self._config.ocpp.password:
-            token = base64.b64encode(
-                f"{self._config.station.id}:{self._config.ocpp.password}".encode()
-            ).decode()
-            headers["Authorization"] = f"Basic {token}"
+        # URL, Basic auth and TLS of the current security profile (agent.security); raises
+        # SecurityConfigError when a prerequisite is missing, which counts as a failed attempt
+        settings = self._station.security.connection_settings()
+        self._endpoint = settings.url
         ping = self._station.configuration.get_int("WebSocketPingInterval")
         return websockets.connect(
-            self._config.ocpp_endpoint,
+            settings.url,
             subprotocols=[SUBPROTOCOL],
-            additional_headers=headers,
+            additional_headers=settings.headers,
+            ssl=settings.ssl,
+            create_connection=TlsAwareConnection,  # TLS alerts reported as such
             ping_interval=ping or None,
             ping_timeout=ping or None,
             # after a ping timeout (a half-open link) no close handshake can come back: hang up after 2 s,
@@ -257,7 +310,7 @@ class OcppClient:
         )
         self._cp = cp
         self.connected = True
-        log.info("connected to %s", self._config.ocpp_endpoint)
+        log.info("connected to %s (security profile %d)", self._endpoint, self._station.security.profile)
         reader = asyncio.create_task(cp.start(), name="ocpp-reader")
         worker = asyncio.create_task(self._work(cp), name="ocpp-worker")
         try:
@@ -292,10 +345,12 @@ class OcppClient:
     async def _work(self, cp: _ChargePoint) -> None:
         if not self._accepted_once or self.registration != "Accepted":
             await self._register(cp)
+        self._registered = True
         # what the CSMS sees first: the current status of the station and every connector
         self._fail_pending_outgoing()
         for status in self._station.statuses():
             self._outgoing.put_nowait(_Outgoing(_status_payload(**status)))
+        self._station.firmware.connected()  # the latest firmware/diagnostics status, if the CSMS may lack it
         self._journal_wakeup.set()
         async with asyncio.TaskGroup() as group:  # one failing sender cancels the others
             group.create_task(self._send_outgoing(cp))
@@ -365,6 +420,14 @@ class OcppClient:
             result = await cp.call(_journal_payload(message), suppress=False)
         except SecurityError as exc:
             self._registration_lost(exc)  # not the message's fault: no attempt is counted
+        except (OcppNotImplemented, NotSupportedError) as exc:
+            if message.action != "SecurityEventNotification":
+                await self._failed_attempt(message, exc)
+                return
+            # a CSMS without the security extension: retrying would only hold up the messages behind it
+            log.warning("CSMS does not support SecurityEventNotification (%s): event dropped", exc.code)
+            self._journal.drop_message(message)
+            return
         except (TimeoutError, OCPPError) as exc:
             await self._failed_attempt(message, exc)
             return
@@ -416,9 +479,10 @@ class OcppClient:
         if self.accepted:
             self._outgoing.put_nowait(_Outgoing(call.MeterValues(connector_id=connector_id, meter_value=meter_value)))
 
-    def queue_follow_up(self, payload: Any) -> None:
-        """A message a CSMS command asked for (TriggerMessage); sent after the answer."""
-        self._outgoing.put_nowait(_Outgoing(payload))
+    def queue_follow_up(self, payload: Any, done: asyncio.Future | None = None) -> None:
+        """A message a CSMS command asked for (TriggerMessage, status notifications); sent after the answer.
+        `done`, if given, gets the CSMS's answer or the exception (CALLERROR, timeout, connection lost)."""
+        self._outgoing.put_nowait(_Outgoing(payload, done))
 
 
 def _status_payload(
@@ -446,6 +510,10 @@ _JOURNAL_CALLS = {
     "MeterValues": call.MeterValues,
     "SecurityEventNotification": call.SecurityEventNotification,
 }
+
+
+# CSMS calls whose payload may hold a secret (AuthorizationKey) or a certificate: never quoted in a log
+_SECRET_ACTIONS = {"ChangeConfiguration", "InstallCertificate", "CertificateSigned", "DeleteCertificate"}
 
 
 def _journal_payload(message: QueuedMessage):
@@ -525,12 +593,12 @@ class _ChargePoint(SecurityHandlers, FirmwareHandlers, _LibChargePoint):
             msg = unpack(raw_msg)
         except OCPPError as error:
             unique_id = _unique_id_of(raw_msg)
-            log.warning("malformed frame from CSMS (%s): %.200s", error.description, raw_msg)
+            log.warning("malformed frame from CSMS (%s): %.200s", error.description, redact_frame(raw_msg))
             if unique_id is not None and self._client.registration != "Rejected":
                 await self._send(_call_error(unique_id, error))
             return
         except (ValueError, RecursionError) as error:  # JSON beyond the parser: > 4300 digits, deep nesting
-            log.warning("unreadable frame from CSMS (%s): %.200s", type(error).__name__, raw_msg)
+            log.warning("unreadable frame from CSMS (%s): %.200s", type(error).__name__, redact_frame(raw_msg))
             return
         if msg.message_type_id != Call.message_type_id:
             self._response_queue.put_nowait(msg)
@@ -568,7 +636,9 @@ class _ChargePoint(SecurityHandlers, FirmwareHandlers, _LibChargePoint):
         try:
             await self._handle_call(msg)
         except OCPPError as error:
-            log.warning("rejected %s from CSMS: %s", msg.action, error)
+            # the error's details can quote the payload: not for a key or a certificate
+            shown = f"{error.code}: {error.description}" if msg.action in _SECRET_ACTIONS else error
+            log.warning("rejected %s from CSMS: %s", msg.action, shown)
             await self._send(_call_error(msg.unique_id, error))
         except ArithmeticError:  # the library's Decimal multipleOf check, on a number like 1e300 or 10**30
             log.warning("rejected %s from CSMS: a number beyond Decimal precision", msg.action)
@@ -696,6 +766,6 @@ class _ChargePoint(SecurityHandlers, FirmwareHandlers, _LibChargePoint):
                     if values:
                         queue(call.MeterValues(connector_id=cid, meter_value=values))
         elif requested_message == "DiagnosticsStatusNotification":
-            queue(call.DiagnosticsStatusNotification(status="Idle"))
+            queue(self._station.firmware.diagnostics_status_notification())
         elif requested_message == "FirmwareStatusNotification":
-            queue(call.FirmwareStatusNotification(status="Idle"))
+            queue(self._station.firmware.firmware_status_notification())

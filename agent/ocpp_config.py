@@ -106,13 +106,21 @@ _KEY_TABLE = (
     KeyDef("StopTxnAlignedDataMaxLength", "R", "int", _MAX_LENGTH),
     _measurand_list("StopTxnSampledData", "Energy.Active.Import.Register"),
     KeyDef("StopTxnSampledDataMaxLength", "R", "int", _MAX_LENGTH),
-    KeyDef("SupportedFeatureProfiles", "R", "csl", "Core,LocalAuthListManagement,RemoteTrigger"),
+    KeyDef("SupportedFeatureProfiles", "R", "csl", "Core,FirmwareManagement,LocalAuthListManagement,RemoteTrigger"),
+    KeyDef("SupportedFileTransferProtocols", "R", "csl", "FTP,HTTP,HTTPS"),  # errata; agent.transfer
     KeyDef("TransactionMessageAttempts", "RW", "int", "3", minimum=1),
     KeyDef("TransactionMessageRetryInterval", "RW", "int", "60", minimum=0),
     KeyDef("UnlockConnectorOnEVSideDisconnect", "RW", "bool", "true"),
     # A change takes effect on the next connection, which needs no reboot.
     KeyDef("WebSocketPingInterval", "RW", "int", "60", minimum=0),
     KeyDef("MessageTimeout", "RW", "int", "30", minimum=1),  # errata 3.82
+    # Security whitepaper edition 2 (agent.security checks changes of these beyond their type).
+    KeyDef("AuthorizationKey", "W", "str", ""),  # write-only: never reported, never logged
+    KeyDef("SecurityProfile", "RW", "int", "0", minimum=0, maximum=3),  # raised only, never lowered
+    KeyDef("CpoName", "RW", "str", ""),
+    KeyDef("CertificateSignedMaxChainSize", "R", "int", "10000"),  # characters, the schema's limit
+    KeyDef("CertificateStoreMaxLength", "R", "int", "20"),  # root certificates, both kinds together
+    KeyDef("AdditionalRootCertificateCheck", "R", "bool", "false"),
 )
 
 # Every key we know, in the order GetConfiguration reports them. Names are case-sensitive, as in the spec.
@@ -250,6 +258,8 @@ class OcppConfiguration:
     Precedence, lowest first: the table's defaults, the station maker's `initial` values (config file),
     and `stored` values that the CSMS set earlier. `on_change(name, value)` is called after every accepted
     ChangeConfiguration with the canonical value; the caller persists it and applies side effects.
+    `check_change(name, old, new)` may refuse a well-formed ChangeConfiguration by returning the reason
+    (rules beyond a key's type, e.g. SecurityProfile can only be raised); it must not quote secrets.
     """
 
     def __init__(
@@ -258,6 +268,7 @@ class OcppConfiguration:
         initial: Mapping[str, str | int | bool] = _NO_VALUES,
         stored: Mapping[str, str] = _NO_VALUES,
         on_change: Callable[[str, str], None] | None = None,
+        check_change: Callable[[str, str, str], str | None] | None = None,
     ) -> None:
         if isinstance(number_of_connectors, bool) or not isinstance(number_of_connectors, int):
             raise TypeError(f"number_of_connectors must be an int, got {number_of_connectors!r}")
@@ -265,6 +276,7 @@ class OcppConfiguration:
             raise ValueError(f"number_of_connectors must be >= 1, got {number_of_connectors}")
         self.number_of_connectors = number_of_connectors
         self._on_change = on_change
+        self._check_change = check_change
         self._values = {key.name: key.default for key in _KEY_TABLE}
         self._values["NumberOfConnectors"] = str(number_of_connectors)
 
@@ -363,6 +375,10 @@ class OcppConfiguration:
         except ValueError as error:
             reason = error if key.readable else "invalid"  # the reason may quote a secret value
             log.info("ChangeConfiguration %s=%s: Rejected (%s)", name, _shown(key, value), reason)
+            return "Rejected"
+        refusal = self._check_change(name, self._values[name], new_value) if self._check_change else None
+        if refusal is not None:
+            log.info("ChangeConfiguration %s=%s: Rejected (%s)", name, _shown(key, value), refusal)
             return "Rejected"
         self._store(key, new_value)
         status: ChangeStatus = "RebootRequired" if key.reboot_required else "Accepted"

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from agent import controller as ctl
-from agent import hw_cli
+from agent import hw_cli, logs
 from agent.auth_store import AuthStore
 from agent.authorization import (
     AuthSettings,
@@ -31,10 +31,12 @@ from agent.authorization import (
     plan_send_local_list,
 )
 from agent.config import AgentConfig
+from agent.firmware import FirmwareManager
 from agent.journal import Journal, JournalError, QueuedMessage
 from agent.meter_values import meter_value, ocpp_timestamp, register_value
 from agent.ocpp16 import OcppClient
 from agent.ocpp_config import OcppConfiguration
+from agent.security import RESET_OR_REBOOT, STARTUP, SecurityManager
 from hal.interfaces import (
     Board,
     ConnectorHardware,
@@ -105,12 +107,16 @@ class Station:
         self.board = board
         self.journal = journal
         self.clock = clock
+        self.security = SecurityManager(config, journal)
+        self.security.apply_local_settings()  # config-file edits win over what the CSMS set (agent.security)
         self.configuration = OcppConfiguration(
             number_of_connectors=len(board.connectors),
-            initial=config.ocpp_configuration,
+            initial={**config.ocpp_configuration, "SecurityProfile": str(config.ocpp.security_profile)},
             stored=journal.settings("ocpp."),
             on_change=self.configuration_changed,
+            check_change=self.security.check_change,
         )
+        self.security.attach(self.configuration)
         self.auth = AuthStore(journal)
         self.connectors: dict[int, ConnectorRuntime] = {}
         for hw in board.connectors:
@@ -118,12 +124,18 @@ class Station:
             self.connectors[hw.connector_id] = ConnectorRuntime(hw, controller)
         self.station_operative = journal.settings("availability.").get("0", "Operative") == "Operative"
         self.ocpp = OcppClient(config, self, journal)
+        self.security.on_event_queued = self.ocpp.journal_changed
+        self.firmware = FirmwareManager(self, install_command=board.firmware_install_command,
+                                        max_download_bytes=board.firmware_max_download_bytes)
         self._tasks: list[asyncio.Task] = []
         self._side_tasks: set[asyncio.Task] = set()
         self._restart: RestartRequested | None = None
         self._shutdown = asyncio.Event()
         self.control_loop_alive_at = 0.0
         self.storage_error: str | None = None
+        # called after every completed control step: the systemd watchdog and status (agent.service)
+        self.after_control_step: Callable[[], None] | None = None
+        self.closing = False  # SIGTERM: no new session starts (cards, remote starts) while shutting down
 
     # ---- settings -------------------------------------------------------------------------------
 
@@ -140,6 +152,17 @@ class Station:
 
     def configuration_changed(self, key: str, value: str) -> None:
         self.journal.set_setting(f"ocpp.{key}", value)  # survives reboots
+        if key == "AuthorizationKey":
+            logs.add_basic_auth_secret(self.config.station.id, value)  # never in a log line (agent.logs)
+        self.security.configuration_changed(key, value)
+        for rt in self.connectors.values():
+            self._dispatch(rt, ctl.SettingsChanged(self._session_settings(rt.hw)))
+
+    def apply_config(self, config: AgentConfig) -> None:
+        """SIGHUP: take over a reloaded config (agent.app.reload_config kept what needs a restart): the
+        [charging] limits reach the controllers at once, the reconnect back-off the OCPP client."""
+        self.config = config
+        self.ocpp.apply_config(config)
         for rt in self.connectors.values():
             self._dispatch(rt, ctl.SettingsChanged(self._session_settings(rt.hw)))
 
@@ -194,6 +217,8 @@ class Station:
         """Run until shutdown() or a reset; raises RestartRequested for a reset."""
         await self.board.start()
         self.recover()
+        self.security.event(STARTUP, f"evse-agent {self.config.station.firmware_version} started")
+        self.firmware.recover()
         for rt in self.connectors.values():
             rt.hw.contactor.set_closed(False)
             self._tasks.append(asyncio.create_task(self._transaction_worker(rt), name=f"tx-{rt.id}"))
@@ -210,7 +235,9 @@ class Station:
             raise self._restart
 
     async def shutdown(self, stop_transactions: bool | None = None) -> None:
-        """Orderly stop (SIGTERM): finish journal writes; stop sessions only if configured to."""
+        """Orderly stop (SIGTERM): no new sessions, finish journal writes; stop sessions only if configured
+        to (otherwise they stay open in the journal, for a PowerLoss stop or a resume at the next start)."""
+        self.closing = True
         if stop_transactions is None:
             stop_transactions = self.config.charging.stop_on_shutdown
         if stop_transactions:
@@ -246,11 +273,12 @@ class Station:
     # ---- control loop ---------------------------------------------------------------------------
 
     async def _control_loop(self) -> None:
-        period = self.config.charging.control_period_s
         while True:
             self.control_step()
             self.control_loop_alive_at = self.clock()
-            await asyncio.sleep(period)
+            if self.after_control_step is not None:
+                self.after_control_step()
+            await asyncio.sleep(self.config.charging.control_period_s)  # read each time: SIGHUP may change it
 
     def control_step(self) -> None:
         """Read every device once and feed the changes to the controllers."""
@@ -324,10 +352,11 @@ class Station:
             case ctl.Notice(text):
                 log.info("connector %d: %s", rt.id, text)
 
-    def _spawn(self, coro) -> None:
+    def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)
+        return task
 
     # ---- authorization --------------------------------------------------------------------------
 
@@ -358,6 +387,8 @@ class Station:
             else:  # the CSMS could not be asked after all: offline rules
                 decision = self._local_decision(id_tag, online=False)
                 verdict = "Accepted" if decision.accepted else "refused"
+        if self.closing and decision.accepted:
+            decision, verdict = Decision(False, decision.source, None), "ignored: the agent is shutting down"
         log.info("connector %d: card %s: %s (%s)", rt.id, id_tag, verdict, decision.source.value)
         self._dispatch(rt, ctl.AuthorizationResult(id_tag, decision.accepted, decision.parent_id_tag))
 
@@ -378,6 +409,9 @@ class Station:
             self.present_id_tag(tag)
 
     def present_id_tag(self, id_tag: str) -> int | None:
+        if self.closing:
+            log.info("card %s ignored: the agent is shutting down", id_tag)
+            return None
         controllers = {cid: rt.controller for cid, rt in self.connectors.items()}
         cid = ctl.route_id_tag(controllers, id_tag)
         if cid is None:
@@ -541,6 +575,8 @@ class Station:
                             ocpp_timestamp(), rt.controller.offered_current_a())]
 
     def remote_start(self, connector_id: int | None, id_tag: str) -> bool:
+        if self.closing:
+            return False
         if connector_id is None:
             candidates = [rt for rt in self.connectors.values() if rt.controller.can_accept_remote_start()]
             plugged = [rt for rt in candidates if rt.controller.plugged]
@@ -626,12 +662,35 @@ class Station:
     async def _reset(self, kind: str) -> None:
         reason = ctl.StopReason.HARD_RESET if kind == "Hard" else ctl.StopReason.SOFT_RESET
         log.warning("%s reset requested by the CSMS", kind)
+        self.security.event(RESET_OR_REBOOT, f"{kind} reset requested by the CSMS")
         for rt in self.connectors.values():
             self._dispatch(rt, ctl.StopRequested(reason))
         await self._drain_transaction_ops()
         await self._flush_journal()
         reboot = self.board.reboot_command if kind == "Hard" else None
         self._restart = RestartRequested(kind, reboot)
+        self._shutdown.set()
+
+    # ---- firmware installation (agent.firmware) ----------------------------------------------------
+
+    def transactions_active(self) -> bool:
+        """A transaction runs, or its last journal write (StopTransaction) is still to be done."""
+        return any(rt.controller.transaction_active or rt.local_tx is not None for rt in self.connectors.values())
+
+    def hold_for_firmware(self, hold: bool) -> None:
+        """While a firmware update waits to install: no new session (idle connectors Unavailable, busy ones
+        once their transaction ends); afterwards the availability the CSMS set. Not persisted: a restart
+        ends the hold."""
+        availability = self.journal.settings("availability.")
+        for rt in self.connectors.values():
+            operative = not hold and self.station_operative and availability.get(str(rt.id), "Operative") == "Operative"
+            self._dispatch(rt, ctl.AvailabilityChanged(operative))
+
+    async def restart_for_firmware(self) -> None:
+        """After the install hook succeeded: restart in place, the way a Soft reset does."""
+        await self._drain_transaction_ops()
+        await self._flush_journal()
+        self._restart = RestartRequested("Firmware update", None)
         self._shutdown.set()
 
     # ---- technician's view ----------------------------------------------------------------------
@@ -666,12 +725,14 @@ class Station:
                         "operative": self.station_operative},
             "ocpp": {"connected": self.ocpp.connected,
                      "registration": self.ocpp.registration,
-                     "url": self.config.ocpp_endpoint,
+                     "url": self.security.endpoint,
+                     "security_profile": self.security.profile,
                      "last_error": self.ocpp.last_error},
             "journal": {"pending": self.journal.pending_count(), "path": str(self.journal.path),
                         "dropped": self.ocpp.dropped_messages,
                         "dropped_for_space": self.journal.dropped_for_space,
                         "error": self.storage_error},
+            "firmware": self.firmware.status(),
             "connectors": connectors,
         }
 

@@ -286,6 +286,8 @@ def load_board(
         raise BoardConfigError(f"{path}: {exc}") from exc
     board.name = config["board"]["name"]
     board.reboot_command = config["board"]["reboot_command"]
+    board.firmware_install_command = config["board"]["firmware_install_command"]
+    board.firmware_max_download_bytes = int(config["board"]["firmware_max_download_mb"] * 1024 * 1024)
     return board
 
 
@@ -307,7 +309,8 @@ def _validate(raw: dict, path: Path) -> dict:
     if "board" not in raw:
         raise BoardConfigError(f"{path}: [board]: required table is missing")
     board = ConfigTable(raw["board"], "[board]", path)
-    board.reject_unknown(("name", "backend", "reboot_command"))
+    board.reject_unknown(
+        ("name", "backend", "reboot_command", "firmware_install_command", "firmware_max_download_mb"))
     backend = board.string("backend")
     if backend not in BACKENDS:
         known = ", ".join(json.dumps(b) for b in BACKENDS)
@@ -316,6 +319,10 @@ def _validate(raw: dict, path: Path) -> dict:
         "name": board.string("name"),
         "backend": backend,
         "reboot_command": board.string_list("reboot_command", default=None),
+        # argv that installs a downloaded firmware file, "{file}" standing for its path (agent.firmware)
+        "firmware_install_command": board.string_list("firmware_install_command", default=None),
+        "firmware_max_download_mb": board.number("firmware_max_download_mb", default=200.0, minimum=1,
+                                                 maximum=1_000_000, unit="MB"),
     }
 
     tables = BACKEND_TABLES.get(backend, ())

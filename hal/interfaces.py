@@ -179,6 +179,8 @@ class Board:
     connectors: list[ConnectorHardware]
     rfid: RfidReader | None = None
     reboot_command: list[str] | None = None  # argv run on a Hard reset; None restarts the agent in place
+    firmware_install_command: list[str] | None = None  # argv installing a firmware file ("{file}"); None: no installs
+    firmware_max_download_bytes: int = 200 * 1024 * 1024  # largest firmware file the agent downloads
     simulator: object | None = None  # the sim control surface (hal.sim.SimBoard) when the board is simulated
     extras: dict = field(default_factory=dict)
 

@@ -44,6 +44,17 @@ Fault injection (for testing a station's error handling):
     fail_next(action, count=1, error_code="InternalError", description="injected failure")
         the next `count` CALLs of `action` from any station are answered with that CALLERROR
         instead of being handled (nothing is recorded as a transaction); later ones are handled.
+    ssl_context         serve wss:// with this server-side ssl.SSLContext (its certificate can be
+                        replaced while running, with load_cert_chain; set verify_mode to ask for client
+                        certificates, OCPP security profile 3). `url` is then wss://.
+    basic_auth          dict station id -> password (str: its UTF-8 bytes, or bytes: a binary key as
+                        OCPP 1.6 security profiles 1-2 use it); when given, a handshake without the
+                        matching `Authorization: Basic base64(<id>:<password>)` header is refused with
+                        HTTP 401, as are stations not in the dict. The dict is `basic_auth`, mutable.
+                        A verified TLS client certificate whose CN is the station id replaces the
+                        Basic header (profile 3).
+    sign_certificate_status                          attribute, default "Accepted": the answer to
+        SignCertificate; the CSR is recorded in `frames`, a test signs it and calls CertificateSigned.
     refuse_connections                               attribute, default False; while True every new
         WebSocket handshake is answered with HTTP 503 (open connections are not touched), so a
         station stays offline after `disconnect()` until it is set back to False.
@@ -72,6 +83,8 @@ Observations (all in memory, in arrival order):
     unknown_stops: list[Frame]                       StopTransaction CALLs with an unknown transactionId
     other_meter_values: list[Frame]                  MeterValues CALLs without a known transactionId
     connector_statuses: dict[str, dict[int, str]]    last StatusNotification status per connector
+    handshakes: list[Handshake]                      every handshake that reached the endpoint check: TLS
+                                                     or not, the client certificate's subject, Basic auth
     violations: list[Violation]                      protocol violations by stations, kinds:
         "call_before_accepted"  a CALL other than BootNotification while the station's last boot
                                 answer was not Accepted (answered with SecurityError, errata 3.8)
@@ -102,11 +115,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
 import logging
 import os
 import signal
+import ssl
 import sys
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -213,6 +229,17 @@ class TransactionRecord:
     @property
     def stopped(self) -> bool:
         return self.stop_count > 0
+
+
+@dataclass(frozen=True)
+class Handshake:
+    """One WebSocket handshake that reached the endpoint check (LocalCsms.handshakes)."""
+
+    station_id: str
+    tls: bool
+    client_cert: dict | None  # subject of the verified TLS client certificate, e.g. {"commonName": ...}
+    auth: str | None  # None (not required), "ok", "missing", "wrong" or "certificate" (see basic_auth)
+    accepted: bool
 
 
 @dataclass(frozen=True)
@@ -515,6 +542,25 @@ class _StationHandler(ChargePoint):
     def on_firmware_status_notification(self, status):
         return call_result.FirmwareStatusNotification()
 
+    # --- security whitepaper (edition 2) notifications ---------------------------------------------
+
+    @on(Action.signed_firmware_status_notification)
+    def on_signed_firmware_status_notification(self, status, request_id=None):
+        return call_result.SignedFirmwareStatusNotification()
+
+    @on(Action.log_status_notification)
+    def on_log_status_notification(self, status, request_id=None):
+        return call_result.LogStatusNotification()
+
+    @on(Action.security_event_notification)
+    def on_security_event_notification(self, type, timestamp, tech_info=None):  # noqa: A002 - OCPP's name
+        return call_result.SecurityEventNotification()
+
+    @on(Action.sign_certificate)
+    def on_sign_certificate(self, csr):
+        # the CSR is in `frames`: a test plays the CA and answers with call("CertificateSigned", ...)
+        return call_result.SignCertificate(status=self._csms.sign_certificate_status)
+
 
 @dataclass
 class _Session:
@@ -537,6 +583,8 @@ class LocalCsms:
         parent_id_tags: Mapping[str, str] | None = None,
         echo: Callable[[str], None] | None = None,
         assume_booted: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+        basic_auth: Mapping[str, str | bytes] | None = None,
     ):
         if isinstance(authorized_tags, Mapping):
             tag_statuses = dict(authorized_tags)
@@ -561,6 +609,10 @@ class LocalCsms:
         self._assume_booted = assume_booted
         self._injected_failures: dict[str, list[tuple[str, str]]] = {}  # action -> CALLERRORs to answer
         self.refuse_connections = False
+        self._ssl_context = ssl_context
+        self.basic_auth: dict[str, str | bytes] | None = dict(basic_auth) if basic_auth is not None else None
+        self.handshakes: list[Handshake] = []
+        self.sign_certificate_status = "Accepted"  # answer to SignCertificate (the CSR is in `frames`)
 
         self.frames: list[Frame] = []
         self.transactions: dict[int, TransactionRecord] = {}
@@ -591,6 +643,7 @@ class LocalCsms:
             port,
             subprotocols=[SUBPROTOCOL],
             process_request=self._check_path,
+            ssl=self._ssl_context,
         )
         self._host = host
         self._port = self._server.sockets[0].getsockname()[1]
@@ -599,7 +652,8 @@ class LocalCsms:
     @property
     def url(self) -> str:
         host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"ws://{host}:{self._port}{ENDPOINT_PATH}"
+        scheme = "wss" if self._ssl_context is not None else "ws"
+        return f"{scheme}://{host}:{self._port}{ENDPOINT_PATH}"
 
     async def stop(self) -> None:
         if self._control_server is not None:
@@ -776,7 +830,41 @@ class LocalCsms:
             return connection.respond(HTTPStatus.NOT_FOUND, f"use {ENDPOINT_PATH}/<station id>\n")
         if self.refuse_connections:
             return connection.respond(HTTPStatus.SERVICE_UNAVAILABLE, "refusing connections (test)\n")
+        station_id = self._station_id_from_path(request.path)
+        auth = self._check_basic_auth(station_id, request.headers.get("Authorization"))
+        ssl_object = connection.transport.get_extra_info("ssl_object")
+        peer = ssl_object.getpeercert() if ssl_object is not None else None
+        client_cert = None
+        if peer:  # verified by the context (verify_mode): it authenticates the station (profile 3)
+            client_cert = {k: v for rdn in peer.get("subject", ()) for k, v in rdn}
+            client_cert["serialNumber"] = peer.get("serialNumber")
+            if auth == "missing" and client_cert.get("commonName") == station_id:
+                auth = "certificate"
+        accepted = auth in (None, "ok", "certificate")
+        self.handshakes.append(Handshake(station_id, ssl_object is not None, client_cert, auth, accepted))
+        self._notify()
+        if not accepted:
+            self._say(f"{station_id} refused: Basic auth {auth}")
+            response = connection.respond(HTTPStatus.UNAUTHORIZED, "HTTP Basic auth required\n")
+            response.headers["WWW-Authenticate"] = 'Basic realm="ocpp", charset="UTF-8"'
+            return response
         return None
+
+    def _check_basic_auth(self, station_id: str, header: str | None) -> str | None:
+        """None when no auth is required, else "ok", "missing" or "wrong"."""
+        if self.basic_auth is None:
+            return None
+        if not header or not header.startswith("Basic "):
+            return "missing"
+        try:
+            user, _, password = base64.b64decode(header[6:], validate=True).partition(b":")
+        except (binascii.Error, ValueError):
+            return "wrong"
+        expected = self.basic_auth.get(station_id)
+        if expected is None or user != station_id.encode():
+            return "wrong"
+        expected = expected.encode() if isinstance(expected, str) else expected
+        return "ok" if password == expected else "wrong"
 
     async def _serve_station(self, websocket: ServerConnection) -> None:
         station_id = self._station_id_from_path(websocket.request.path)

@@ -76,12 +76,20 @@ def test_table_access_and_types_follow_the_spec():
         "StopTxnAlignedDataMaxLength": ("R", "int", "8"),
         "StopTxnSampledData": ("RW", "csl", "Energy.Active.Import.Register"),
         "StopTxnSampledDataMaxLength": ("R", "int", "8"),
-        "SupportedFeatureProfiles": ("R", "csl", "Core,LocalAuthListManagement,RemoteTrigger"),
+        "SupportedFeatureProfiles": ("R", "csl", "Core,FirmwareManagement,LocalAuthListManagement,RemoteTrigger"),
+        "SupportedFileTransferProtocols": ("R", "csl", "FTP,HTTP,HTTPS"),
         "TransactionMessageAttempts": ("RW", "int", "3"),
         "TransactionMessageRetryInterval": ("RW", "int", "60"),
         "UnlockConnectorOnEVSideDisconnect": ("RW", "bool", "true"),
         "WebSocketPingInterval": ("RW", "int", "60"),
         "MessageTimeout": ("RW", "int", "30"),
+        # security whitepaper edition 2
+        "AuthorizationKey": ("W", "str", ""),
+        "SecurityProfile": ("RW", "int", "0"),
+        "CpoName": ("RW", "str", ""),
+        "CertificateSignedMaxChainSize": ("R", "int", "10000"),
+        "CertificateStoreMaxLength": ("R", "int", "20"),
+        "AdditionalRootCertificateCheck": ("R", "bool", "false"),
     }
     assert {name: (key.access, key.kind, key.default) for name, key in KEYS.items()} == expected
 
@@ -347,7 +355,8 @@ def test_get_configuration_known_and_unknown_keys(config):
 @pytest.mark.parametrize("keys", [None, []])
 def test_get_configuration_without_keys_returns_every_readable_key(config, keys):
     entries, unknown = config.get_configuration(keys)
-    assert [entry["key"] for entry in entries] == list(KEYS)
+    assert [entry["key"] for entry in entries] == [name for name, key in KEYS.items() if key.readable]
+    assert "AuthorizationKey" not in [entry["key"] for entry in entries]  # write-only
     assert unknown == []
     assert all(isinstance(entry["value"], str) for entry in entries)
 

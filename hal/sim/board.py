@@ -67,6 +67,7 @@ class SimBoard:
             spec.id: SimConnector(spec, ev, voltage_v, now) for spec in sorted(connectors, key=lambda s: s.id)
         }
         self._rfid = SimRfidReader()
+        self._pilot_stalls: dict[int, float] = {}  # connector -> seconds its next pilot read blocks
         self._saved_energy: dict[int, float] = {}
         self._last_save_at = now
         self._load_state()
@@ -153,6 +154,22 @@ class SimBoard:
         else:
             conn.faults.discard(kind)  # an RCD trip stays latched until rcd.reset()
         self.state_changed()
+
+    def stall_pilot(self, seconds: float, connector: int = 1) -> None:
+        """Test hook: the next control-pilot read of `connector` blocks the calling thread for `seconds`, the
+        way a read from a stuck bus or driver blocks the agent's control step (and its whole event loop).
+        The end-to-end test of the systemd watchdog uses it: while it blocks, no WATCHDOG=1 may be sent."""
+        self._connector(connector)
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds <= 600:
+            raise ValueError(f"stall must be between 0 and 600 s, got {seconds!r}")
+        self._pilot_stalls[connector] = float(seconds)
+
+    def take_pilot_stall(self, connector: int) -> None:
+        """Called by the simulated pilot before each read: carries out a pending stall_pilot()."""
+        seconds = self._pilot_stalls.pop(connector, None)
+        if seconds:
+            log.warning("sim: control pilot read of connector %d blocks for %.1f s (stall_pilot)", connector, seconds)
+            time.sleep(seconds)
 
     def snapshot(self) -> dict:
         self.advance()

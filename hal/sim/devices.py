@@ -43,6 +43,7 @@ class _SimDevice:
 
 class SimControlPilot(_SimDevice, ControlPilot):
     def read(self) -> PilotReading:
+        self._board.take_pilot_stall(self._conn.spec.id)
         return self._now().pilot_reading()
 
     def set_pwm(self, duty_percent: float) -> None:
