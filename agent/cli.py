@@ -202,6 +202,7 @@ def _run(args: argparse.Namespace) -> int:
     from agent.control import CommandError
     from agent.journal import JournalError
     from agent.logs import setup_logging
+    from agent.station import StationCrashed
     from hal.board import BoardConfigError
     from hal.interfaces import HardwareError
 
@@ -215,6 +216,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"evse: board config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (JournalError, CommandError, HardwareError) as exc:  # HardwareError: a device opened at load
+        print(f"evse: {exc}", file=sys.stderr)
+        return 1
+    except StationCrashed as exc:
+        logging.getLogger("evse.agent").critical("%s; every contactor was opened", exc, exc_info=exc.__cause__)
         print(f"evse: {exc}", file=sys.stderr)
         return 1
     if restart is None:

@@ -583,7 +583,8 @@ class _ChargePoint(SecurityHandlers, FirmwareHandlers, _LibChargePoint):
         while a call waited raised RecursionError and ended the session) and timed with the wall clock."""
         deadline = time.monotonic() + timeout
         while True:
-            response = await asyncio.wait_for(self._response_queue.get(), max(deadline - time.monotonic(), 0))
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0)):  # not wait_for (3.11 cancel bug)
+                response = await self._response_queue.get()
             if response.unique_id == unique_id:
                 return response
             log.info("ignoring an answer to no open call: %.100s", response)

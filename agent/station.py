@@ -91,6 +91,10 @@ def _read(unreadable: dict[str, str], name: str, read):
         return None
 
 
+class StationCrashed(Exception):
+    """An essential task of the station died; the agent exits non-zero with every contactor open."""
+
+
 class RestartRequested(Exception):
     """Raised out of Station.run() when the agent must restart in place (Reset)."""
 
@@ -227,10 +231,19 @@ class Station:
         if self.board.rfid is not None:
             self._tasks.append(asyncio.create_task(self._rfid_loop(), name="rfid"))
         self._tasks.append(asyncio.create_task(self.ocpp.run(), name="ocpp"))
+        shutdown = asyncio.create_task(self._shutdown.wait(), name="shutdown")
         try:
-            await self._shutdown.wait()
+            # these tasks run forever; one that ends has crashed, and a station without its control loop
+            # or journal worker must not go on pretending: stop (contactors open) and let systemd restart
+            done, _ = await asyncio.wait([shutdown, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
         finally:
+            shutdown.cancel()
             await self._stop_tasks()
+        crashed = [task for task in done if task is not shutdown]
+        if crashed:
+            task = crashed[0]
+            error = task.exception() if not task.cancelled() else None
+            raise StationCrashed(f"{task.get_name()} task ended unexpectedly: {error!r}") from error
         if self._restart is not None:
             raise self._restart
 
@@ -268,7 +281,8 @@ class Station:
             for rt in self.connectors.values():
                 await rt.ops.join()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(drained(), timeout)
+            async with asyncio.timeout(timeout):
+                await drained()
 
     # ---- control loop ---------------------------------------------------------------------------
 
@@ -424,7 +438,10 @@ class Station:
 
     async def _read_meter(self, rt: ConnectorRuntime) -> MeterReading | None:
         try:
-            reading = await asyncio.wait_for(rt.hw.meter.read(), METER_READ_TIMEOUT_S)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
+            # arrives as the read completes, and this loop would then outlive the station's shutdown
+            async with asyncio.timeout(METER_READ_TIMEOUT_S):
+                reading = await rt.hw.meter.read()
         except (MeterError, HardwareError, TimeoutError) as exc:
             rt.meter_failures += 1
             if rt.meter_failures == METER_FAILURES_FOR_FAULT:

@@ -135,3 +135,22 @@ async def test_after_sigterm_no_card_remote_start_or_late_authorization_starts_a
     assert "card 0455667788 ignored: the agent is shutting down" in caplog.text
     await board.close()
     station.journal.close()
+
+
+async def test_a_crashed_control_loop_ends_the_agent_with_every_contactor_open(tmp_path):
+    """A station without its control loop must not keep running unsupervised: it stops, opens every
+    contactor and exits non-zero so that systemd restarts it."""
+    from agent.station import StationCrashed
+
+    config = load_config(write_config(tmp_path, "ws://127.0.0.1:9/ocpp"))
+    config.journal.path.parent.mkdir(parents=True, exist_ok=True)
+    board = load_board(config.board.file, state_dir=tmp_path)
+    station = Station(config, board, Journal(config.journal.path))
+
+    def broken_step():
+        raise RuntimeError("simulated bug in the control step")
+
+    station.control_step = broken_step
+    with pytest.raises(StationCrashed, match="control task ended unexpectedly"):
+        await asyncio.wait_for(station.run(), 10)
+    assert all(not conn.contactor.commanded_closed for conn in station.board.connectors)
