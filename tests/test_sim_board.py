@@ -440,7 +440,9 @@ async def test_state_file_keeps_ev_and_register_across_restart(clock, tmp_path):
     assert hw2.pilot.read().state is CpState.B
 
 
-async def test_register_is_saved_at_most_once_a_second_while_charging(clock, tmp_path):
+async def test_register_is_saved_before_a_reading_leaves_the_meter(clock, tmp_path):
+    """What the agent has read must survive a kill of the agent (a real meter keeps its register), and
+    between reads the register is saved at most once a second."""
     state = tmp_path / "sim-board.json"
     sim = make_sim(clock, state_file=state)
     hw = charging(sim, clock, 16)
@@ -449,11 +451,13 @@ async def test_register_is_saved_at_most_once_a_second_while_charging(clock, tmp
         return json.loads(state.read_text())["connectors"]["1"]["energy_wh"]
 
     clock.advance(0.5)
-    await hw.meter.read()
-    assert saved_energy() == 0.0  # less than a second since the plug-in save
-    clock.advance(0.5)
-    await hw.meter.read()
-    assert saved_energy() == pytest.approx(11040 * 1.0 / 3600)
+    sim.advance()
+    assert saved_energy() == 0.0  # less than a second since the plug-in save, and nobody read the meter
+    reading = await hw.meter.read()
+    assert saved_energy() == reading.energy_wh == pytest.approx(11040 * 0.5 / 3600)
+    clock.advance(1.0)
+    sim.advance()
+    assert saved_energy() == pytest.approx(11040 * 1.5 / 3600)
     assert not (tmp_path / "sim-board.json.tmp").exists()
 
 

@@ -242,6 +242,13 @@ class SimBoard:
         self._saved_energy = {cid: conn.energy_wh for cid, conn in self._connectors.items()}
         self._last_save_at = self._clock()
 
+    def register_seen(self) -> None:
+        """A meter reading is about to leave the board: persist the register if it moved."""
+        if self._state_file is not None and any(
+            self._saved_energy.get(cid) != conn.energy_wh for cid, conn in self._connectors.items()
+        ):
+            self.save()
+
     def _maybe_save_energy(self, now: float) -> None:
         if self._state_file is None or now - self._last_save_at < ENERGY_SAVE_INTERVAL_S:
             return

@@ -106,6 +106,9 @@ class SimEnergyMeter(_SimDevice, EnergyMeter):
         if "meter" in conn.faults:
             raise MeterError(f"sim meter of connector {conn.spec.id} not answering (simulated fault)")
         currents = conn.phase_currents()
+        # a real meter keeps its register when the agent dies: what the agent has seen must be on record
+        # before it sees it, or a kill -9 would roll the register back below a journaled value
+        self._board.register_seen()
         return MeterReading(
             energy_wh=conn.energy_wh,
             power_w=sum(amps * conn.voltage_v for amps in currents),
