@@ -1,0 +1,403 @@
+"""What every benchmark shares: the machine block, the report format, agent processes, the bundled CSMS.
+
+Report format (one block per benchmark, read by people and by tests/test_bench.py):
+
+    == <name>: <title> (size <tiny|full>) ==
+    machine:  <CPU model>, <n> cores, Python <x.y.z>, Linux <kernel>
+    method:   how it was measured (one or more lines)
+    figure:   <label> = <value> <unit>
+    baseline: <label> = <value> <unit>
+    target:   <label> <op> <limit> <unit>: met | MISSED (<value> <unit>)
+    note:     what bounds the figure, caveats
+
+Figures are reported, never asserted: a benchmark exits 0 whether or not its targets are met.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH_DIR = Path(__file__).resolve().parent
+SIM_1 = REPO / "board-configs" / "sim.toml"  # the shipped one-socket sim board
+SIM_4 = BENCH_DIR / "sim-4.toml"  # four sockets, for the reaction benchmark
+STATION_ID = "BENCH-1"
+TAG = "0411223344"  # a card UID as the reader reports it
+SIZES = ("tiny", "full")
+
+# The journal goes on a disk-backed directory (fsync costs are the point); /tmp may be tmpfs elsewhere.
+DISK_TMP = Path(os.environ.get("BENCH_DISK_TMP", "/var/tmp"))
+# A station's runtime directory (control socket, sim EV state) is tmpfs.
+RUNTIME_TMP = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+
+
+# ---- machine and report ---------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    return (f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"{platform.system()} {platform.release()}")
+
+
+def filesystem_of(path: Path) -> str:
+    """The device and file system type `path` lives on (from /proc/mounts), for the method line."""
+    path = Path(os.path.realpath(path))
+    best = ("?", "?", "")
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            device, mount, fstype = line.split()[:3]
+            if (str(path) == mount or str(path).startswith(mount.rstrip("/") + "/")) and len(mount) > len(best[2]):
+                best = (device, fstype, mount)
+    except OSError:
+        pass
+    return f"{best[0]} ({best[1]})"
+
+
+def fmt(value: float | None) -> str:
+    """A number with about three significant digits (thousands separated)."""
+    if value is None or math.isnan(value):
+        return "n/a"
+    if isinstance(value, int):
+        return f"{value:,}"
+    size = abs(value)
+    if size >= 1000:
+        return f"{value:,.0f}"
+    if size >= 100:
+        return f"{value:.0f}"
+    if size >= 10:
+        return f"{value:.1f}"
+    if size >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3g}"
+
+
+class Report:
+    """Prints one benchmark's block line by line (flushed, so a long run shows progress)."""
+
+    def __init__(self, name: str, title: str, size: str):
+        self.name = name
+        self.targets: list[tuple[str, bool]] = []
+        self._print(f"\n== {name}: {title} (size {size}) ==")
+        self.line("machine", machine())
+
+    @staticmethod
+    def _print(text: str) -> None:
+        print(text, flush=True)
+
+    def line(self, kind: str, text: str) -> None:
+        prefix = f"{kind}:".ljust(10)
+        for i, part in enumerate(text.splitlines() or [""]):
+            self._print((prefix if i == 0 else " " * 10) + part)
+
+    def method(self, text: str) -> None:
+        self.line("method", text)
+
+    def note(self, text: str) -> None:
+        self.line("note", text)
+
+    def figure(self, label: str, value: float, unit: str, extra: str = "") -> None:
+        self.line("figure", f"{label} = {fmt(value)} {unit}{'  ' + extra if extra else ''}")
+
+    def baseline(self, label: str, value: float, unit: str, extra: str = "") -> None:
+        self.line("baseline", f"{label} = {fmt(value)} {unit}{'  ' + extra if extra else ''}")
+
+    def target(self, label: str, value: float, op: str, limit: float, unit: str) -> bool:
+        met = value <= limit if op == "<=" else value >= limit
+        self.targets.append((label, met))
+        self.line("target", f"{label} {op} {fmt(limit)} {unit}: {'met' if met else 'MISSED'} "
+                            f"({fmt(value)} {unit})")
+        return met
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def distribution(report: Report, label: str, seconds: list[float], unit: str = "ms") -> dict[str, float]:
+    """Print p50/p99/max (and the count) of a list of durations in seconds; returns them in `unit`."""
+    scale = 1000.0 if unit == "ms" else 1e6
+    stats = {"p50": percentile(seconds, 50) * scale, "p99": percentile(seconds, 99) * scale,
+             "max": max(seconds) * scale if seconds else math.nan}
+    report.line("figure", f"{label}: p50 {fmt(stats['p50'])} / p99 {fmt(stats['p99'])} / "
+                          f"max {fmt(stats['max'])} {unit}  (n={len(seconds)})")
+    return stats
+
+
+@contextmanager
+def scratch_dir(prefix: str, base: Path = DISK_TMP) -> Iterator[Path]:
+    base.mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=f"bench-{prefix}-", dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# ---- agent config -----------------------------------------------------------------------------------
+
+
+def write_agent_config(workdir: Path, csms_url: str, *, board_file: Path = SIM_1, runtime_dir: Path | None = None,
+                       journal: Path | None = None, ocpp_keys: dict | None = None, log_level: str = "info",
+                       charging: dict | None = None) -> Path:
+    """An agent.toml for a benchmark: the journal in `workdir` (disk), the control socket (and with it the
+    sim board's state file) in `runtime_dir` (tmpfs on a station), everything else the agent's defaults."""
+    runtime_dir = runtime_dir or workdir
+    keys = {"HeartbeatInterval": 300, **(ocpp_keys or {})}
+    key_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in keys.items())
+    charging_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in (charging or {}).items())
+    config = workdir / "agent.toml"
+    config.write_text(f"""\
+[station]
+id = "{STATION_ID}"
+vendor = "BenchVendor"
+model = "BenchModel"
+
+[ocpp]
+url = "{csms_url}"
+reconnect_min_s = 0.2
+reconnect_max_s = 1.0
+
+[ocpp.configuration]
+{key_lines}
+
+[board]
+file = "{board_file}"
+
+[journal]
+path = "{journal or workdir / 'journal.sqlite'}"
+
+[control]
+socket = "{runtime_dir / 'control.sock'}"
+
+[charging]
+{charging_lines}
+
+[log]
+level = "{log_level}"
+""")
+    return config
+
+
+# ---- the agent as a process -------------------------------------------------------------------------
+
+
+class ControlClient:
+    """One persistent connection to the agent's control socket (JSON lines), for low-latency polling."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    async def connect(self) -> None:
+        self._reader, self._writer = await asyncio.open_unix_connection(str(self.path), limit=2**20)
+
+    async def request(self, cmd: str, **args: Any) -> Any:
+        if self._writer is None:
+            await self.connect()
+        assert self._reader is not None and self._writer is not None
+        self._writer.write(json.dumps({"cmd": cmd, "args": args}).encode() + b"\n")
+        line = await self._reader.readline()
+        if not line:
+            raise ConnectionError("the agent closed the control connection")
+        reply = json.loads(line)
+        if not reply.get("ok"):
+            raise RuntimeError(f"{cmd}: {reply.get('error')}")
+        return reply.get("result")
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class AgentProcess:
+    """`python -m agent run --config FILE`, exactly as a station runs it."""
+
+    def __init__(self, config: Path, socket: Path, log_path: Path):
+        self.config = config
+        self.socket = socket
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+        self.control = ControlClient(socket)
+
+    def start(self) -> float:
+        """Start the process; returns the wall-clock time (time.time()) just before the fork."""
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        env.pop("PYTHONUNBUFFERED", None)
+        log = open(self.log_path, "ab")
+        started = time.time()
+        self.proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(self.config)],
+                                     stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        log.close()
+        return started
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def cmd(self, cmd: str, **args: Any) -> Any:
+        return await self.control.request(cmd, **args)
+
+    async def ready(self, timeout: float = 20.0) -> dict:
+        """Wait for the control socket, then for BootNotification Accepted."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                status = await self.cmd("status")
+                if status["ocpp"]["connected"] and status["ocpp"]["registration"] == "Accepted":
+                    return status
+            except (OSError, ConnectionError, RuntimeError, ValueError):
+                self.control.close()
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"agent not connected and accepted within {timeout} s:\n{self.log_tail()}")
+
+    async def wait_connector(self, predicate: Callable[[dict], bool], connector: int = 1, timeout: float = 15.0,
+                             what: str = "connector state") -> dict:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            self._check_alive()
+            last = (await self.cmd("status"))["connectors"][connector - 1]
+            if predicate(last):
+                return last
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"timed out waiting for {what}; last {last}\n{self.log_tail()}")
+
+    async def charge(self, connector: int = 1, tag: str = TAG) -> None:
+        """Plug in, present a card, wait for Charging with the contactor closed."""
+        await self.cmd("sim.plug", connector=connector)
+        await self.wait_connector(lambda c: c["status"] == "Preparing", connector, what="Preparing")
+        await self.cmd("sim.swipe", tag=tag)
+        await self.wait_connector(lambda c: c["contactor_closed"] and c["status"] == "Charging", connector,
+                                  what="Charging")
+
+    def _check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"agent exited with {self.proc.returncode}:\n{self.log_tail()}")
+
+    # /proc readings ------------------------------------------------------------------------------
+
+    def proc_status(self) -> dict[str, int]:
+        """VmRSS, VmHWM ... of /proc/PID/status, in kB."""
+        values = {}
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if rest.strip().endswith("kB"):
+                values[key] = int(rest.split()[0])
+        return values
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the process (main thread and every thread), in seconds."""
+        stat = Path(f"/proc/{self.pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2:].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def io(self) -> dict[str, int]:
+        values = {}
+        for line in Path(f"/proc/{self.pid}/io").read_text().splitlines():
+            key, _, value = line.partition(":")
+            values[key.strip()] = int(value)
+        return values
+
+    async def stop(self, timeout: float = 15.0) -> None:
+        self.control.close()
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join(line[:300] for line in text.splitlines()[-lines:])
+
+
+# ---- the bundled CSMS in a process of its own --------------------------------------------------------
+
+
+class CsmsProcess:
+    """hil.csms.LocalCsms in its own process (bench/csms_server.py), for benchmarks whose agent runs inside
+    the bench process: the CSMS then does not share the agent's event loop or interpreter."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+
+    def start(self, tags: list[str], timeout: float = 15.0) -> str:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "bench.csms_server", "--tags", ",".join(tags)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=REPO, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("ws://"):
+            raise RuntimeError(f"bench CSMS did not start: {line!r}")
+        self.url = line.strip()
+        return self.url
+
+    def counts(self) -> dict[str, int]:
+        """Incoming CALLs by action so far."""
+        assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("counts\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+async def wait_for(condition: Callable[[], bool], timeout: float, what: str, poll: float = 0.01) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(poll)
