@@ -46,13 +46,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from cryptography import x509
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidMessage, InvalidStatus
 
-from agent import security_certs as certs
 from agent.journal import JournalError
 from agent.meter_values import ocpp_timestamp
+
+
+class _LazyCerts:
+    """agent.security_certs, imported on first use: it loads `cryptography` (~8 MB of memory), which a
+    station on security profile 0 or 1 without certificate operations never needs."""
+
+    def __getattr__(self, name: str):
+        from agent import security_certs
+
+        return getattr(security_certs, name)
+
+
+certs = _LazyCerts()
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
@@ -339,7 +350,8 @@ class SecurityManager:
         self._config = config
         self._journal = journal
         state_dir = Path(journal.path).parent
-        self.store = certs.CertificateStore(state_dir / "certs")
+        self._certs_dir = state_dir / "certs"
+        self._store = None
         self.log = SecurityLog(state_dir / "security.log")
         self.configuration: OcppConfiguration | None = None
         self.on_event_queued: Callable[[], None] = lambda: None  # wakes the OCPP journal sender
@@ -351,6 +363,13 @@ class SecurityManager:
         self._profile_seen = 0  # the SecurityProfile before a change (on_change gets only the new value)
         # the CSMS used a whitepaper message: it understands SecurityEventNotification even on profile 0
         self._extension_seen = journal.settings("security.").get("csms_extension") == "1"
+
+    @property
+    def store(self):
+        """The certificate store (agent.security_certs.CertificateStore), opened on first use."""
+        if self._store is None:
+            self._store = certs.CertificateStore(self._certs_dir)
+        return self._store
 
     # ---- start-up ----------------------------------------------------------------------------------
 
@@ -396,6 +415,9 @@ class SecurityManager:
             return
         digest = _sha256(data)
         if recorded.get("file_csms_ca_sha256") == digest:
+            return
+        if not data and not recorded.get("file_csms_roots"):  # nothing configured, nothing to remove
+            updates["security.file_csms_ca_sha256"] = digest
             return
         try:
             new = certs.load_pem_certificates(data) if data else []
@@ -585,6 +607,8 @@ class SecurityManager:
         ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
         if ssl_object is None:
             return set()
+        from cryptography import x509  # only on TLS connections, where cryptography is needed anyway
+
         chain: list[x509.Certificate] = []
         getter = getattr(getattr(ssl_object, "_sslobj", None), "get_verified_chain", None)
         try:

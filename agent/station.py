@@ -51,6 +51,7 @@ log = logging.getLogger("evse.station")
 
 METER_FAILURES_FOR_FAULT = 3  # consecutive failed polls before a meter counts as dead (one glitch is not)
 METER_READ_TIMEOUT_S = 2.0
+IDLE_CONTROL_PERIOD_S = 0.1  # poll period while no EV is plugged in and every contactor is open
 
 
 @dataclass
@@ -287,12 +288,27 @@ class Station:
     # ---- control loop ---------------------------------------------------------------------------
 
     async def _control_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        hardware_changed = asyncio.Event()
+        for rt in self.connectors.values():  # back-ends that can tell wake the loop at once (any thread)
+            rt.hw.pilot.on_change(lambda: loop.call_soon_threadsafe(hardware_changed.set))
         while True:
+            hardware_changed.clear()  # before the step: a change during it makes the next wait return at once
             self.control_step()
             self.control_loop_alive_at = self.clock()
             if self.after_control_step is not None:
                 self.after_control_step()
-            await asyncio.sleep(self.config.charging.control_period_s)  # read each time: SIGHUP may change it
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._control_period()):
+                    await hardware_changed.wait()
+
+    def _control_period(self) -> float:
+        """The configured period while an EV is plugged in or a contactor is (or reads) closed; a slower
+        poll while every connector is empty and open, where nothing has a deadline (saves CPU on a Pi)."""
+        period = self.config.charging.control_period_s  # read each time: SIGHUP may change it
+        idle = all(not rt.controller.plugged and not rt.controller.view().contactor_closed
+                   and not rt.controller.feedback_closed for rt in self.connectors.values())
+        return max(period, IDLE_CONTROL_PERIOD_S) if idle else period
 
     def control_step(self) -> None:
         """Read every device once and feed the changes to the controllers."""

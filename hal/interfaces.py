@@ -11,6 +11,7 @@ every step without waiting. The meter and the RFID reader do real I/O and are as
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -69,6 +70,12 @@ class ControlPilot(abc.ABC):
     @abc.abstractmethod
     def read(self) -> PilotReading:
         """Latest classified CP state and plateau voltages."""
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Have `callback` called (from any thread) when the reading may have changed, so the control loop
+        reacts at once instead of at its next poll. Back-ends that cannot tell keep this no-op: they are
+        polled every control period."""
+        return None  # optional capability, not an abstract method
 
     @abc.abstractmethod
     def set_pwm(self, duty_percent: float) -> None:

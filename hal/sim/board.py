@@ -62,6 +62,7 @@ class SimBoard:
         self.name = name
         self._clock = clock
         self._state_file = Path(state_file) if state_file is not None else None
+        self._change_listeners: list[Callable[[], None]] = []
         now = clock()
         self._connectors = {
             spec.id: SimConnector(spec, ev, voltage_v, now) for spec in sorted(connectors, key=lambda s: s.id)
@@ -207,8 +208,13 @@ class SimBoard:
     # --- persistence -------------------------------------------------------------------------------------
 
     def state_changed(self) -> None:
-        """Something a restart must not forget changed: save now."""
+        """Something a restart must not forget changed: save now, and tell the pilot's listeners."""
         self.save()
+        for listener in list(self._change_listeners):
+            listener()
+
+    def add_change_listener(self, listener: Callable[[], None]) -> None:
+        self._change_listeners.append(listener)
 
     def save(self) -> None:
         """Write the state file atomically (temp file + os.replace); a failure is logged, not raised."""

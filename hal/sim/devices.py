@@ -42,6 +42,9 @@ class _SimDevice:
 
 
 class SimControlPilot(_SimDevice, ControlPilot):
+    def on_change(self, callback) -> None:
+        self._board.add_change_listener(callback)  # plug, unplug, pinned states and faults
+
     def read(self) -> PilotReading:
         self._board.take_pilot_stall(self._conn.spec.id)
         return self._now().pilot_reading()
