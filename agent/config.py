@@ -409,9 +409,11 @@ def _merge_ocpp_key_aliases(section: _SectionReader) -> None:
 
 
 def _check_certificate_files(section: _SectionReader) -> None:
+    values = section.values
+    if not {"csms_ca_file", "client_cert_file", "client_key_file"} & set(values):
+        return
     from agent import security_certs as certs  # cryptography: only loaded when certificates are configured
 
-    values = section.values
     ca_file = values.get("csms_ca_file")
     if ca_file is not None:
         for number, cert in enumerate(certs.load_pem_certificates(_read_pem(section, "csms_ca_file")), 1):

@@ -7,12 +7,14 @@ import time
 from pathlib import Path
 
 from agent.config import ChargingConfig
+from agent.station import IDLE_CONTROL_PERIOD_S
 from bench.common import RUNTIME_TMP, AgentProcess, Report, scratch_dir, write_agent_config
 from hil.csms import LocalCsms
 
 TARGET_RSS_MB = 40.0
 TARGET_CPU_PERCENT = 0.5
-CONTROL_PERIOD_S = ChargingConfig().control_period_s  # the agent's default, which the bench config keeps
+# with no EV and every contactor open the control loop polls at its idle period (agent.station)
+CONTROL_PERIOD_S = max(ChargingConfig().control_period_s, IDLE_CONTROL_PERIOD_S)
 SETTLE_S = 1.0  # after BootNotification Accepted: the initial StatusNotifications go out
 
 
@@ -68,7 +70,8 @@ def run(size: str) -> Report:
     window_s = 60.0 if size == "full" else 5.0
     report = Report("idle", "idle RSS and CPU of the agent process (1 connector, connected)", size)
     report.method(f"`python -m agent run` (board-configs/sim.toml, 1 connector, no EV, log level info, "
-                  f"agent defaults: control period 10 ms, meter poll 1 s) connected to LocalCsms;\n"
+                  f"agent defaults: control period 10 ms with an EV, {IDLE_CONTROL_PERIOD_S * 1e3:g} ms idle, meter poll 1 s) "
+                  f"connected to LocalCsms;\n"
                   f"CPU = utime+stime from /proc/PID/stat over the window from {SETTLE_S:.0f} s after "
                   f"BootNotification Accepted to {window_s:.0f} s after boot; RSS = VmRSS at its end")
     m = asyncio.run(_measure(window_s))
