@@ -53,7 +53,7 @@ CREATE TABLE IF NOT EXISTS settings (
 log = logging.getLogger("evse.journal")
 
 TRANSACTION_ID_UNKNOWN = -1  # OCPP 1.6 errata 3.18
-PAGE_SIZE = 1024
+PAGE_SIZE = 512
 
 
 class JournalError(Exception):
