@@ -31,6 +31,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from hil.station_files import write_agent_config as write_station_config
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
 SIM_1 = REPO / "board-configs" / "sim.toml"  # the shipped one-socket sim board
@@ -171,40 +173,10 @@ def write_agent_config(workdir: Path, csms_url: str, *, board_file: Path = SIM_1
     """An agent.toml for a benchmark: the journal in `workdir` (disk), the control socket (and with it the
     sim board's state file) in `runtime_dir` (tmpfs on a station), everything else the agent's defaults."""
     runtime_dir = runtime_dir or workdir
-    keys = {"HeartbeatInterval": 300, **(ocpp_keys or {})}
-    key_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in keys.items())
-    charging_lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in (charging or {}).items())
-    config = workdir / "agent.toml"
-    config.write_text(f"""\
-[station]
-id = "{STATION_ID}"
-vendor = "BenchVendor"
-model = "BenchModel"
-
-[ocpp]
-url = "{csms_url}"
-reconnect_min_s = 0.2
-reconnect_max_s = 1.0
-
-[ocpp.configuration]
-{key_lines}
-
-[board]
-file = "{board_file}"
-
-[journal]
-path = "{journal or workdir / 'journal.sqlite'}"
-
-[control]
-socket = "{runtime_dir / 'control.sock'}"
-
-[charging]
-{charging_lines}
-
-[log]
-level = "{log_level}"
-""")
-    return config
+    return write_station_config(
+        workdir, csms_url, station_id=STATION_ID, vendor="BenchVendor", model="BenchModel", board_file=board_file,
+        ocpp_keys={"HeartbeatInterval": 300, **(ocpp_keys or {})}, charging=charging,
+        journal=journal or workdir / "journal.sqlite", socket=runtime_dir / "control.sock", log_level=log_level)
 
 
 # ---- the agent as a process -------------------------------------------------------------------------

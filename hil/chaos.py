@@ -88,6 +88,7 @@ from pathlib import Path
 from agent.control import ControlClientError, request
 from agent.meter_values import ocpp_timestamp
 from hil.csms import Frame, LocalCsms, StationNotConnected
+from hil.station_files import write_agent_config
 
 REPO = Path(__file__).resolve().parent.parent
 STATION_ID = "CP-CHAOS"
@@ -99,56 +100,12 @@ CALL, CALLRESULT, CALLERROR = 2, 3, 4
 MAX_SAMPLE_GAP_S = 3.0  # MeterValueSampleInterval is 1 s (+ 0.2 s meter poll); room for a loaded machine
 STOP_REASONS = {"unplug": {"EVDisconnected"}, "swipe": {"Local"}, "remote": {"Remote"}}
 
-BOARD_TOML = """\
-[board]
-name = "chaos sim"
-backend = "sim"
-
-[sim]
-ev_response_s = 0.1
-
-[[connectors]]
-id = 1
-max_current_a = 32.0
-phases = 3
-cable = "socket"
-cable_ampacity_a = 32
-"""
-
-AGENT_TOML = """\
-[station]
-id = "{station_id}"
-vendor = "ChaosVendor"
-model = "ChaosModel"
-
-[ocpp]
-url = "{url}"
-reconnect_min_s = 0.2
-reconnect_max_s = 1.0
-
-[ocpp.configuration]
-MeterValueSampleInterval = 1
-HeartbeatInterval = 60
-TransactionMessageRetryInterval = 1
-TransactionMessageAttempts = 3
-MessageTimeout = 10
-ConnectionTimeOut = 60
-AllowOfflineTxForUnknownId = true
-
-[board]
-file = "board.toml"
-
-[journal]
-path = "state/journal.sqlite"
-
-[control]
-socket = "control.sock"
-
-[charging]
-max_current_a = 16
-meter_poll_s = 0.2
-resume_after_power_loss = {resume}
-"""
+# fast sampling and retries, offline sessions allowed (sessions also start during an outage)
+OCPP_KEYS = {
+    "MeterValueSampleInterval": 1, "HeartbeatInterval": 60, "TransactionMessageRetryInterval": 1,
+    "TransactionMessageAttempts": 3, "MessageTimeout": 10, "ConnectionTimeOut": 60,
+    "AllowOfflineTxForUnknownId": True,
+}
 
 
 @dataclass
@@ -347,10 +304,10 @@ class ChaosRun:
         self.csms = LocalCsms(authorized_tags={TAG: "Accepted"}, boot_interval=60,
                               record_path=self.workdir / "csms.jsonl", echo=self._on_csms_line)
         await self.csms.start()
-        (self.workdir / "board.toml").write_text(BOARD_TOML)
-        config = self.workdir / "agent.toml"
-        config.write_text(AGENT_TOML.format(station_id=STATION_ID, url=self.csms.url,
-                                            resume=str(self.resume).lower()))
+        config = write_agent_config(
+            self.workdir, self.csms.url, station_id=STATION_ID, vendor="ChaosVendor", model="ChaosModel",
+            ocpp_keys=OCPP_KEYS, charging={"max_current_a": 16, "meter_poll_s": 0.2,
+                                           "resume_after_power_loss": self.resume})
         self.agent = AgentProcess(self.workdir, config)
         self.agent.start()
         chaos = None

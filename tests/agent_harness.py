@@ -18,6 +18,7 @@ from pathlib import Path
 
 from agent.control import ControlClientError, request
 from hil.csms import LocalCsms
+from hil.station_files import write_agent_config
 
 REPO = Path(__file__).resolve().parent.parent
 STATION_ID = "CP-T1"
@@ -26,68 +27,15 @@ TAG_2 = "0455667788"
 TAG_BLOCKED = "04DEADBEEF"
 TAG_UNKNOWN = "04FFFFFFFF"
 
-FAST_BOARD = """\
-[board]
-name = "test sim"
-backend = "sim"
-{reboot}
-
-[sim]
-ev_response_s = 0.1
-
-{connectors}
-"""
-
-CONNECTOR = """\
-[[connectors]]
-id = {id}
-max_current_a = 32.0
-phases = 3
-cable = "socket"
-cable_ampacity_a = 32
-"""
-
-
 def write_config(workdir: Path, csms_url: str, *, station_id: str = STATION_ID, connectors: int = 1,
                  ocpp_keys: dict | None = None, reboot_command: list[str] | None = None,
                  extra: str = "") -> Path:
+    """The agent config of the end-to-end tests: fast sampling and retries, `extra` lines in [charging]."""
     keys = {"MeterValueSampleInterval": 1, "HeartbeatInterval": 60, "TransactionMessageRetryInterval": 1,
             "ConnectionTimeOut": 30, **(ocpp_keys or {})}
-    reboot = f"reboot_command = {reboot_command!r}".replace("'", '"') if reboot_command else ""
-    (workdir / "board.toml").write_text(FAST_BOARD.format(
-        reboot=reboot, connectors="\n".join(CONNECTOR.format(id=i) for i in range(1, connectors + 1))))
-    key_lines = "\n".join(
-        f"{k} = {str(v).lower() if isinstance(v, bool) else v!r}".replace("'", '"') for k, v in keys.items())
-    config = workdir / "agent.toml"
-    config.write_text(f"""\
-[station]
-id = "{station_id}"
-vendor = "TestVendor"
-model = "TestModel"
-
-[ocpp]
-url = "{csms_url}"
-reconnect_min_s = 0.2
-reconnect_max_s = 1.0
-
-[ocpp.configuration]
-{key_lines}
-
-[board]
-file = "board.toml"
-
-[journal]
-path = "state/journal.sqlite"
-
-[control]
-socket = "control.sock"
-
-[charging]
-max_current_a = 16
-meter_poll_s = 0.2
-{extra}
-""")
-    return config
+    return write_agent_config(workdir, csms_url, station_id=station_id, connectors=connectors, ocpp_keys=keys,
+                              reboot_command=reboot_command, charging={"max_current_a": 16, "meter_poll_s": 0.2},
+                              extra_charging_lines=extra)
 
 
 class Agent:
