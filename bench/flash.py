@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from agent.journal import PAGE_SIZE
 from bench.common import (
     DISK_TMP,
     RUNTIME_TMP,
@@ -121,7 +122,7 @@ def run(size: str) -> Report:
                 "(vm.dirty_expire_centisecs), tail page included, and the next sample dirties it again;\nat 10 s "
                 "sampling that happens every ~3 samples, at 1 s every ~30: that is why a real-time sample costs "
                 "more than a time-scaled one")
-    report.note("SQLite checkpoints (every ~330 samples, when the WAL reaches 1,000 1-KB pages) fall inside "
+    report.note(f"SQLite checkpoints (when the WAL reaches 1,000 pages of {PAGE_SIZE} bytes) fall inside "
                 "an hour but maybe not inside a short segment;\nthey copy the few live pages back into the "
                 "database file, a few KB per checkpoint")
     return report
