@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import select
 import struct
-import threading
 import time
-import tty
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,43 +22,12 @@ from hal.board import BoardConfigError, ConfigTable
 from hal.build import BuildContext
 from hal.interfaces import MeterError
 from hal.modbus import PROFILES, ModbusBus, ModbusMeter, RtuSettings, TcpSettings, build_bus, build_meter
+from tests.simulated_devices import PtyBridge
 
 FAST_TCP = {"timeout_s": 0.1, "retries": 0}
 CONFIG = Path("board-configs/test.toml")
 
 # ---- a Modbus line without hardware ----------------------------------------------------------------
-
-
-class PtyBridge:
-    """Two pty pairs joined by a thread: a null-modem cable between two serial port paths."""
-
-    def __init__(self):
-        self._pairs = [os.openpty(), os.openpty()]
-        for _master, slave in self._pairs:
-            tty.setraw(slave)  # no echo, no line discipline; the slave fds stay open so no hang-up
-        self.client_port = os.ttyname(self._pairs[0][1])
-        self.server_port = os.ttyname(self._pairs[1][1])
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._pump, daemon=True)
-        self._thread.start()
-
-    def _pump(self) -> None:
-        a, b = self._pairs[0][0], self._pairs[1][0]
-        peer = {a: b, b: a}
-        while not self._stop.is_set():
-            ready, _, _ = select.select([a, b], [], [], 0.02)
-            for fd in ready:
-                try:
-                    os.write(peer[fd], os.read(fd, 4096))
-                except OSError:
-                    pass  # one side was closed and reopened by pyserial; it comes back
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(1)
-        for master, slave in self._pairs:
-            os.close(master)
-            os.close(slave)
 
 
 @pytest.fixture
