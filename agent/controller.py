@@ -88,6 +88,7 @@ class SessionSettings:
     ventilation_available: bool = False  # state D may charge only with ventilation
     feedback_timeout_s: float = 0.25  # mirror contact must follow a command within this time
     feedback_supervised: bool = True  # False when the board infers feedback (no mirror contact to trust)
+    meter_failure_stops: bool = True  # False: a dead meter is reported (warning) but charging goes on
     min_close_interval_s: float = 1.0  # protects the contactor from chattering EVs
     ev_response_grace_s: float = 3.0  # IEC 61851-1: the EV answers a pilot change within 3 s
 
@@ -354,6 +355,13 @@ class ConnectorController:
     def can_accept_remote_start(self) -> bool:
         return self._tx is None and self.operative and not self.faults and self._authorizing is None
 
+    @property
+    def blocking_faults(self) -> set[Fault]:
+        """The active faults that forbid energy; a dead meter only does when configured to."""
+        if self.settings.meter_failure_stops:
+            return self.faults
+        return self.faults - {Fault.METER}
+
     def offered_current_a(self) -> float:
         limit = self.settings.max_current_a
         if self.cable_a is not None:
@@ -456,7 +464,7 @@ class ConnectorController:
             self._auth = None  # second swipe before plugging in cancels
             out.append(Notice(f"authorization for {id_tag} cancelled by a second swipe"))
             return
-        if not self.operative or self.faults:
+        if not self.operative or self.faults:  # a new session needs a working meter for its meterStart
             out.append(
                 Notice(f"card {id_tag} ignored: connector {'faulted' if self.faults else 'unavailable'}")
             )
@@ -519,7 +527,7 @@ class ConnectorController:
             return
         self.faults.add(fault)
         out.append(Notice(f"fault: {fault.value}"))
-        if self._tx is not None:
+        if self._tx is not None and fault in self.blocking_faults:
             self._stop(StopReason.OTHER, None, out)
 
     def _stop(self, reason: StopReason, id_tag: str | None, out: list[Command]) -> None:
@@ -605,7 +613,7 @@ class ConnectorController:
         return (
             self._tx is not None
             and not self._tx.energy_blocked
-            and not self.faults
+            and not self.blocking_faults
             and self.operative
             and self.plugged
             and self._offer_duty() is not None
@@ -636,10 +644,17 @@ class ConnectorController:
         )
 
     def _derive_status(self) -> StatusChanged:
-        if self.faults:
-            fault = _most_severe(self.faults)
+        if self.blocking_faults:
+            fault = _most_severe(self.blocking_faults)
             code, vendor = FAULT_ERROR_CODES[fault]
             return StatusChanged(ConnectorStatus.FAULTED, code, None, vendor)
+        status = self._operational_status()
+        if self.faults:  # a fault that does not stop charging: the status with the error code is a warning
+            code, vendor = FAULT_ERROR_CODES[_most_severe(self.faults)]
+            return StatusChanged(status.status, code, status.info, vendor)
+        return status
+
+    def _operational_status(self) -> StatusChanged:
         if self._tx is not None:
             if not self.plugged:
                 return StatusChanged(ConnectorStatus.SUSPENDED_EV, info="EV side disconnected")

@@ -153,6 +153,7 @@ class Station:
             stop_on_invalid_id=cfg.get_bool("StopTransactionOnInvalidId"),
             authorize_remote_tx=cfg.get_bool("AuthorizeRemoteTxRequests"),
             feedback_supervised=hw.contactor.has_mirror_contact,
+            meter_failure_stops=self.config.charging.meter_failure == "stop",
         )
 
     def configuration_changed(self, key: str, value: str) -> None:

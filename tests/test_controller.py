@@ -406,3 +406,22 @@ def test_inferred_feedback_is_not_supervised():
     b.send(ContactorFeedback(True), at=b.now + 0.5)  # the board closed by itself when the EV came back
     out = b.send(Tick(), at=b.now + 1.0)
     assert Fault.WELD not in b.c.faults and not of(out, StopTransaction)
+
+
+def test_dead_meter_with_continue_policy_keeps_charging_and_warns():
+    """[charging] meter_failure = "continue": the session goes on, the status carries PowerMeterFailure as a
+    warning; a new session waits for a working meter."""
+    b = Bench(meter_failure_stops=False)
+    b.charging_session()
+    out = b.send(FaultChanged(Fault.METER, True))
+    assert not of(out, SetContactor) and not of(out, StopTransaction)
+    assert of(out, StatusChanged) == [StatusChanged(ConnectorStatus.CHARGING, "PowerMeterFailure", None,
+                                                    "MeterNotAnswering")]
+    b.send(IdTagPresented("TAG1"))  # the driver stops: Finishing, still with the warning
+    assert b.c.view().status is ConnectorStatus.FINISHING and b.c.view().error_code == "PowerMeterFailure"
+    b.send(PilotChanged(CpState.A))
+    b.send(PilotChanged(CpState.B))
+    out = b.send(IdTagPresented("TAG2"))
+    assert not of(out, RequestAuthorization)  # no new session without a meter
+    out = b.send(FaultChanged(Fault.METER, False))
+    assert of(out, StatusChanged)[0] == StatusChanged(ConnectorStatus.PREPARING)
