@@ -408,7 +408,8 @@ async def test_sigterm_keeps_the_transaction_and_restart_stops_it_with_power_los
 
 
 async def test_sigterm_with_stop_on_shutdown_journals_stop_other_before_exit(csms, run_agent, tmp_path):
-    """stop_on_shutdown = true: the StopTransaction (reason Other) is on disk before the process exits
+    """OCTT TC_032_1_CS style (configured to stop transactions before going down): stop_on_shutdown = true:
+    the StopTransaction (reason Other) is on disk before the process exits
     and reaches the CSMS exactly once, before the exit or after the restart."""
     agent = await run_agent(csms, extra="stop_on_shutdown = true")
     tx = await charging_with_samples(agent, csms)
