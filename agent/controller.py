@@ -323,7 +323,6 @@ class ConnectorController:
 
     _auth: _Authorization | None = None
     _authorizing: str | None = None  # id tag waiting for an Authorize answer
-    _remote_start_pending: bool = False  # the pending authorization came from RemoteStart
     _tx: _Transaction | None = None
     _finishing: bool = False  # a transaction ended while the EV stays plugged
     _now: float = 0.0
@@ -470,7 +469,6 @@ class ConnectorController:
             )
             return
         self._authorizing = id_tag
-        self._remote_start_pending = False
         out.append(RequestAuthorization(id_tag))
 
     def _on_remote_start(self, id_tag: str, out: list[Command]) -> None:
@@ -479,7 +477,6 @@ class ConnectorController:
             return
         if self.settings.authorize_remote_tx:
             self._authorizing = id_tag
-            self._remote_start_pending = True
             out.append(RequestAuthorization(id_tag))
         else:
             self._auth = _Authorization(id_tag, None, self._now)
