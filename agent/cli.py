@@ -113,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["csms"]:  # the bundled CSMS has its own options: hand them over untouched
+        from hil.csms import main as csms_main
+
+        return csms_main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
@@ -160,9 +165,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         case "install-service":
             from agent.install import run as run_install
             return run_install(args)
-        case "csms":
-            from hil.csms import main as csms_main
-            return csms_main(args.csms_args) or 0
         case "config":
             if args.config_command == "example":
                 print(dump_example_config(), end="")

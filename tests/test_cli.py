@@ -74,3 +74,8 @@ async def test_cli_errors_are_one_clear_line(csms, run_agent, tmp_path):
     assert result.returncode == 1 and "no connector 7" in result.stderr
     result = await run_evse("sim", "swipe", "not-hex!", "--config", str(agent.config))
     assert result.returncode == 1 and "not a hex card UID" in result.stderr
+
+
+def test_bundled_csms_takes_its_own_options():
+    result = evse("csms", "--help")
+    assert result.returncode == 0 and "--port" in result.stdout and "--tags" in result.stdout
