@@ -355,6 +355,10 @@ class ConnectorController:
         return self._tx is None and self.operative and not self.faults and self._authorizing is None
 
     @property
+    def contactor_commanded(self) -> bool:
+        return self._contactor_cmd
+
+    @property
     def blocking_faults(self) -> set[Fault]:
         """The active faults that forbid energy; a dead meter only does when configured to."""
         if self.settings.meter_failure_stops:

@@ -307,7 +307,7 @@ class Station:
         """The configured period while an EV is plugged in or a contactor is (or reads) closed; a slower
         poll while every connector is empty and open, where nothing has a deadline (saves CPU on a Pi)."""
         period = self.config.charging.control_period_s  # read each time: SIGHUP may change it
-        idle = all(not rt.controller.plugged and not rt.controller.view().contactor_closed
+        idle = all(not rt.controller.plugged and not rt.controller.contactor_commanded
                    and not rt.controller.feedback_closed for rt in self.connectors.values())
         return max(period, IDLE_CONTROL_PERIOD_S) if idle else period
 

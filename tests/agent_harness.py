@@ -168,3 +168,15 @@ async def wait_call(csms: LocalCsms, action: str, since: int = 0, where=None, ti
 def calls_since(csms: LocalCsms, action: str, since: int = 0, where=None) -> list:
     """Every CALL of `action` from the station at frame index >= `since`, in order."""
     return [f for f in csms.frames[since:] if is_station_call(f, action, where)]
+
+
+async def plugged(agent: Agent) -> None:
+    """Plug the simulated EV in and wait until the connector reports Preparing."""
+    await agent.cmd("sim.plug")
+    await agent.wait_connector(lambda c: c["status"] == "Preparing", what="Preparing")
+
+
+async def charging(agent: Agent) -> dict:
+    """Wait until the connector charges in a transaction the CSMS has numbered."""
+    return await agent.wait_connector(lambda c: c["contactor_closed"] and c["status"] == "Charging"
+                                      and c["transaction_id"] is not None, timeout=15, what="Charging")

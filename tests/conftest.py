@@ -7,8 +7,16 @@ TAGS = {TAG_OK: "Accepted", TAG_2: "Accepted", TAG_BLOCKED: "Blocked"}
 
 
 @pytest.fixture
-async def csms(tmp_path):
-    server = LocalCsms(authorized_tags=TAGS, boot_interval=60, record_path=tmp_path / "csms.jsonl")
+def csms_events() -> list[str]:
+    """The bundled CSMS's human-readable log: one line per frame and per connect / disconnect, so a
+    test can tell whether the connection was ever dropped."""
+    return []
+
+
+@pytest.fixture
+async def csms(tmp_path, csms_events):
+    server = LocalCsms(authorized_tags=TAGS, boot_interval=60, record_path=tmp_path / "csms.jsonl",
+                       echo=csms_events.append)
     await server.start()
     yield server
     await server.stop()

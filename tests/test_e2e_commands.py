@@ -25,7 +25,6 @@ from tests.agent_harness import (
     charge,
     wait_call,
 )
-from tests.conftest import TAGS
 
 pytestmark = pytest.mark.slow
 
@@ -43,22 +42,6 @@ REQUIRED_CORE_KEYS = {
 
 
 # ---- fixtures --------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def csms_events() -> list[str]:
-    """The CSMS's human-readable log: one line per frame and per connect / disconnect."""
-    return []
-
-
-@pytest.fixture
-async def csms(tmp_path, csms_events):
-    """As in conftest, plus the echo lines, so a test can tell whether the connection was ever dropped."""
-    server = LocalCsms(authorized_tags=TAGS, boot_interval=60, record_path=tmp_path / "csms.jsonl",
-                       echo=csms_events.append)
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -55,7 +55,6 @@ from agent.station import Station
 from hal.board import load_board
 from hil.csms import LocalCsms, _describe_frame
 from tests.agent_harness import STATION_ID, TAG_OK, calls_since, charge, wait_call, write_config
-from tests.conftest import TAGS
 
 CALL_TYPE, CALLRESULT, CALLERROR = 2, 3, 4
 
@@ -751,20 +750,6 @@ def changes_the_station(action: str, payload: dict) -> bool:
     if action == "ChangeConfiguration":
         return payload["key"] in CONFIGURATION_KEYS
     return action in STATE_CHANGING
-
-
-@pytest.fixture
-def csms_events() -> list[str]:
-    return []
-
-
-@pytest.fixture
-async def csms(tmp_path, csms_events):
-    server = LocalCsms(authorized_tags=TAGS, boot_interval=60, record_path=tmp_path / "csms.jsonl",
-                       echo=csms_events.append)
-    await server.start()
-    yield server
-    await server.stop()
 
 
 @pytest.mark.slow

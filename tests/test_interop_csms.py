@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent_harness import STATION_ID, TAG_2, TAG_OK, TAG_UNKNOWN, Agent, write_config
+from tests.agent_harness import STATION_ID, TAG_2, TAG_OK, TAG_UNKNOWN, Agent, charging, plugged, write_config
 from tests.interop.procs import (
     HERE,
     INTEROP,
@@ -331,16 +331,6 @@ async def online(third_party, agent: Agent) -> None:
     await third_party.tap.wait_call("StatusNotification", where=lambda p: p["connectorId"] == 1)
     await until(third_party.registered, what=f"{third_party.name} to register the station")
     await agent.wait_status(lambda s: s["ocpp"]["registration"] == "Accepted", what="registration")
-
-
-async def plugged(agent: Agent) -> None:
-    await agent.cmd("sim.plug")
-    await agent.wait_connector(lambda c: c["status"] == "Preparing", what="Preparing")
-
-
-async def charging(agent: Agent) -> dict:
-    return await agent.wait_connector(lambda c: c["contactor_closed"] and c["status"] == "Charging"
-                                      and c["transaction_id"] is not None, timeout=15, what="Charging")
 
 
 async def one_tx(third_party, predicate, what: str) -> Tx:

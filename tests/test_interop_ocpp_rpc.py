@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import websockets
 
-from tests.agent_harness import STATION_ID, TAG_2, TAG_OK, TAG_UNKNOWN, Agent, write_config
+from tests.agent_harness import STATION_ID, TAG_2, TAG_OK, TAG_UNKNOWN, Agent, charging, plugged, write_config
 from tests.interop.procs import HERE, INTEROP, DriverError, JsonLinesProcess, installed, tail
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -159,16 +159,6 @@ async def online(csms: StrictCsms, agent: Agent) -> None:
     await csms.wait_call("BootNotification", timeout=20)
     await csms.wait_call("StatusNotification", where=lambda p: p["connectorId"] == 1)
     await agent.wait_status(lambda s: s["ocpp"]["registration"] == "Accepted", what="registration")
-
-
-async def plugged(agent: Agent) -> None:
-    await agent.cmd("sim.plug")
-    await agent.wait_connector(lambda c: c["status"] == "Preparing", what="Preparing")
-
-
-async def charging(agent: Agent) -> dict:
-    return await agent.wait_connector(lambda c: c["contactor_closed"] and c["status"] == "Charging"
-                                      and c["transaction_id"] is not None, timeout=15, what="Charging")
 
 
 def explained(test):
