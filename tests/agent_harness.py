@@ -141,6 +141,17 @@ async def start_agent(tmp_path: Path, csms: LocalCsms, **config_args) -> Agent:
     return agent
 
 
+async def online(run_agent, csms: LocalCsms, connectors: int = 1, **config_args) -> Agent:
+    """Start an agent and wait until it is registered, connected and has reported the boot status of
+    connector 0 and of every connector, so that frames counted afterwards belong to the test alone."""
+    agent = await run_agent(csms, connectors=connectors, **config_args)
+    await agent.wait_status(lambda s: s["ocpp"]["registration"] == "Accepted" and s["ocpp"]["connected"],
+                            what="registration")
+    for connector in range(connectors + 1):
+        await wait_call(csms, "StatusNotification", where=lambda p, c=connector: p["connectorId"] == c)
+    return agent
+
+
 async def charge(agent: Agent, csms: LocalCsms, tag: str, connector: int = 1) -> dict:
     """Plug in, present a card, wait until the contactor is closed. Returns the connector status."""
     await agent.cmd("sim.plug", connector=connector)

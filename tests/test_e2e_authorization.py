@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from tests.agent_harness import STATION_ID, TAG_2, TAG_OK, TAG_UNKNOWN, calls_since, charge, wait_call
+from tests.agent_harness import STATION_ID, TAG_2, TAG_OK, TAG_UNKNOWN, calls_since, charge, online, wait_call
 
 pytestmark = pytest.mark.slow
 
@@ -24,15 +24,9 @@ async def come_back(agent, csms):
                             what="agent online")
 
 
-async def online_agent(run_agent, csms, **keys):
-    agent = await run_agent(csms, ocpp_keys=keys)
-    await agent.wait_status(lambda s: s["ocpp"]["registration"] == "Accepted" and s["ocpp"]["connected"])
-    return agent
-
-
 async def test_cached_id_starts_a_session_offline(csms, run_agent):
     """TC_007_CS: an id accepted online is cached; offline it starts a session without the CSMS."""
-    agent = await online_agent(run_agent, csms)
+    agent = await online(run_agent, csms)
     await charge(agent, csms, TAG_OK)
     await agent.cmd("sim.unplug")
     await csms.wait_until(lambda: any(t.stopped for t in csms.transactions.values()))
@@ -47,7 +41,7 @@ async def test_cached_id_starts_a_session_offline(csms, run_agent):
 
 async def test_clear_cache_forgets_cached_ids(csms, run_agent):
     """TC_061_CS: ClearCache is Accepted and the cached id no longer works offline."""
-    agent = await online_agent(run_agent, csms)
+    agent = await online(run_agent, csms)
     await charge(agent, csms, TAG_OK)
     await agent.cmd("sim.unplug")
     await agent.wait_connector(lambda c: c["status"] == "Available", what="unplugged")
@@ -64,7 +58,7 @@ async def test_clear_cache_forgets_cached_ids(csms, run_agent):
 async def test_local_list_pre_authorizes_without_asking_the_csms(csms, run_agent):
     """TC_008_CS + TC_043_CS + TC_042_2_CS: SendLocalList Full, GetLocalListVersion, and a listed id
     starts at once with LocalPreAuthorize (no Authorize.req); the list survives a restart."""
-    agent = await online_agent(run_agent, csms, LocalPreAuthorize=True)
+    agent = await online(run_agent, csms, ocpp_keys=dict(LocalPreAuthorize=True))
     assert await csms.call(STATION_ID, "GetLocalListVersion", {}) == {"listVersion": 0}
     answer = await csms.call(STATION_ID, "SendLocalList", {
         "listVersion": 5, "updateType": "Full",
@@ -83,7 +77,7 @@ async def test_local_list_pre_authorizes_without_asking_the_csms(csms, run_agent
 async def test_send_local_list_version_mismatch_and_failed(csms, run_agent):
     """TC_043_2_CS / TC_043_3_CS: a differential update not newer than the list → VersionMismatch;
     more entries than SendLocalListMaxLength → Failed; the list is unchanged."""
-    await online_agent(run_agent, csms)
+    await online(run_agent, csms)
     full = {"listVersion": 3, "updateType": "Full",
             "localAuthorizationList": [{"idTag": TAG_2, "idTagInfo": {"status": "Accepted"}}]}
     assert await csms.call(STATION_ID, "SendLocalList", full) == {"status": "Accepted"}
@@ -96,7 +90,7 @@ async def test_send_local_list_version_mismatch_and_failed(csms, run_agent):
 
 
 async def test_blocked_in_local_list_is_refused_offline(csms, run_agent):
-    agent = await online_agent(run_agent, csms, AllowOfflineTxForUnknownId=True)
+    agent = await online(run_agent, csms, ocpp_keys=dict(AllowOfflineTxForUnknownId=True))
     await csms.call(STATION_ID, "SendLocalList", {
         "listVersion": 1, "updateType": "Full",
         "localAuthorizationList": [{"idTag": TAG_UNKNOWN, "idTagInfo": {"status": "Blocked"}}]})
@@ -113,8 +107,8 @@ async def test_offline_start_with_id_the_csms_then_rejects(csms, run_agent, stop
     """TC_037_2_CS / TC_037_3_CS: an unknown id starts offline (AllowOfflineTxForUnknownId); after the
     reconnect StartTransaction.conf says Invalid: StopTransactionOnInvalidId true → StopTransaction
     DeAuthorized; false → energy stops (SuspendedEVSE) and the transaction stays open."""
-    agent = await online_agent(run_agent, csms, AllowOfflineTxForUnknownId=True,
-                               StopTransactionOnInvalidId=stop_on_invalid)
+    agent = await online(run_agent, csms, ocpp_keys=dict(AllowOfflineTxForUnknownId=True,
+                                                           StopTransactionOnInvalidId=stop_on_invalid))
     await go_offline(agent, csms)
     await charge(agent, csms, TAG_UNKNOWN)
     await come_back(agent, csms)

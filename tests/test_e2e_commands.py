@@ -23,6 +23,7 @@ from tests.agent_harness import (
     Agent,
     calls_since,
     charge,
+    online,
     wait_call,
 )
 
@@ -51,13 +52,6 @@ def _station_keeps_to_the_protocol(csms):
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
-
-
-async def online(run_agent, csms: LocalCsms, connectors: int = 1, **config) -> Agent:
-    """Start the agent and wait until it is registered and has reported every connector."""
-    agent = await run_agent(csms, connectors=connectors, **config)
-    await wait_call(csms, "StatusNotification", where=lambda p: p["connectorId"] == connectors)
-    return agent
 
 
 async def call(csms: LocalCsms, action: str, payload: dict) -> dict:

@@ -7,15 +7,9 @@ import asyncio
 import pytest
 
 from hil.csms import LocalCsms
-from tests.agent_harness import STATION_ID, TAG_2, TAG_OK, calls_since, charge, wait_call
+from tests.agent_harness import STATION_ID, TAG_2, TAG_OK, calls_since, charge, online, wait_call
 
 pytestmark = pytest.mark.slow
-
-
-async def online(run_agent, csms, **keys):
-    agent = await run_agent(csms, ocpp_keys=keys)
-    await agent.wait_status(lambda s: s["ocpp"]["registration"] == "Accepted" and s["ocpp"]["connected"])
-    return agent
 
 
 def statuses(csms, since=0):
@@ -55,7 +49,7 @@ async def test_identification_first_session(csms, run_agent):
 async def test_identification_first_connection_timeout(csms, run_agent):
     """TC_004_2_CS: the card is accepted but no cable comes within ConnectionTimeOut: back to Available,
     no transaction."""
-    agent = await online(run_agent, csms, ConnectionTimeOut=2)
+    agent = await online(run_agent, csms, ocpp_keys=dict(ConnectionTimeOut=2))
     mark = len(csms.frames)
     await agent.cmd("sim.swipe", tag=TAG_OK)
     await agent.wait_connector(lambda c: c["status"] == "Preparing", what="Preparing")
@@ -69,7 +63,7 @@ async def test_identification_first_connection_timeout(csms, run_agent):
 async def test_ev_side_disconnect(csms, run_agent, stop_on_disconnect):
     """TC_005_1_CS / TC_005_3_CS: StopTransactionOnEVSideDisconnect true → StopTransaction EVDisconnected;
     false → the transaction stays, SuspendedEV, energy stops."""
-    agent = await online(run_agent, csms, StopTransactionOnEVSideDisconnect=stop_on_disconnect)
+    agent = await online(run_agent, csms, ocpp_keys=dict(StopTransactionOnEVSideDisconnect=stop_on_disconnect))
     await charge(agent, csms, TAG_OK)
     (tx,) = csms.transactions.values()
     await agent.cmd("sim.unplug")
@@ -122,7 +116,7 @@ async def test_hard_reset_without_transaction(csms, run_agent):
 
 async def test_local_list_disabled_answers_not_supported(csms, run_agent):
     """TC_043_1_CS: with LocalAuthListEnabled false, SendLocalList answers NotSupported."""
-    await online(run_agent, csms, LocalAuthListEnabled=False)
+    await online(run_agent, csms, ocpp_keys=dict(LocalAuthListEnabled=False))
     answer = await csms.call(STATION_ID, "SendLocalList", {"listVersion": 1, "updateType": "Full",
                                                           "localAuthorizationList": []})
     assert answer == {"status": "NotSupported"}
