@@ -264,6 +264,12 @@ def format_status(status: dict) -> str:
         lines.append(f"{c['id']:>4}  {c['cp_state']:2}  {pilot:>10}  {c['offered_current_a']:>7.1f}  "
                      f"{'closed' if c['contactor_closed'] else 'open':9}  {c['status']:13}  {tx:>6}  "
                      f"{energy:>10}  {power:>8}  {', '.join(c['faults']) or '-'}")
+        reservation = c.get("reservation")
+        if reservation:
+            where = "the station (connector 0), held here" if reservation.get("any_connector") else "this connector"
+            parent = f" (parent {reservation['parent_id_tag']})" if reservation.get("parent_id_tag") else ""
+            lines.append(f"{'':>4}  reservation {reservation['id']} of {where} for {reservation['id_tag']}{parent}"
+                         f" until {reservation.get('expiry_date') or '?'}")
     return "\n".join(lines)
 
 

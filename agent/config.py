@@ -102,6 +102,7 @@ class ChargingConfig:
     max_current_a: float = 32.0  # caps the offered current together with the board and the cable rating
     stop_on_shutdown: bool = False  # whether SIGTERM stops running transactions
     resume_after_power_loss: bool = False  # continue an interrupted transaction if the EV is still plugged
+    reservations: bool = True  # accept OCPP ReserveNow (false: every reservation is answered Rejected)
     meter_failure: str = "stop"  # "stop": a dead meter ends the session; "continue": charge on, report it
     control_period_s: float = 0.01
     meter_poll_s: float = 1.0
@@ -548,6 +549,7 @@ def _read_charging(section: _SectionReader) -> ChargingConfig:
     section.number("max_current_a", minimum=6, maximum=80)
     section.boolean("stop_on_shutdown")
     section.boolean("resume_after_power_loss")
+    section.boolean("reservations")
     section.string("meter_failure", check=_check_meter_failure)
     section.number("control_period_s", minimum=0.001, maximum=0.1)
     section.number("meter_poll_s", greater_than=0)
@@ -664,6 +666,9 @@ stop_on_shutdown = false
 # After a crash or power cut: continue the interrupted transaction when the EV is still plugged in
 # (false: close it with reason PowerLoss and its last journaled meter value).
 resume_after_power_loss = false
+# Whether the CSMS may reserve connectors (OCPP ReserveNow); false answers every reservation Rejected.
+# Reserving "any connector" (connector 0) is the OCPP key ReserveConnectorZeroSupported in [ocpp.configuration].
+reservations = true
 # A meter that fails 3 polls in a row: "stop" ends the session (status Faulted, PowerMeterFailure);
 # "continue" keeps charging and reports PowerMeterFailure as a warning (the energy of the outage is not
 # metered; meterStop is the last good reading). New sessions wait for a working meter either way.

@@ -166,6 +166,28 @@ class AvailabilityChanged:
 
 
 @dataclass(frozen=True)
+class ReservationMade:
+    """ReserveNow for this connector (or a reservation of connector 0 held on it), after
+    `reservation_answer` said Accepted. It replaces the reservation the connector holds. Until it ends
+    only `id_tag`, or an id whose parent is `parent_id_tag`, may start here. `expires_at` is on the
+    clock of `now`."""
+
+    reservation_id: int
+    id_tag: str
+    parent_id_tag: str | None
+    expires_at: float
+    any_connector: bool = False  # a reservation of connector 0 (the station), held on this connector
+
+
+@dataclass(frozen=True)
+class ReservationCancelled:
+    """CancelReservation (or the reservation moved, or was used on another connector)."""
+
+    reservation_id: int
+    reason: str = "cancelled"
+
+
+@dataclass(frozen=True)
 class SettingsChanged:
     settings: SessionSettings
 
@@ -173,6 +195,14 @@ class SettingsChanged:
 @dataclass(frozen=True)
 class ResetLatchedFaults:
     """A technician cleared latched faults (only those whose cause is gone are cleared)."""
+
+
+@dataclass(frozen=True)
+class ChargingLimitChanged:
+    """The Smart Charging limit in force (agent.smart_charging's composite schedule); None: no limit.
+    Below 6 A nothing can be offered: the pilot stops offering (X1) and a transaction is SuspendedEVSE."""
+
+    limit_a: float | None
 
 
 @dataclass(frozen=True)
@@ -193,8 +223,11 @@ Event = (
     | StopRequested
     | TransactionConfirmed
     | AvailabilityChanged
+    | ReservationMade
+    | ReservationCancelled
     | SettingsChanged
     | ResetLatchedFaults
+    | ChargingLimitChanged
     | Tick
 )
 
@@ -226,6 +259,7 @@ class RequestAuthorization:
 @dataclass(frozen=True)
 class StartTransaction:
     id_tag: str
+    reservation_id: int | None = None  # the reservation this transaction uses (and so ends)
 
 
 @dataclass(frozen=True)
@@ -243,6 +277,15 @@ class StatusChanged:
 
 
 @dataclass(frozen=True)
+class ReservationEnded:
+    """The connector no longer holds the reservation: "used" (a transaction started with it), "expired",
+    "cancelled", "faulted", "unavailable", "replaced"."""
+
+    reservation_id: int
+    reason: str
+
+
+@dataclass(frozen=True)
 class Notice:
     """Something a technician should see in the log (rejected card, ignored request...)."""
 
@@ -257,6 +300,7 @@ Command = (
     | StartTransaction
     | StopTransaction
     | StatusChanged
+    | ReservationEnded
     | Notice
 )
 
@@ -297,6 +341,7 @@ class ConnectorView:
     authorized_id_tag: str | None
     operative: bool
     availability_scheduled: bool
+    reservation: ReservationMade | None = None
 
 
 @dataclass
@@ -325,6 +370,8 @@ class ConnectorController:
     _authorizing: str | None = None  # id tag waiting for an Authorize answer
     _tx: _Transaction | None = None
     _finishing: bool = False  # a transaction ended while the EV stays plugged
+    _reservation: ReservationMade | None = None
+    charging_limit_a: float | None = None  # Smart Charging (ChargingLimitChanged); None: no limit
     _now: float = 0.0
 
     # ---- public --------------------------------------------------------------------------------
@@ -336,6 +383,7 @@ class ConnectorController:
         self._apply(event, out)
         self._check_contactor_feedback(out)
         self._expire_authorization(out)
+        self._expire_reservation(out)
         self._reconcile(out)
         return _safety_first(out)
 
@@ -348,11 +396,51 @@ class ConnectorController:
         return self._tx.id_tag if self._tx else None
 
     @property
+    def transaction_parent_id_tag(self) -> str | None:
+        return self._tx.parent_id_tag if self._tx else None
+
+    @property
     def plugged(self) -> bool:
         return self.cp_state in (CpState.B, CpState.C, CpState.D)
 
-    def can_accept_remote_start(self) -> bool:
+    def can_accept_remote_start(self, id_tag: str | None = None) -> bool:
+        """Whether a RemoteStartTransaction (for `id_tag`, if given) may be accepted here. On a reserved
+        connector only the reserved id may start, or any id when the reservation has a parent id (its
+        Authorize tells whether the id belongs to it)."""
+        r = self._reservation
+        if r is not None and id_tag is not None and r.parent_id_tag is None and not _same_id(id_tag, r.id_tag):
+            return False
         return self._tx is None and self.operative and not self.faults and self._authorizing is None
+
+    @property
+    def reservation(self) -> ReservationMade | None:
+        return self._reservation
+
+    def reservation_answer(self, reservation_id: int) -> str:
+        """The ReserveNow.conf status for reserving this connector (OCPP 1.6 §5.13): a reservation with the
+        id the connector already holds is replaced; another one finds the connector Occupied."""
+        if self.blocking_faults:
+            return "Faulted"
+        if not self.operative:
+            return "Unavailable"
+        if self._tx is not None:
+            return "Occupied"
+        if self._reservation is not None and self._reservation.reservation_id == reservation_id:
+            return "Accepted"
+        if self._reservation is not None or self.plugged or self._auth is not None or self._authorizing:
+            return "Occupied"
+        return "Accepted"
+
+    def admits(self, id_tag: str, parent_id_tag: str | None) -> bool:
+        """Whether the id (with its parent, if known) may start here: anyone without a reservation; the
+        reserved id, or an id with the reservation's parent id, with one."""
+        r = self._reservation
+        return (
+            r is None
+            or _same_id(id_tag, r.id_tag)
+            or (r.parent_id_tag is not None and parent_id_tag is not None
+                and _same_id(parent_id_tag, r.parent_id_tag))
+        )
 
     @property
     def contactor_commanded(self) -> bool:
@@ -369,6 +457,8 @@ class ConnectorController:
         limit = self.settings.max_current_a
         if self.cable_a is not None:
             limit = min(limit, self.cable_a)
+        if self.charging_limit_a is not None:
+            limit = min(limit, self.charging_limit_a)
         return limit
 
     def view(self) -> ConnectorView:
@@ -388,6 +478,7 @@ class ConnectorController:
             authorized_id_tag=self._auth.id_tag if self._auth else None,
             operative=self.operative,
             availability_scheduled=self._inoperative_scheduled,
+            reservation=self._reservation,
         )
 
     # ---- event handling ------------------------------------------------------------------------
@@ -427,11 +518,20 @@ class ConnectorController:
                 self._on_transaction_confirmed(accepted, parent, out)
             case AvailabilityChanged(operative):
                 self._on_availability(operative)
+            case ReservationMade() as reservation:
+                if self._reservation is not None and self._reservation.reservation_id != reservation.reservation_id:
+                    out.append(ReservationEnded(self._reservation.reservation_id, "replaced"))
+                self._reservation = reservation
+            case ReservationCancelled(reservation_id, reason):
+                if self._reservation is not None and self._reservation.reservation_id == reservation_id:
+                    self._end_reservation(reason, out)
             case SettingsChanged(settings):
                 self.settings = settings
             case ResetLatchedFaults():
                 if self.feedback_closed == self._contactor_cmd:  # only once the mirror contact agrees
                     self.faults -= LATCHED_FAULTS
+            case ChargingLimitChanged(limit_a):
+                self.charging_limit_a = limit_a
             case Tick():
                 pass
 
@@ -472,6 +572,11 @@ class ConnectorController:
                 Notice(f"card {id_tag} ignored: connector {'faulted' if self.faults else 'unavailable'}")
             )
             return
+        r = self._reservation
+        if r is not None and r.parent_id_tag is None and not _same_id(id_tag, r.id_tag):
+            # nothing to ask the CSMS: no parent id could make this card the reserved one
+            out.append(Notice(f"card {id_tag} refused: connector reserved (reservation {r.reservation_id})"))
+            return
         self._authorizing = id_tag
         out.append(RequestAuthorization(id_tag))
 
@@ -479,8 +584,8 @@ class ConnectorController:
         if not self.can_accept_remote_start():
             out.append(Notice(f"remote start for {id_tag} ignored: connector busy"))
             return
-        if self.settings.authorize_remote_tx:
-            self._authorizing = id_tag
+        if self.settings.authorize_remote_tx or not self.admits(id_tag, None):
+            self._authorizing = id_tag  # (on a reserved connector: the answer tells the id's parent)
             out.append(RequestAuthorization(id_tag))
         else:
             self._auth = _Authorization(id_tag, None, self._now)
@@ -498,6 +603,11 @@ class ConnectorController:
             return
         if not accepted:
             out.append(Notice(f"card {id_tag} rejected"))
+            return
+        if not self.admits(id_tag, parent):
+            assert self._reservation is not None
+            out.append(Notice(f"card {id_tag} refused: connector reserved (reservation "
+                              f"{self._reservation.reservation_id}) for another id and parent id"))
             return
         self._auth = _Authorization(id_tag, parent, self._now)
 
@@ -522,6 +632,13 @@ class ConnectorController:
         else:
             self.operative = False
             self._auth = None
+
+    def _end_reservation(self, reason: str, out: list[Command]) -> None:
+        r = self._reservation
+        assert r is not None
+        self._reservation = None
+        out.append(ReservationEnded(r.reservation_id, reason))
+        out.append(Notice(f"reservation {r.reservation_id} for {r.id_tag} ended: {reason}"))
 
     def _raise_fault(self, fault: Fault, out: list[Command]) -> None:
         if fault in self.faults:
@@ -561,9 +678,16 @@ class ConnectorController:
                 Notice(f"authorization for {auth.id_tag} expired: no EV plugged in within ConnectionTimeOut")
             )
 
+    def _expire_reservation(self, out: list[Command]) -> None:
+        if self._reservation is not None and self._now >= self._reservation.expires_at:
+            self._end_reservation("expired", out)
+
     # ---- decisions -----------------------------------------------------------------------------
 
     def _reconcile(self, out: list[Command]) -> None:
+        if self._reservation is not None and (self.blocking_faults or not self.operative):
+            # §5.13: a reservation ends when its connector becomes Faulted or Unavailable
+            self._end_reservation("faulted" if self.blocking_faults else "unavailable", out)
         if (
             self._tx is None
             and self._auth is not None
@@ -572,9 +696,16 @@ class ConnectorController:
             and not self.faults
         ):
             auth, self._auth = self._auth, None
-            self._tx = _Transaction(auth.id_tag, auth.parent_id_tag, self._now)
-            self._finishing = False
-            out.append(StartTransaction(auth.id_tag))
+            reservation_id = None
+            if self._reservation is not None and self.admits(auth.id_tag, auth.parent_id_tag):
+                reservation_id = self._reservation.reservation_id
+                self._end_reservation("used", out)
+            if self.admits(auth.id_tag, auth.parent_id_tag):
+                self._tx = _Transaction(auth.id_tag, auth.parent_id_tag, self._now)
+                self._finishing = False
+                out.append(StartTransaction(auth.id_tag, reservation_id))
+            else:  # authorized before the connector was reserved for someone else
+                out.append(Notice(f"authorization for {auth.id_tag} dropped: the connector is reserved"))
 
         want_lock = self.has_lock and self._tx is not None and self.plugged
         if want_lock != self._lock_cmd:
@@ -673,6 +804,8 @@ class ConnectorController:
             return StatusChanged(ConnectorStatus.SUSPENDED_EV)
         if not self.operative:
             return StatusChanged(ConnectorStatus.UNAVAILABLE)
+        if self._reservation is not None and self._auth is None:
+            return StatusChanged(ConnectorStatus.RESERVED)  # until the reserved id is authorized here
         if self.plugged:
             return StatusChanged(ConnectorStatus.FINISHING if self._finishing else ConnectorStatus.PREPARING)
         if self._auth is not None:
@@ -683,6 +816,11 @@ class ConnectorController:
 _FAULT_SEVERITY = [
     Fault.WELD, Fault.RCD, Fault.CONTACTOR, Fault.STORAGE, Fault.DEVICE, Fault.PILOT, Fault.DIODE, Fault.METER,
 ]
+
+
+def _same_id(a: str, b: str) -> bool:
+    """IdTokens compare case-insensitively (OCPP 1.6 §7.28)."""
+    return a.casefold() == b.casefold()
 
 
 def _most_severe(faults: set[Fault]) -> Fault:
@@ -701,10 +839,57 @@ def route_id_tag(controllers: dict[int, ConnectorController], id_tag: str) -> in
         if ctl.transaction_id_tag == id_tag:
             return cid  # stopping one's own session
     for cid, ctl in controllers.items():
-        if ctl.plugged and not ctl.transaction_active and ctl.operative and not ctl.faults:
-            return cid  # EV waiting for authorization
-    for cid, ctl in controllers.items():
-        if not ctl.transaction_active and ctl.operative and not ctl.faults and not ctl.plugged:
-            return cid  # authorize first, plug in afterwards
+        reservation = ctl.reservation
+        if reservation is not None and _same_id(reservation.id_tag, id_tag) and not ctl.transaction_active:
+            if reservation.any_connector:  # the station is reserved: an EV already plugged in elsewhere first
+                for other_cid, other in controllers.items():
+                    if (other.reservation is None and other.plugged and not other.transaction_active
+                            and other.operative and not other.faults):
+                        return other_cid
+            return cid  # the driver who reserved this connector (or the station)
+    # a connector reserved for someone else is the last choice: only the reservation's parent id may let the
+    # card in there (the connector's controller refuses the card, without asking the CSMS, if it has none)
+    for reserved_too in (False, True):
+        candidates = {cid: ctl for cid, ctl in controllers.items() if reserved_too or ctl.reservation is None}
+        for cid, ctl in candidates.items():
+            if ctl.plugged and not ctl.transaction_active and ctl.operative and not ctl.faults:
+                return cid  # EV waiting for authorization
+        for cid, ctl in candidates.items():
+            if not ctl.transaction_active and ctl.operative and not ctl.faults and not ctl.plugged:
+                return cid  # authorize first, plug in afterwards
     running = [cid for cid, ctl in controllers.items() if ctl.transaction_active]
     return running[0] if len(running) == 1 else None
+
+
+def reserve_any_connector(controllers: dict[int, ConnectorController], reservation_id: int) -> tuple[str, int | None]:
+    """ReserveNow for connector 0 (ReserveConnectorZeroSupported): the answer, and the connector that
+    holds the reservation. Holding it on one free connector keeps that connector available to the
+    reserved id while the others stay open to anyone; the reserved id may still start on any connector
+    (`station_reservation_used`). No free connector: Occupied if one is in use, else Unavailable, else
+    Faulted."""
+    answers = {cid: ctl.reservation_answer(reservation_id) for cid, ctl in controllers.items()}
+    for cid, ctl in controllers.items():  # the same reservation again: it stays where it is
+        if ctl.reservation is not None and ctl.reservation.reservation_id == reservation_id and answers[cid] == "Accepted":
+            return "Accepted", cid
+    free = [cid for cid, answer in answers.items() if answer == "Accepted"]
+    if free:
+        return "Accepted", free[0]
+    for answer in ("Occupied", "Unavailable", "Faulted"):
+        if answer in answers.values():
+            return answer, None
+    return "Rejected", None
+
+
+def station_reservation_used(controllers: dict[int, ConnectorController], connector_id: int) -> int | None:
+    """The connector holding a reservation of connector 0 that the transaction just started on
+    `connector_id` (another connector) uses: the reserved id, or an id of the same parent id."""
+    started = controllers[connector_id]
+    id_tag = started.transaction_id_tag
+    if id_tag is None:
+        return None
+    for cid, ctl in controllers.items():
+        reservation = ctl.reservation
+        if (cid != connector_id and reservation is not None and reservation.any_connector
+                and ctl.admits(id_tag, started.transaction_parent_id_tag)):
+            return cid
+    return None

@@ -147,8 +147,11 @@ class Journal:
 
     # ---- transactions --------------------------------------------------------------------------
 
-    def begin_transaction(self, connector_id: int, id_tag: str, meter_wh: float, timestamp: str) -> int:
-        """Record a new transaction and queue its StartTransaction in one commit; returns the local key."""
+    def begin_transaction(self, connector_id: int, id_tag: str, meter_wh: float, timestamp: str,
+                          reservation_id: int | None = None) -> int:
+        """Record a new transaction and queue its StartTransaction in one commit; returns the local key.
+        A transaction that uses a reservation carries its id, and the reservation's persisted record
+        (setting `reservation.<id>`) goes in the same commit: after a crash it is either used or still there."""
         with self.write() as db:
             cur = db.execute(
                 "INSERT INTO transactions (connector_id, id_tag, meter_start, started_at, last_meter, last_meter_at)"
@@ -162,6 +165,9 @@ class Journal:
                 "meterStart": round(meter_wh),
                 "timestamp": timestamp,
             }
+            if reservation_id is not None:
+                payload["reservationId"] = reservation_id
+                db.execute("DELETE FROM settings WHERE key = ?", (f"reservation.{reservation_id}",))
             self._enqueue(db, local_id, "StartTransaction", payload)
         self._pending += 1
         return local_id
@@ -312,6 +318,10 @@ class Journal:
             (prefix.replace("%", "\\%").replace("_", "\\_") + "%",),
         ).fetchall()
         return {key[len(prefix) :]: value for key, value in rows}
+
+    def delete_setting(self, key: str) -> None:
+        with self.write() as db:
+            db.execute("DELETE FROM settings WHERE key = ?", (key,))
 
     def set_setting(self, key: str, value: str) -> None:
         with self.write() as db:

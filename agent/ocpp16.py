@@ -51,7 +51,9 @@ from agent.config import AgentConfig
 from agent.journal import Journal, JournalError, QueuedMessage
 from agent.meter_values import ocpp_timestamp
 from agent.ocpp16_firmware import FirmwareHandlers
+from agent.ocpp16_reservation import ReservationHandlers
 from agent.ocpp16_security import SecurityHandlers
+from agent.ocpp16_smart_charging import SmartChargingHandlers, tolerate_limits
 from agent.ocpp_config import OcppConfiguration
 from agent.security import TlsAwareConnection, redact_frame, redact_text
 
@@ -101,7 +103,7 @@ class StationPort(Protocol):
     @property
     def connector_ids(self) -> list[int]: ...
 
-    def remote_start(self, connector_id: int | None, id_tag: str) -> bool: ...
+    def remote_start(self, connector_id: int | None, id_tag: str, charging_profile: dict | None = None) -> bool: ...
 
     def remote_stop(self, transaction_id: int) -> bool: ...
 
@@ -126,6 +128,20 @@ class StationPort(Protocol):
     def local_list_version(self) -> int: ...
 
     def send_local_list(self, list_version: int, update_type: str, entries: list[dict]) -> str: ...
+
+    # Reservation (agent.ocpp16_reservation): ReserveNow.conf / CancelReservation.conf statuses
+    def reserve_now(self, connector_id: int, expiry_date: str, id_tag: str, reservation_id: int,
+                    parent_id_tag: str | None) -> str: ...
+
+    def cancel_reservation(self, reservation_id: int) -> str: ...
+
+    # Smart Charging (agent.ocpp16_smart_charging): profiles are camelCase dicts as on the wire
+    def set_charging_profile(self, connector_id: int, profile: dict) -> str: ...
+
+    def clear_charging_profile(self, profile_id: int | None, connector_id: int | None, purpose: str | None,
+                               stack_level: int | None) -> str: ...
+
+    def composite_schedule(self, connector_id: int, duration: int, rate_unit: str | None) -> dict | None: ...
 
 
 @dataclasses.dataclass
@@ -562,9 +578,9 @@ def _call_error(unique_id: str, error: OCPPError) -> str:
     return CallError(unique_id, code, error.description or "", details).to_json()
 
 
-class _ChargePoint(SecurityHandlers, FirmwareHandlers, _LibChargePoint):
-    """Routing and the Core/LocalAuthList/RemoteTrigger handlers; security and firmware handlers come
-    from their mixins."""
+class _ChargePoint(SecurityHandlers, FirmwareHandlers, SmartChargingHandlers, ReservationHandlers, _LibChargePoint):
+    """Routing and the Core/LocalAuthList/RemoteTrigger handlers; security, firmware, smart charging and
+    reservation handlers come from their mixins."""
 
     def __init__(self, station_id: str, connection, *, client: OcppClient, response_timeout: int):
         super().__init__(station_id, connection, response_timeout=response_timeout, logger=library_log)
@@ -635,6 +651,7 @@ class _ChargePoint(SecurityHandlers, FirmwareHandlers, _LibChargePoint):
                 details={"cause": "NaN and Infinity are not JSON numbers"})))
             return
         try:
+            tolerate_limits(msg.action, msg.payload)  # 2-decimal charging limits, before schema validation
             await self._handle_call(msg)
         except OCPPError as error:
             # the error's details can quote the payload: not for a key or a certificate
@@ -662,12 +679,13 @@ class _ChargePoint(SecurityHandlers, FirmwareHandlers, _LibChargePoint):
     # ---- Core profile handlers ------------------------------------------------------------------
 
     @on(Action.remote_start_transaction)
-    def on_remote_start(self, id_tag: str, connector_id: int | None = None, **_):
+    def on_remote_start(self, id_tag: str, connector_id: int | None = None, charging_profile=None, **_):
         if self._client.registration != "Accepted" or connector_id == 0:
             return call_result.RemoteStartTransaction(status="Rejected")
         if connector_id is not None and not self._known_connector(connector_id):
             return call_result.RemoteStartTransaction(status="Rejected")
-        accepted = self._station.remote_start(connector_id, id_tag)
+        profile = snake_to_camel_case(charging_profile) if charging_profile is not None else None  # TC_059/060
+        accepted = self._station.remote_start(connector_id, id_tag, profile)
         return call_result.RemoteStartTransaction(status="Accepted" if accepted else "Rejected")
 
     @on(Action.remote_stop_transaction)

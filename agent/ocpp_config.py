@@ -56,6 +56,7 @@ class KeyDef:
     allowed: frozenset[str] | None = None  # permitted members of a CSL
     reboot_required: bool = False
     max_items: int | None = None  # longest accepted CSL
+    maker_settable: bool = False  # read-only to the CSMS, but the station maker may choose it (config file)
 
     @property
     def readonly(self) -> bool:
@@ -98,6 +99,7 @@ _KEY_TABLE = (
     KeyDef("MinimumStatusDuration", "RW", "int", "0", minimum=0),
     # The real value comes from the board and is set by OcppConfiguration.__init__.
     KeyDef("NumberOfConnectors", "R", "int", "1", minimum=1),
+    KeyDef("ReserveConnectorZeroSupported", "R", "bool", "true", maker_settable=True),  # Reservation profile
     KeyDef("ResetRetries", "RW", "int", "1", minimum=0),
     KeyDef("SendLocalListMaxLength", "R", "int", "1000"),
     KeyDef("StopTransactionOnEVSideDisconnect", "RW", "bool", "true"),
@@ -106,7 +108,8 @@ _KEY_TABLE = (
     KeyDef("StopTxnAlignedDataMaxLength", "R", "int", _MAX_LENGTH),
     _measurand_list("StopTxnSampledData", "Energy.Active.Import.Register"),
     KeyDef("StopTxnSampledDataMaxLength", "R", "int", _MAX_LENGTH),
-    KeyDef("SupportedFeatureProfiles", "R", "csl", "Core,FirmwareManagement,LocalAuthListManagement,RemoteTrigger"),
+    KeyDef("SupportedFeatureProfiles", "R", "csl",
+           "Core,FirmwareManagement,LocalAuthListManagement,Reservation,RemoteTrigger,SmartCharging"),
     KeyDef("SupportedFileTransferProtocols", "R", "csl", "FTP,HTTP,HTTPS"),  # errata; agent.transfer
     KeyDef("TransactionMessageAttempts", "RW", "int", "3", minimum=1),
     KeyDef("TransactionMessageRetryInterval", "RW", "int", "60", minimum=0),
@@ -121,6 +124,11 @@ _KEY_TABLE = (
     KeyDef("CertificateSignedMaxChainSize", "R", "int", "10000"),  # characters, the schema's limit
     KeyDef("CertificateStoreMaxLength", "R", "int", "20"),  # root certificates, both kinds together
     KeyDef("AdditionalRootCertificateCheck", "R", "bool", "false"),
+    # Smart Charging (agent.smart_charging): what the station can hold and compute
+    KeyDef("ChargeProfileMaxStackLevel", "R", "int", "10"),
+    KeyDef("ChargingScheduleAllowedChargingRateUnit", "R", "csl", "Current,Power"),
+    KeyDef("ChargingScheduleMaxPeriods", "R", "int", "48"),
+    KeyDef("MaxChargingProfilesInstalled", "R", "int", "20"),
 )
 
 # Every key we know, in the order GetConfiguration reports them. Names are case-sensitive, as in the spec.
@@ -158,7 +166,7 @@ def normalise_initial_value(
     key = KEYS.get(name)
     if key is None:
         raise ValueError("unknown OCPP configuration key")
-    if key.readonly:
+    if key.readonly and not key.maker_settable:
         raise ValueError("read-only key, its value is fixed by the agent")
     if isinstance(value, bool):
         if key.kind != "bool":

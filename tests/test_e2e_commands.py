@@ -744,12 +744,9 @@ async def test_unknown_action_is_answered_not_implemented(csms, run_agent, csms_
 
 
 @pytest.mark.parametrize("frame", [
-    [2, "id2", "CancelReservation", {"reservationId": 1}],
-    [2, "id2", "SetChargingProfile", {"connectorId": 1, "csChargingProfiles": {
-        "chargingProfileId": 1, "stackLevel": 0, "chargingProfilePurpose": "TxDefaultProfile",
-        "chargingProfileKind": "Absolute", "chargingSchedule": {
-            "chargingRateUnit": "A", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 10.0}]}}}],
-], ids=["CancelReservation", "SetChargingProfile"])
+    [2, "id2", "Heartbeat", {}],  # a charge point's message, known to OCPP, not served by a station
+    [2, "id2", "Authorize", {"idTag": "0411223344"}],  # another one (every feature profile is served now)
+], ids=["Heartbeat", "Authorize"])
 async def test_known_but_unsupported_action_is_answered_not_supported(csms, run_agent, csms_events, frame):
     """OCPP-J 1.6 §4.2.3: a valid request of a profile the station does not support: CALLERROR
     NotSupported."""

@@ -148,7 +148,9 @@ def schema_valid(action: str, payload: dict, message_type: int = CALL_TYPE) -> b
     # as the library parses them; careful: get_validator caches one validator per schema, whatever
     # parse_float it was first asked with, so asking for a Decimal schema with floats would change what
     # the agent under test validates against
-    parse_float = decimal.Decimal if action in DECIMAL_ACTIONS and message_type == CALL_TYPE else float
+    decimal_call = action in DECIMAL_ACTIONS and message_type == CALL_TYPE
+    decimal_result = action == "GetCompositeSchedule" and message_type != CALL_TYPE  # the library's rule too
+    parse_float = decimal.Decimal if decimal_call or decimal_result else float
     validator = get_validator(message_type, action, "1.6", parse_float=parse_float)
     try:
         if parse_float is decimal.Decimal:

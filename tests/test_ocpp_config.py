@@ -68,6 +68,7 @@ def test_table_access_and_types_follow_the_spec():
         "MeterValueSampleInterval": ("RW", "int", "60"),
         "MinimumStatusDuration": ("RW", "int", "0"),
         "NumberOfConnectors": ("R", "int", "1"),
+        "ReserveConnectorZeroSupported": ("R", "bool", "true"),  # the station maker may set it
         "ResetRetries": ("RW", "int", "1"),
         "SendLocalListMaxLength": ("R", "int", "1000"),
         "StopTransactionOnEVSideDisconnect": ("RW", "bool", "true"),
@@ -76,7 +77,9 @@ def test_table_access_and_types_follow_the_spec():
         "StopTxnAlignedDataMaxLength": ("R", "int", "8"),
         "StopTxnSampledData": ("RW", "csl", "Energy.Active.Import.Register"),
         "StopTxnSampledDataMaxLength": ("R", "int", "8"),
-        "SupportedFeatureProfiles": ("R", "csl", "Core,FirmwareManagement,LocalAuthListManagement,RemoteTrigger"),
+        "SupportedFeatureProfiles": ("R", "csl",
+                                     "Core,FirmwareManagement,LocalAuthListManagement,Reservation,RemoteTrigger,"
+                                     "SmartCharging"),
         "SupportedFileTransferProtocols": ("R", "csl", "FTP,HTTP,HTTPS"),
         "TransactionMessageAttempts": ("RW", "int", "3"),
         "TransactionMessageRetryInterval": ("RW", "int", "60"),
@@ -90,6 +93,11 @@ def test_table_access_and_types_follow_the_spec():
         "CertificateSignedMaxChainSize": ("R", "int", "10000"),
         "CertificateStoreMaxLength": ("R", "int", "20"),
         "AdditionalRootCertificateCheck": ("R", "bool", "false"),
+        # Smart Charging
+        "ChargeProfileMaxStackLevel": ("R", "int", "10"),
+        "ChargingScheduleAllowedChargingRateUnit": ("R", "csl", "Current,Power"),
+        "ChargingScheduleMaxPeriods": ("R", "int", "48"),
+        "MaxChargingProfilesInstalled": ("R", "int", "20"),
     }
     assert {name: (key.access, key.kind, key.default) for name, key in KEYS.items()} == expected
 
