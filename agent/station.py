@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import time
@@ -21,7 +20,6 @@ from datetime import UTC, datetime
 
 from agent import controller as ctl
 from agent import hw_cli, logs
-from agent import smart_charging as sc
 from agent.auth_store import AuthStore
 from agent.authorization import (
     AuthSettings,
@@ -32,13 +30,14 @@ from agent.authorization import (
     decide,
     plan_send_local_list,
 )
+from agent.charging_limits import ChargingLimits
 from agent.config import AgentConfig
 from agent.firmware import FirmwareManager
 from agent.journal import Journal, JournalError, QueuedMessage
 from agent.meter_values import meter_value, ocpp_timestamp, register_value
 from agent.ocpp16 import OcppClient
 from agent.ocpp_config import OcppConfiguration
-from agent.profile_store import ProfileStore
+from agent.reservations import Reservations
 from agent.security import RESET_OR_REBOOT, STARTUP, SecurityManager
 from hal.interfaces import (
     Board,
@@ -81,13 +80,6 @@ class ConnectorRuntime:
     meter_failures: int = 0
     unreadable: set[str] = field(default_factory=set)  # devices whose last read failed
     hw_test: str | None = None  # a technician's test that switches devices itself ("contactor test"...)
-    # Smart Charging: the start of the running transaction (Relative profiles count from it), the limit in
-    # force until its next change, a forced re-evaluation, and a RemoteStartTransaction's TxProfile waiting
-    # for its transaction to start
-    tx_started_at: datetime | None = None
-    charging_limit: sc.LiveLimit | None = None
-    limit_dirty: bool = True
-    pending_tx_profile: sc.ChargingProfile | None = None
 
     @property
     def id(self) -> int:
@@ -136,16 +128,15 @@ class Station:
         )
         self.security.attach(self.configuration)
         self.auth = AuthStore(journal)
-        self.profile_store = ProfileStore(journal)
-        self.charging_profiles = sc.ProfileSet(self.profile_store.load(), self._profile_limits())
         self.connectors: dict[int, ConnectorRuntime] = {}
         for hw in board.connectors:
             controller = ctl.ConnectorController(settings=self._session_settings(hw), has_lock=hw.lock is not None)
             self.connectors[hw.connector_id] = ConnectorRuntime(hw, controller)
         self.station_operative = journal.settings("availability.").get("0", "Operative") == "Operative"
-        # active reservations by id, as persisted in the journal's settings (reservation.<id>):
-        # {"connectorId": requested (0 = any), "heldOn": connector, "idTag", "parentIdTag", "expiryDate"}
-        self.reservations: dict[int, dict] = {}
+        controllers = {cid: rt.controller for cid, rt in self.connectors.items()}
+        self.reservations = Reservations(journal, controllers, self._dispatch_to, clock, wall_clock)
+        self.charging_limits = ChargingLimits(self.configuration, journal, self.connectors, self._dispatch_to,
+                                              wall_clock, self.journal_failed)
         self.ocpp = OcppClient(config, self, journal)
         self.security.on_event_queued = self.ocpp.journal_changed
         self.firmware = FirmwareManager(self, install_command=board.firmware_install_command,
@@ -217,8 +208,8 @@ class Station:
             if not operative:
                 self._dispatch(rt, ctl.AvailabilityChanged(False))
             if not rt.controller.transaction_active:  # its transaction was stopped: its TxProfiles go
-                self._end_transaction_profiles(rt)
-        self._restore_reservations()
+                self.charging_limits.transaction_ended(rt)
+        self.reservations.restore()
 
     def _resume(self, tx) -> bool:
         """Continue an interrupted transaction when configured to and its EV is still plugged in."""
@@ -233,8 +224,7 @@ class Station:
             return False
         rt.local_tx = tx.local_id
         rt.tx_begin = (tx.meter_start, tx.started_at)
-        with contextlib.suppress(ValueError):
-            rt.tx_started_at = sc.parse_time(tx.started_at, "started_at")
+        self.charging_limits.transaction_resumed(rt, tx.started_at)
         interval = self.configuration.get_int("MeterValueSampleInterval")
         rt.next_sample_at = self.clock() + interval if interval > 0 else None
         self._dispatch(rt, ctl.ResumeTransaction(tx.id_tag))
@@ -360,7 +350,7 @@ class Station:
                 self._dispatch(rt, ctl.ContactorFeedback(feedback))
             if "proximity pilot" not in unreadable and ampacity != c.cable_a:
                 self._dispatch(rt, ctl.CableDetected(ampacity))
-            self._update_charging_limit(rt)
+            self.charging_limits.update(rt)
             self._dispatch(rt, ctl.Tick())
 
     def _report_unreadable(self, rt: ConnectorRuntime, unreadable: dict[str, str]) -> None:
@@ -377,6 +367,9 @@ class Station:
     def _dispatch(self, rt: ConnectorRuntime, event: ctl.Event) -> None:
         for command in rt.controller.handle(event, self.clock()):
             self._execute(rt, command)
+
+    def _dispatch_to(self, connector_id: int, event: ctl.Event) -> None:
+        self._dispatch(self.connectors[connector_id], event)
 
     def _execute(self, rt: ConnectorRuntime, command: ctl.Command) -> None:
         hw = rt.hw
@@ -398,14 +391,14 @@ class Station:
                 self._spawn(self._authorize(rt, id_tag))
             case ctl.StartTransaction(id_tag, reservation_id):
                 if reservation_id is None:
-                    reservation_id = self._station_reservation_used(rt)
+                    reservation_id = self.reservations.used_elsewhere(rt.id)
                 rt.ops.put_nowait(_Op("start", id_tag=id_tag, reservation_id=reservation_id))
-                self._transaction_started_profiles(rt)
+                self.charging_limits.transaction_started(rt)
             case ctl.ReservationEnded(reservation_id, reason):
-                self._reservation_ended(rt, reservation_id, reason)
+                self.reservations.ended(rt.id, reservation_id, reason)
             case ctl.StopTransaction(reason, id_tag):
                 rt.ops.put_nowait(_Op("stop", id_tag=id_tag, reason=reason.value))
-                self._end_transaction_profiles(rt)
+                self.charging_limits.transaction_ended(rt)
             case ctl.StatusChanged(status, error_code, info, vendor_code):
                 log.info("connector %d: %s%s", rt.id, status.value,
                          "" if error_code == "NoError" else f" ({error_code}/{vendor_code})")
@@ -655,7 +648,7 @@ class Station:
             chosen = self.connectors.get(connector_id)
         if chosen is None or not chosen.controller.can_accept_remote_start(id_tag):
             return False
-        if charging_profile is not None and not self._accept_remote_start_profile(chosen, charging_profile):
+        if charging_profile is not None and not self.charging_limits.accept_remote_start_profile(chosen, charging_profile):
             return False
         self._dispatch(chosen, ctl.RemoteStart(id_tag))
         return True
@@ -728,108 +721,28 @@ class Station:
                      list_version, self.auth.list_size())
         return change.status.value
 
-    # ---- Reservation (OCPP 1.6 §5.13): the controllers hold them, the journal's settings persist them ---
+    # ---- Reservation (agent.reservations) and Smart Charging (agent.charging_limits) ---------------------
 
     def reserve_now(self, connector_id: int, expiry_date: str, id_tag: str, reservation_id: int,
                     parent_id_tag: str | None) -> str:
-        """ReserveNow: the ReserveNow.conf status. A reservation with the id of an active one replaces it."""
         if self.closing or not self.config.charging.reservations:
             return "Rejected"  # configured not to accept reservations (OCTT TC_048_4)
         if connector_id == 0 and not self.configuration.get_bool("ReserveConnectorZeroSupported"):
             return "Rejected"  # TC_050_4
-        try:
-            expiry = datetime.fromisoformat(expiry_date)
-            if expiry.tzinfo is None:
-                expiry = expiry.replace(tzinfo=UTC)  # OCPP times are UTC
-        except ValueError:
-            log.warning("ReserveNow %d: unreadable expiryDate %r: Rejected", reservation_id, expiry_date)
-            return "Rejected"
-        remaining = (expiry - datetime.now(UTC)).total_seconds()
-        if remaining <= 0:
-            log.warning("ReserveNow %d: expiryDate %s has passed: Rejected", reservation_id, expiry_date)
-            return "Rejected"
-        controllers = {cid: rt.controller for cid, rt in self.connectors.items()}
-        if connector_id == 0:
-            status, held_on = ctl.reserve_any_connector(controllers, reservation_id)
-        else:
-            status, held_on = controllers[connector_id].reservation_answer(reservation_id), connector_id
-        log.info("ReserveNow %d for %s on connector %d until %s: %s", reservation_id, id_tag, connector_id,
-                 expiry_date, status)
-        if status != "Accepted" or held_on is None:
-            return status
-        record = {"connectorId": connector_id, "heldOn": held_on, "idTag": id_tag, "parentIdTag": parent_id_tag,
-                  "expiryDate": expiry.astimezone(UTC).isoformat().replace("+00:00", "Z")}
-        previous = self.reservations.get(reservation_id)
-        self._place_reservation(reservation_id, record)
-        if previous is not None and previous["heldOn"] != held_on:  # replaced by one on another connector
-            self._dispatch(self.connectors[previous["heldOn"]], ctl.ReservationCancelled(reservation_id, "replaced"))
-        return "Accepted"
+        return self.reservations.reserve(connector_id, expiry_date, id_tag, reservation_id, parent_id_tag)
 
     def cancel_reservation(self, reservation_id: int) -> str:
-        record = self.reservations.get(reservation_id)
-        if record is None:
-            log.info("CancelReservation %d: no such reservation: Rejected", reservation_id)
-            return "Rejected"  # TC_052
-        self._dispatch(self.connectors[record["heldOn"]], ctl.ReservationCancelled(reservation_id))
-        return "Accepted"
+        return self.reservations.cancel(reservation_id)
 
-    def _place_reservation(self, reservation_id: int, record: dict) -> None:
-        """Persist the reservation, then hand it to the controller of the connector that holds it."""
-        expiry = datetime.fromisoformat(record["expiryDate"])
-        self.reservations[reservation_id] = record
-        self.journal.set_setting(f"reservation.{reservation_id}", json.dumps(record, sort_keys=True))
-        remaining = (expiry - datetime.now(UTC)).total_seconds()
-        self._dispatch(self.connectors[record["heldOn"]], ctl.ReservationMade(
-            reservation_id, record["idTag"], record["parentIdTag"], self.clock() + remaining,
-            any_connector=record["connectorId"] == 0))
+    def set_charging_profile(self, connector_id: int, profile: dict) -> str:
+        return self.charging_limits.set_profile(connector_id, profile)
 
-    def _restore_reservations(self) -> None:
-        """After a restart: the reservations still valid are held again; the expired ones are forgotten."""
-        for key, value in self.journal.settings("reservation.").items():
-            try:
-                reservation_id, record = int(key), json.loads(value)
-                expiry = datetime.fromisoformat(record["expiryDate"])
-                held_on = int(record["heldOn"])
-            except (ValueError, KeyError, TypeError):
-                log.warning("ignoring an unreadable stored reservation %s: %.100s", key, value)
-                self.journal.delete_setting(f"reservation.{key}")
-                continue
-            if expiry <= datetime.now(UTC) or held_on not in self.connectors:
-                log.info("reservation %d for %s expired while the agent was down", reservation_id, record["idTag"])
-                self.journal.delete_setting(f"reservation.{key}")
-                continue
-            log.info("reservation %d for %s on connector %d restored (until %s)", reservation_id,
-                     record["idTag"], held_on, record["expiryDate"])
-            self._place_reservation(reservation_id, record)
+    def clear_charging_profile(self, profile_id: int | None, connector_id: int | None, purpose: str | None,
+                               stack_level: int | None) -> str:
+        return self.charging_limits.clear(profile_id, connector_id, purpose, stack_level)
 
-    def _reservation_ended(self, rt: ConnectorRuntime, reservation_id: int, reason: str) -> None:
-        record = self.reservations.get(reservation_id)
-        if record is None or record["heldOn"] != rt.id:
-            return  # moved to another connector: that one holds it now
-        del self.reservations[reservation_id]
-        if reason != "used":  # a used one leaves the journal with its StartTransaction, in the same commit
-            self.journal.delete_setting(f"reservation.{reservation_id}")
-        log.info("connector %d: reservation %d %s", rt.id, reservation_id, reason)
-        if record["connectorId"] == 0 and reason in ("faulted", "unavailable"):
-            # a reservation of the station moves to another connector that can hold it, if there is one
-            others = {cid: other.controller for cid, other in self.connectors.items() if cid != rt.id}
-            status, held_on = ctl.reserve_any_connector(others, reservation_id)
-            if status == "Accepted" and held_on is not None:
-                log.info("reservation %d of the station moves to connector %d", reservation_id, held_on)
-                self._place_reservation(reservation_id, {**record, "heldOn": held_on})
-
-    def _station_reservation_used(self, rt: ConnectorRuntime) -> int | None:
-        """A transaction starting on `rt` with the id of a reservation of connector 0 held on another
-        connector uses it: its id goes into StartTransaction and the other connector is free again."""
-        controllers = {cid: other.controller for cid, other in self.connectors.items()}
-        holder = ctl.station_reservation_used(controllers, rt.id)
-        if holder is None:
-            return None
-        reservation = controllers[holder].reservation
-        assert reservation is not None
-        reservation_id = reservation.reservation_id
-        self._dispatch(self.connectors[holder], ctl.ReservationCancelled(reservation_id, "used"))
-        return reservation_id
+    def composite_schedule(self, connector_id: int, duration: int, rate_unit: str | None) -> dict | None:
+        return self.charging_limits.composite_schedule(connector_id, duration, rate_unit)
 
     def reset(self, kind: str) -> None:
         self._spawn(self._reset(kind))
@@ -845,168 +758,6 @@ class Station:
         reboot = self.board.reboot_command if kind == "Hard" else None
         self._restart = RestartRequested(kind, reboot)
         self._shutdown.set()
-
-    # ---- Smart Charging (agent.smart_charging; OCPP in agent.ocpp16_smart_charging) ---------------------
-
-    def _profile_limits(self) -> sc.Limits:
-        cfg = self.configuration
-        names = {v: k for k, v in sc.UNIT_NAMES.items()}
-        return sc.Limits(
-            max_stack_level=cfg.get_int("ChargeProfileMaxStackLevel"),
-            max_periods=cfg.get_int("ChargingScheduleMaxPeriods"),
-            max_profiles=cfg.get_int("MaxChargingProfilesInstalled"),
-            allowed_units=tuple(names[u] for u in cfg.get_list("ChargingScheduleAllowedChargingRateUnit")
-                                if u in names),
-        )
-
-    def _electrical(self, rt: ConnectorRuntime) -> sc.Electrical:
-        """W to A with the connector's phases and the measured L-N voltage (nominal 230 V until known)."""
-        volts = [v for v in (rt.last_reading.voltage_v if rt.last_reading else ()) if v > 50.0]
-        return sc.Electrical(rt.hw.phases, sum(volts) / len(volts) if volts else sc.NOMINAL_VOLTAGE_V)
-
-    def _schedule_transaction(self, rt: ConnectorRuntime, now: datetime) -> sc.Transaction | None:
-        if not rt.controller.transaction_active:
-            return None
-        record = self.journal.transaction(rt.local_tx) if rt.local_tx is not None else None
-        return sc.Transaction(rt.tx_started_at or now, record.csms_id if record else None)
-
-    def _cp_max_share(self) -> int:
-        """A ChargePointMaxProfile limits the station: the connectors in a transaction share it equally."""
-        return max(1, sum(1 for rt in self.connectors.values() if rt.controller.transaction_active))
-
-    def _profiles_changed(self) -> None:
-        self.profile_store.save(self.charging_profiles.profiles)
-        for rt in self.connectors.values():
-            rt.limit_dirty = True
-
-    def _update_charging_limit(self, rt: ConnectorRuntime) -> None:
-        """Each control step: re-evaluate the composite limit when a period boundary (or validFrom/validTo)
-        has passed or something it depends on changed, and feed a new limit to the controller."""
-        now = self.wall_clock()
-        if rt.pending_tx_profile is not None and not rt.controller.transaction_active \
-                and rt.controller.view().authorized_id_tag is None and rt.controller.can_accept_remote_start():
-            log.info("connector %d: the remote start did not lead to a transaction: its TxProfile %d is dropped",
-                     rt.id, rt.pending_tx_profile.id)
-            rt.pending_tx_profile, rt.limit_dirty = None, True
-        if not rt.limit_dirty and rt.charging_limit is not None and now < rt.charging_limit.next_change:
-            return
-        rt.limit_dirty = False
-        profiles = self.charging_profiles.profiles
-        tx = self._schedule_transaction(rt, now)
-        if rt.pending_tx_profile is not None and tx is None:
-            profiles += (rt.pending_tx_profile,)
-            tx = sc.Transaction(now)  # the limit the transaction will start with
-        rt.charging_limit = sc.live_limit(profiles, rt.id, now, self._electrical(rt), tx, self._cp_max_share())
-        limit = rt.charging_limit.limit_a
-        if limit is not None:
-            limit = round(limit, 1)
-        if limit != rt.controller.charging_limit_a:
-            log.info("connector %d: charging limit %s", rt.id, "none" if limit is None else f"{limit:g} A")
-            self._dispatch(rt, ctl.ChargingLimitChanged(limit))
-
-    def _transaction_started_profiles(self, rt: ConnectorRuntime) -> None:
-        rt.tx_started_at = self.wall_clock()
-        pending, rt.pending_tx_profile = rt.pending_tx_profile, None
-        if pending is not None:  # the RemoteStartTransaction's TxProfile now governs its transaction
-            self.charging_profiles.profiles = sc.install(self.charging_profiles.profiles, pending)
-            self._save_profiles_or_log()
-        for other in self.connectors.values():
-            other.limit_dirty = True
-
-    def _end_transaction_profiles(self, rt: ConnectorRuntime) -> None:
-        rt.tx_started_at = None
-        removed = self.charging_profiles.end_transaction(rt.id)
-        if removed:
-            log.info("connector %d: transaction ended, TxProfile(s) %s cleared", rt.id,
-                     ", ".join(str(p.id) for p in removed))
-            self._save_profiles_or_log()
-        for other in self.connectors.values():
-            other.limit_dirty = True
-
-    def _save_profiles_or_log(self) -> None:
-        try:
-            self._profiles_changed()
-        except JournalError as exc:
-            self.journal_failed(exc)
-
-    def _accept_remote_start_profile(self, rt: ConnectorRuntime, data: dict) -> bool:
-        """RemoteStartTransaction with a chargingProfile: only a TxProfile without transactionId (errata
-        3.41, TC_059/TC_060); it governs the transaction from its start."""
-        try:
-            profile = sc.parse_profile(rt.id, data)
-        except sc.ProfileError as exc:
-            log.warning("RemoteStartTransaction: chargingProfile rejected: %s", exc)
-            return False
-        reason = sc.check_profile(profile, self.charging_profiles.profiles, limits=self.charging_profiles.limits,
-                                  transaction=None, for_remote_start=True)
-        if reason is not None:
-            log.warning("RemoteStartTransaction: chargingProfile %d rejected: %s", profile.id, reason)
-            return False
-        rt.pending_tx_profile, rt.limit_dirty = profile, True
-        return True
-
-    def set_charging_profile(self, connector_id: int, data: dict) -> str:
-        try:
-            profile = sc.parse_profile(connector_id, data)
-        except sc.ProfileError as exc:
-            log.warning("SetChargingProfile on connector %d: Rejected: %s", connector_id, exc)
-            return "Rejected"
-        rt = self.connectors.get(connector_id)
-        tx = self._schedule_transaction(rt, self.wall_clock()) if rt is not None else None
-        before = self.charging_profiles.profiles
-        reason = self.charging_profiles.set(profile, tx)
-        if reason is not None:
-            log.warning("SetChargingProfile %d on connector %d: Rejected: %s", profile.id, connector_id, reason)
-            return "Rejected"
-        try:
-            self._profiles_changed()
-        except JournalError as exc:
-            self.charging_profiles.profiles = before
-            log.error("SetChargingProfile %d: cannot be stored: %s", profile.id, exc)
-            return "Rejected"
-        log.info("charging profile %d installed: %s on connector %d, stack level %d", profile.id, profile.purpose,
-                 connector_id, profile.stack_level)
-        return "Accepted"
-
-    def clear_charging_profile(self, profile_id: int | None, connector_id: int | None, purpose: str | None,
-                               stack_level: int | None) -> str:
-        before = self.charging_profiles.profiles
-        removed = self.charging_profiles.clear(profile_id=profile_id, connector_id=connector_id, purpose=purpose,
-                                               stack_level=stack_level)
-        if not removed:
-            return "Unknown"
-        try:
-            self._profiles_changed()
-        except JournalError as exc:
-            self.charging_profiles.profiles = before
-            log.error("ClearChargingProfile: cannot be stored: %s", exc)
-            return "Unknown"
-        log.info("charging profile(s) %s cleared", ", ".join(str(p.id) for p in removed))
-        return "Accepted"
-
-    def composite_schedule(self, connector_id: int, duration: int, rate_unit: str | None) -> dict | None:
-        """GetCompositeSchedule: the limits from now for `duration` s, in A unless W is asked for; intervals
-        no profile limits show what the connector offers anyway (config, outlet and cable limits)."""
-        unit = rate_unit or "A"
-        if unit not in sc.UNITS or duration < 0 or (connector_id != 0 and connector_id not in self.connectors):
-            return None
-        now = self.wall_clock()
-        if connector_id == 0:
-            electrical = sc.Electrical(max(rt.hw.phases for rt in self.connectors.values()))
-            ceiling_a = sum(self._unlimited_current(rt) for rt in self.connectors.values())
-            tx = None
-        else:
-            rt = self.connectors[connector_id]
-            electrical, ceiling_a = self._electrical(rt), self._unlimited_current(rt)
-            tx = self._schedule_transaction(rt, now)
-        schedule = sc.composite(self.charging_profiles.profiles, connector_id, now, duration, unit, electrical, tx,
-                                self._cp_max_share() if connector_id else 1)
-        return schedule.to_ocpp(electrical.from_amps(ceiling_a, unit, None))
-
-    @staticmethod
-    def _unlimited_current(rt: ConnectorRuntime) -> float:
-        c = rt.controller
-        return min(c.settings.max_current_a, c.cable_a) if c.cable_a is not None else c.settings.max_current_a
 
     # ---- firmware installation (agent.firmware) ----------------------------------------------------
 
@@ -1052,7 +803,7 @@ class Station:
                 "transaction_active": view.transaction_active,
                 "transaction_id": record.csms_id if record else None,
                 "id_tag": view.id_tag,
-                "reservation": self._reservation_status(view.reservation),
+                "reservation": self.reservations.status(view.reservation),
                 "energy_wh": reading.energy_wh if reading else None,
                 "power_w": reading.power_w if reading else None,
                 "session_energy_wh": (reading.energy_wh - record.meter_start) if reading and record else None,
@@ -1072,19 +823,9 @@ class Station:
                         "dropped_for_space": self.journal.dropped_for_space,
                         "error": self.storage_error},
             "firmware": self.firmware.status(),
-            "smart_charging": {"profiles": [{"id": p.id, "connector_id": p.connector_id, "purpose": p.purpose,
-                                             "stack_level": p.stack_level}
-                                            for p in self.charging_profiles.profiles]},
+            "smart_charging": self.charging_limits.status(),
             "connectors": connectors,
         }
-
-    def _reservation_status(self, reservation: ctl.ReservationMade | None) -> dict | None:
-        if reservation is None:
-            return None
-        record = self.reservations.get(reservation.reservation_id, {})
-        return {"id": reservation.reservation_id, "id_tag": reservation.id_tag,
-                "parent_id_tag": reservation.parent_id_tag, "expiry_date": record.get("expiryDate"),
-                "any_connector": reservation.any_connector}
 
     def stop_transaction(self, connector_id: int) -> bool:
         rt = self.connectors[connector_id]
