@@ -270,6 +270,9 @@ def format_status(status: dict) -> str:
             parent = f" (parent {reservation['parent_id_tag']})" if reservation.get("parent_id_tag") else ""
             lines.append(f"{'':>4}  reservation {reservation['id']} of {where} for {reservation['id_tag']}{parent}"
                          f" until {reservation.get('expiry_date') or '?'}")
+        if c.get("charging_limit_a") is not None:
+            lines.append(f"{'':>4}  charging profile limit {c['charging_limit_a']:g} A"
+                         + (" (below 6 A: nothing offered)" if c["charging_limit_a"] < 6 else ""))
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from agent.cli import format_status
 from tests.agent_harness import STATION_ID, TAG_OK, calls_since, charge, online, wait_call
 
 pytestmark = pytest.mark.slow
@@ -60,6 +61,7 @@ async def test_tx_default_profile_lowers_the_current_of_the_running_session(csms
     limited = await agent.wait_connector(lambda c: c["offered_current_a"] == 10, what="10 A offered")
     assert limited["pwm_duty"] == pytest.approx(16.67) and limited["charging_limit_a"] == 10
     assert limited["status"] == "Charging" and limited["contactor_closed"]
+    assert "charging profile limit 10 A" in format_status(await agent.status())  # what `evse status` prints
     assert await wait_drawn_current(csms, mark, lambda amps: amps <= 10.05) == pytest.approx(10, abs=0.05)
     await agent.cmd("sim.unplug")
     await agent.wait_connector(lambda c: c["status"] == "Available", what="Available")
