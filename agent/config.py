@@ -75,6 +75,8 @@ class OcppConfig:
     csms_ca_file: Path | None = None
     client_cert_file: Path | None = None
     client_key_file: Path | None = None
+    # Renew the charge point certificate (SignCertificate) this many days before it expires; 0 = never
+    certificate_renewal_days: float = 30.0
     # Station maker's initial OCPP configuration values, validated and in canonical string form.
     configuration: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -387,6 +389,7 @@ def _read_ocpp_security(section: _SectionReader, base_dir: Path) -> None:
         section.values["security_profile"] = value
     section.string("authorization_key_encoding", check=_check_key_encoding)
     section.string("tls_url", check=_check_tls_url)
+    section.number("certificate_renewal_days", minimum=0, maximum=3650)
     for key in ("csms_ca_file", "client_cert_file", "client_key_file"):
         section.string(key, check=_non_empty)
         if key in section.values:
@@ -633,6 +636,9 @@ authorization_key_encoding = "hex-decoded"
 # them (SignCertificate), the key is generated on the station then.
 # client_cert_file = "cp-cert.pem"
 # client_key_file = "cp-key.pem"
+# Ask the CSMS for a new charge point certificate (SignCertificate with a CSR made here) this many days
+# before the installed one expires, once a day until a new one is installed; 0 = only when the CSMS asks.
+certificate_renewal_days = 30
 
 [ocpp.configuration]
 # Initial values of OCPP configuration keys, set by the station maker. Values the CSMS sets with

@@ -85,6 +85,7 @@ class _RedactingFilter(logging.Filter):
 library_log.addFilter(_RedactingFilter())
 
 SUBPROTOCOL = "ocpp1.6"
+CERTIFICATE_RENEWAL_CHECK_S = 3600  # how often the charge point certificate's expiry is looked at
 
 # OCPP-J 1.6 spellings of the codes the library names differently
 _V16_ERROR_CODES = {
@@ -372,6 +373,22 @@ class OcppClient:
             group.create_task(self._send_outgoing(cp))
             group.create_task(self._send_journal(cp))
             group.create_task(self._heartbeat(cp))
+            group.create_task(self._renew_certificate(cp))
+
+    async def _renew_certificate(self, cp: _ChargePoint) -> None:
+        """Ask the CSMS to sign a new charge point certificate before the installed one expires (the
+        whitepaper's A02 renewal, initiated by the station); checked after each registration and hourly."""
+        security = self._station.security
+        while True:
+            try:
+                reason = security.certificate_renewal_due()
+                if reason is not None:
+                    security.certificate_renewal_requested()
+                    log.warning("%s: asking the CSMS to sign a new one (SignCertificate)", reason)
+                    cp.send_sign_certificate()
+            except JournalError as exc:
+                self._station.journal_failed(exc)
+            await asyncio.sleep(CERTIFICATE_RENEWAL_CHECK_S)
 
     async def _register(self, cp: _ChargePoint) -> None:
         cfg = self._config.station

@@ -74,7 +74,7 @@ class SecurityHandlers:
         queue = self._client.queue_follow_up
         try:
             if requested_message == "SignChargePointCertificate":
-                self._send_sign_certificate()
+                self.send_sign_certificate()
             elif requested_message == "LogStatusNotification":
                 queue(self._station.firmware.log_status_notification())
             elif requested_message == "FirmwareStatusNotification":
@@ -85,7 +85,7 @@ class SecurityHandlers:
         except Exception:
             log.exception("ExtendedTriggerMessage %s: the follow-up failed", requested_message)
 
-    def _send_sign_certificate(self) -> None:
+    def send_sign_certificate(self) -> None:
         """A02: new key pair (kept on the station) and CSR, sent with SignCertificate."""
         try:
             csr = self._station.security.new_csr()

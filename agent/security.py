@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -74,6 +75,7 @@ log = logging.getLogger("evse.security")
 
 PROFILE_FALLBACK_ATTEMPTS = 3
 CERTIFICATE_CLOCK_LEEWAY = timedelta(minutes=10)
+RENEWAL_RETRY = timedelta(days=1)  # a renewal the CSMS has not answered with a certificate is asked again
 SECURITY_LOG_MAX_BYTES = 256 * 1024  # two files of this size are kept (rolling, as the whitepaper advises)
 # TLS 1.2 suites; TLS 1.3 suites are OpenSSL's (all AEAD). ECDHE only: forward secrecy, and the whitepaper's
 # TLS_ECDHE_ECDSA_WITH_AES_128/256_GCM set is covered.
@@ -723,6 +725,31 @@ class SecurityManager:
     def installed_certificate_ids(self, kind: str) -> list[dict]:
         """certificateHashData (SHA256) of the installed roots of `kind`."""
         return [certs.hash_data(cert, cert.public_key()) for _, cert in self.store.roots(kind)]
+
+    def certificate_renewal_due(self, now: datetime | None = None) -> str | None:
+        """Why the charge point certificate should be renewed now, or None: it expires within [ocpp]
+        certificate_renewal_days and no renewal was asked for within RENEWAL_RETRY (the CSMS may be slow
+        to sign, or offline)."""
+        days = self._config.ocpp.certificate_renewal_days
+        if days <= 0 or (self._store is None and not self._certs_dir.is_dir()):
+            return None  # no certificate store: `cryptography` is not even loaded
+        chain = self.store.client_chain()
+        if not chain:
+            return None
+        now = now or datetime.now(UTC)
+        expires = chain[0].not_valid_after_utc
+        if expires - now > timedelta(days=days):
+            return None
+        asked = self._journal.settings("security.").get("renewal_requested_at")
+        with contextlib.suppress(ValueError):
+            if asked and now - datetime.fromisoformat(asked) < RENEWAL_RETRY:
+                return None
+        state = "expired" if expires <= now else "expires"
+        return f"the charge point certificate {state} on {expires:%Y-%m-%d %H:%M}Z"
+
+    def certificate_renewal_requested(self, now: datetime | None = None) -> None:
+        """Remember the renewal request (a restart does not ask again at once). Raises JournalError."""
+        self._journal.set_setting("security.renewal_requested_at", (now or datetime.now(UTC)).isoformat())
 
     def new_csr(self) -> str:
         """Generate a key pair (kept on the station) and the CSR for SignCertificate. Raises OSError."""

@@ -10,7 +10,7 @@ TC_085 (Basic auth), TC_086 (server certificate), TC_087 (client certificate).
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -433,3 +433,66 @@ async def _events_until(csms: LocalCsms, since: int, tech_info_part: str) -> lis
     await wait_call(csms, "SecurityEventNotification", since,
                     where=lambda p: tech_info_part in p.get("techInfo", ""), timeout=15)
     return [f for f in csms.calls("SecurityEventNotification") if f.index >= since]
+
+
+async def test_certificate_about_to_expire_is_renewed_by_the_station(tmp_path, servers, agents):
+    """A profile-3 station whose certificate expires within [ocpp] certificate_renewal_days (30) sends
+    SignCertificate on its own after registering, once (not again on the next start within a day); the
+    CSMS's CertificateSigned is installed and the next connection presents the new certificate."""
+    root = make_ca("CSMS Root")
+    context = server_context(tmp_path, issue(root, "csms.test", hosts=LOCALHOST), client_ca=root,
+                             require_client_cert=True)
+    csms = await servers(ssl_context=context)
+    expiring = issue(root, STATION_ID, organization=CPO, client=True, days=10)
+    config = configure(tmp_path, csms.url, profile=3, ca=root, client=expiring, keys={"CpoName": CPO})
+    agent = await agents(tmp_path, config)
+    csr_pem = (await wait_call(csms, "SignCertificate")).payload["csr"]
+    assert "expires on" in agent.log_tail(200) and "asking the CSMS to sign a new one" in agent.log_tail(200)
+
+    await agent.terminate()  # restarted within the day: no second request
+    agent.start()
+    since = len(csms.frames)
+    await csms.wait_connected(STATION_ID)
+    # the renewal check runs as the session starts: a request would be queued behind the boot statuses
+    await wait_call(csms, "StatusNotification", since, lambda p: p["connectorId"] == 1)
+    await get_configuration(csms, ["CpoName"])
+    assert [f for f in csms.frames[since:] if f.action == "SignCertificate"] == []
+
+    renewed = sign_csr(root, csr_pem, days=365)
+    since = len(csms.handshakes)
+    answer = await csms.call(STATION_ID, "CertificateSigned", {"certificateChain": pem(renewed)})
+    assert answer == {"status": "Accepted"}
+    handshake = await wait_handshake(csms, since, lambda h: h.accepted)
+    assert int(handshake.client_cert["serialNumber"], 16) == renewed.serial_number
+
+
+def test_renewal_is_due_within_the_configured_days_and_asked_once_a_day(tmp_path):
+    """certificate_renewal_due with an injected clock: not due 31 days before expiry, due 29 days before,
+    quiet for a day after a request, due again after it; never with certificate_renewal_days = 0."""
+    from agent.config import load_config
+    from agent.journal import Journal
+    from agent.security import SecurityManager
+
+    root = make_ca("CSMS Root")
+    cert = issue(root, STATION_ID, organization=CPO, client=True, days=90)
+    config = configure(tmp_path, "wss://127.0.0.1:1/ocpp", profile=3, ca=root, client=cert)
+    expires = cert.cert.not_valid_after_utc
+    for renewal_days, due_at_29 in ((30, True), (0, False)):
+        text = config.read_text().replace("[ocpp]\n", f"[ocpp]\ncertificate_renewal_days = {renewal_days}\n", 1)
+        config.write_text(text)
+        loaded = load_config(config)
+        journal = Journal(loaded.journal.path)
+        security = SecurityManager(loaded, journal)
+        security.apply_local_settings()  # imports the configured certificate into the store
+        assert security.certificate_renewal_due(expires - timedelta(days=31)) is None
+        due = security.certificate_renewal_due(expires - timedelta(days=29))
+        assert (due is not None) is due_at_29
+        if due_at_29:
+            assert f"expires on {expires:%Y-%m-%d}" in due
+            asked = expires - timedelta(days=29)
+            security.certificate_renewal_requested(asked)
+            assert security.certificate_renewal_due(asked + timedelta(hours=23)) is None
+            assert security.certificate_renewal_due(asked + timedelta(hours=25)) is not None
+            assert "expired on" in security.certificate_renewal_due(expires + timedelta(days=1))
+        journal.close()
+        config.write_text(config.read_text().replace(f"certificate_renewal_days = {renewal_days}\n", "", 1))
