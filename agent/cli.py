@@ -12,6 +12,7 @@ from pathlib import Path
 
 from agent.config import ConfigError, dump_example_config, load_config
 from agent.control import ControlClientError, request
+from hal.sim.connector import FAULT_KINDS as SIM_FAULT_KINDS
 
 EXIT_USAGE = 2
 DEFAULT_SOCKET = Path("/run/evse-agent/control.sock")
@@ -82,8 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim_swipe = sim_sub.add_parser("swipe", help="present a card to the simulated RFID reader")
     sim_swipe.add_argument("tag")
     _add_target(sim_swipe)
-    sim_fault = sim_sub.add_parser("fault", help="inject or clear a hardware fault")
-    sim_fault.add_argument("kind", choices=["meter", "weld", "rcd", "diode"])
+    sim_status = sim_sub.add_parser("status", help="the simulated board's state: EV, contactor, lock, LEDs, meter")
+    sim_status.add_argument("--json", action="store_true", help="print the snapshot as JSON")
+    _add_target(sim_status)
+    sim_fault = sim_sub.add_parser("fault", help="inject or clear a hardware fault (lock: the actuator jams)")
+    sim_fault.add_argument("kind", choices=list(SIM_FAULT_KINDS))
     sim_fault.add_argument("onoff", choices=["on", "off"])
     _add_connector(sim_fault)
     _add_target(sim_fault)
@@ -196,7 +200,25 @@ def _sim(args: argparse.Namespace) -> int:
             request(socket, "sim.swipe", {"tag": args.tag})
         case "fault":
             request(socket, "sim.fault", {"connector": args.connector, "kind": args.kind, "on": args.onoff == "on"})
+        case "status":
+            snapshot = request(socket, "sim.snapshot")
+            print(json.dumps(snapshot) if args.json else format_sim_snapshot(snapshot))
     return 0
+
+
+def format_sim_snapshot(snapshot: dict) -> str:
+    lines = [f"sim board   {snapshot['name']}  ({snapshot['rfid_pending']} card(s) waiting at the reader)"]
+    for c in snapshot["connectors"]:
+        ev = f"EV {c['ev_state']}" + (f" (pinned, SoC {c['soc']:.0%})" if c["pinned"] else
+                                      f" (SoC {c['soc']:.0%})" if c["soc"] is not None else "")
+        lock = "locked" if c["locked"] else "unlocked"
+        if c["lock_commanded"] != c["locked"]:
+            lock += f" (commanded {'locked' if c['lock_commanded'] else 'unlocked'})"
+        contactor = "closed" if c["contactor_feedback"] else "open"
+        lines.append(f"{c['id']:>4}  {ev if c['plugged'] else 'no EV'}  pilot {c['pilot_mode']} {c['duty']:.1f}%  "
+                     f"contactor {contactor}  lock {lock}  LEDs {c['indicator']}  "
+                     f"{c['energy_wh']:.0f} Wh  faults {', '.join(c['faults']) or '-'}")
+    return "\n".join(lines)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -270,6 +292,12 @@ def format_status(status: dict) -> str:
             parent = f" (parent {reservation['parent_id_tag']})" if reservation.get("parent_id_tag") else ""
             lines.append(f"{'':>4}  reservation {reservation['id']} of {where} for {reservation['id_tag']}{parent}"
                          f" until {reservation.get('expiry_date') or '?'}")
+        lock = c.get("lock")
+        if lock and (lock["held_for"] or lock["commanded"] != lock["locked"]):
+            state = "locked" if lock["locked"] else "unlocked"
+            wanted = "locked" if lock["commanded"] else "unlocked"
+            lines.append(f"{'':>4}  lock {state}" + (f", commanded {wanted}" if state != wanted else "")
+                         + (f"; cable held until {lock['held_for']} is presented" if lock["held_for"] else ""))
         if c.get("charging_limit_a") is not None:
             lines.append(f"{'':>4}  charging profile limit {c['charging_limit_a']:g} A"
                          + (" (below 6 A: nothing offered)" if c["charging_limit_a"] < 6 else ""))

@@ -9,7 +9,10 @@ Safety rules held here:
   contactor's mirror contact agrees, and the minimum time since the last close has passed;
 * it opens in the same call that sees any reason to open (C->B, unplug, fault, stop, PWM off);
 * a contactor whose mirror contact stays closed after an open command is welded: the fault
-  latches and the contactor is never closed again until a technician resets it.
+  latches and the contactor is never closed again until a technician resets it;
+* on an outlet with a lock, the transaction starts only once the lock's feedback confirms it locked,
+  and the contactor closes only while it does; a lock that does not follow a command within
+  `lock_timeout_s` is a lock fault (ConnectorLockFailure).
 
 The OCPP-visible connector status is derived from the same state, so the CSMS sees what the
 hardware does.
@@ -21,7 +24,7 @@ import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from hal.interfaces import CpState, PilotMode
+from hal.interfaces import CpState, IndicatorState, PilotMode
 from hal.pilot_math import duty_for_current
 
 
@@ -46,6 +49,7 @@ class Fault(StrEnum):
     METER = "meter"  # energy meter not answering
     DEVICE = "device"  # another device (pilot link, PP, RCD input, mirror contact) cannot be read
     STORAGE = "storage"  # the journal cannot be written: no session may run unrecorded
+    LOCK = "lock"  # lock feedback did not follow a lock/unlock command in time (until unplugged and agreeing)
 
 
 # Fault -> (OCPP ChargePointErrorCode, vendorErrorCode)
@@ -58,6 +62,7 @@ FAULT_ERROR_CODES: dict[Fault, tuple[str, str]] = {
     Fault.METER: ("PowerMeterFailure", "MeterNotAnswering"),
     Fault.DEVICE: ("InternalError", "DeviceNotAnswering"),
     Fault.STORAGE: ("InternalError", "JournalNotWritable"),
+    Fault.LOCK: ("ConnectorLockFailure", "LockFeedbackTimeout"),
 }
 LATCHED_FAULTS = frozenset({Fault.WELD, Fault.CONTACTOR})
 
@@ -91,6 +96,8 @@ class SessionSettings:
     meter_failure_stops: bool = True  # False: a dead meter is reported (warning) but charging goes on
     min_close_interval_s: float = 1.0  # protects the contactor from chattering EVs
     ev_response_grace_s: float = 3.0  # IEC 61851-1: the EV answers a pilot change within 3 s
+    lock_timeout_s: float = 1.0  # the lock's feedback must follow a command within this time
+    unlock_on_ev_side_disconnect: bool = True  # OCPP UnlockConnectorOnEVSideDisconnect
 
 
 # ---- events -------------------------------------------------------------------------------------
@@ -109,6 +116,18 @@ class DiodeChecked:
 @dataclass(frozen=True)
 class ContactorFeedback:
     closed: bool
+
+
+@dataclass(frozen=True)
+class LockFeedback:
+    locked: bool  # the lock's position switch
+
+
+@dataclass(frozen=True)
+class UnlockRequested:
+    """UnlockConnector (OCPP §5.18): stop a running transaction (UnlockCommand), release a cable held after
+    an EV-side disconnect, and command the lock open again, even if it already is commanded open (a retry
+    of a lock that failed to open)."""
 
 
 @dataclass(frozen=True)
@@ -214,6 +233,8 @@ Event = (
     PilotChanged
     | DiodeChecked
     | ContactorFeedback
+    | LockFeedback
+    | UnlockRequested
     | CableDetected
     | FaultChanged
     | IdTagPresented
@@ -323,6 +344,16 @@ class _Transaction:
     energy_blocked: bool = False  # CSMS said the id is invalid and StopTransactionOnInvalidId is false
 
 
+@dataclass
+class _LockHold:
+    """The cable of a transaction that ended at an EV-side disconnect stays locked until its owner (the same
+    id, or an id of the same parent id) presents the card, or the CSMS unlocks it
+    (UnlockConnectorOnEVSideDisconnect = false)."""
+
+    id_tag: str
+    parent_id_tag: str | None
+
+
 @dataclass(frozen=True)
 class ConnectorView:
     """Read-only picture of a connector for status displays and the OCPP layer."""
@@ -342,6 +373,10 @@ class ConnectorView:
     operative: bool
     availability_scheduled: bool
     reservation: ReservationMade | None = None
+    lock_commanded: bool = False
+    lock_feedback: bool = False
+    lock_held_for: str | None = None  # the id whose card releases the cable (UnlockConnectorOnEVSideDisconnect)
+    vendor_error_code: str | None = None
 
 
 @dataclass
@@ -364,6 +399,9 @@ class ConnectorController:
     _pwm_since: float | None = None
     _ev_answered_pwm: bool = False  # the EV went to C/D since the PWM started
     _lock_cmd: bool = False
+    _lock_cmd_at: float = -math.inf  # never commanded: the first step commands the lock open
+    lock_feedback: bool = False
+    _lock_hold: _LockHold | None = None
     _status: StatusChanged | None = None
 
     _auth: _Authorization | None = None
@@ -382,6 +420,7 @@ class ConnectorController:
         out: list[Command] = []
         self._apply(event, out)
         self._check_contactor_feedback(out)
+        self._check_lock_feedback(out)
         self._expire_authorization(out)
         self._expire_reservation(out)
         self._reconcile(out)
@@ -410,7 +449,8 @@ class ConnectorController:
         r = self._reservation
         if r is not None and id_tag is not None and r.parent_id_tag is None and not _same_id(id_tag, r.id_tag):
             return False
-        return self._tx is None and self.operative and not self.faults and self._authorizing is None
+        return (self._tx is None and self.operative and not self.faults and self._authorizing is None
+                and self._lock_hold is None)
 
     @property
     def reservation(self) -> ReservationMade | None:
@@ -423,7 +463,7 @@ class ConnectorController:
             return "Faulted"
         if not self.operative:
             return "Unavailable"
-        if self._tx is not None:
+        if self._tx is not None or self._lock_hold is not None:
             return "Occupied"
         if self._reservation is not None and self._reservation.reservation_id == reservation_id:
             return "Accepted"
@@ -445,6 +485,11 @@ class ConnectorController:
     @property
     def contactor_commanded(self) -> bool:
         return self._contactor_cmd
+
+    @property
+    def lock_held_for(self) -> str | None:
+        """The id whose card releases a cable held locked after an EV-side disconnect."""
+        return self._lock_hold.id_tag if self._lock_hold else None
 
     @property
     def blocking_faults(self) -> set[Fault]:
@@ -472,6 +517,7 @@ class ConnectorController:
             contactor_feedback=self.feedback_closed,
             status=status.status,
             error_code=status.error_code,
+            vendor_error_code=status.vendor_error_code,
             faults=tuple(sorted(self.faults)),
             transaction_active=self._tx is not None,
             id_tag=self._tx.id_tag if self._tx else None,
@@ -479,6 +525,9 @@ class ConnectorController:
             operative=self.operative,
             availability_scheduled=self._inoperative_scheduled,
             reservation=self._reservation,
+            lock_commanded=self._lock_cmd,
+            lock_feedback=self.lock_feedback,
+            lock_held_for=self.lock_held_for,
         )
 
     # ---- event handling ------------------------------------------------------------------------
@@ -493,12 +542,16 @@ class ConnectorController:
                     self._raise_fault(Fault.DIODE, out)
             case ContactorFeedback(closed):
                 self.feedback_closed = closed
+            case LockFeedback(locked):
+                self.lock_feedback = locked
+            case UnlockRequested():
+                self._on_unlock_requested(out)
             case CableDetected(ampacity):
                 self.cable_a = ampacity
             case FaultChanged(fault, active):
                 if active:
                     self._raise_fault(fault, out)
-                elif fault not in LATCHED_FAULTS and fault is not Fault.DIODE:
+                elif fault not in LATCHED_FAULTS and fault not in (Fault.DIODE, Fault.LOCK):
                     self.faults.discard(fault)
             case IdTagPresented(id_tag):
                 self._on_id_tag(id_tag, out)
@@ -530,6 +583,8 @@ class ConnectorController:
             case ResetLatchedFaults():
                 if self.feedback_closed == self._contactor_cmd:  # only once the mirror contact agrees
                     self.faults -= LATCHED_FAULTS
+                if self.lock_feedback == self._lock_cmd:  # only once the lock is where it was commanded
+                    self.faults.discard(Fault.LOCK)
             case ChargingLimitChanged(limit_a):
                 self.charging_limit_a = limit_a
             case Tick():
@@ -554,7 +609,31 @@ class ConnectorController:
             self._stop(StopReason.EV_DISCONNECTED, None, out)
         self._finishing = False
 
+    def _on_unlock_requested(self, out: list[Command]) -> None:
+        if self._tx is not None:
+            self._stop(StopReason.UNLOCK_COMMAND, None, out)
+        if self._lock_hold is not None:
+            out.append(Notice(f"cable held for {self._lock_hold.id_tag} released by an unlock command"))
+            self._lock_hold = None
+        if self._auth is not None and self._lock_cmd:  # locking to start a session: the CSMS wants it open
+            out.append(Notice(f"authorization for {self._auth.id_tag} dropped: connector unlocked by command"))
+            self._auth = None
+        self._lock_cmd = False
+        self._lock_cmd_at = self._now  # a new deadline for the feedback (a retry if it failed to open)
+        out.append(SetLock(False))
+
     def _on_id_tag(self, id_tag: str, out: list[Command]) -> None:
+        hold = self._lock_hold
+        if self._tx is None and hold is not None:
+            if _same_id(id_tag, hold.id_tag):
+                self._lock_hold = None
+                out.append(Notice(f"card {id_tag}: cable released"))
+            elif hold.parent_id_tag is not None:
+                self._authorizing = id_tag  # the answer tells whether the card has the owner's parent id
+                out.append(RequestAuthorization(id_tag))
+            else:
+                out.append(Notice(f"card {id_tag} ignored: the cable stays locked until {hold.id_tag} is presented"))
+            return
         if self._tx is not None:
             if id_tag == self._tx.id_tag:
                 self._stop(StopReason.LOCAL, id_tag, out)
@@ -594,6 +673,14 @@ class ConnectorController:
         if self._authorizing != id_tag:
             return  # stale answer (the session moved on)
         self._authorizing = None
+        hold = self._lock_hold
+        if self._tx is None and hold is not None:
+            if accepted and parent is not None and hold.parent_id_tag is not None and _same_id(parent, hold.parent_id_tag):
+                self._lock_hold = None
+                out.append(Notice(f"card {id_tag} (parent id {parent}): cable released"))
+            else:
+                out.append(Notice(f"card {id_tag} may not release the cable held for {hold.id_tag}"))
+            return
         if self._tx is not None:
             same_group = parent is not None and parent == self._tx.parent_id_tag
             if accepted and same_group:
@@ -645,13 +732,21 @@ class ConnectorController:
             return
         self.faults.add(fault)
         out.append(Notice(f"fault: {fault.value}"))
+        if fault is Fault.LOCK and self._tx is None and self._auth is not None:
+            out.append(Notice(f"authorization for {self._auth.id_tag} dropped: the connector could not be locked"))
+            self._auth = None  # no transaction without a locked plug (OCTT TC_024)
         if self._tx is not None and fault in self.blocking_faults:
             self._stop(StopReason.OTHER, None, out)
 
     def _stop(self, reason: StopReason, id_tag: str | None, out: list[Command]) -> None:
         assert self._tx is not None
-        self._tx = None
+        tx, self._tx = self._tx, None
         self._auth = None
+        if (self.has_lock and self._lock_cmd and not self.plugged and id_tag is None
+                and not self.settings.unlock_on_ev_side_disconnect and reason is not StopReason.UNLOCK_COMMAND):
+            # EV side gone, UnlockConnectorOnEVSideDisconnect false: the cable stays locked for its owner
+            self._lock_hold = _LockHold(tx.id_tag, tx.parent_id_tag)
+            out.append(Notice(f"cable stays locked until {tx.id_tag} is presented (UnlockConnectorOnEVSideDisconnect)"))
         self._finishing = self.plugged
         out.append(StopTransaction(reason, id_tag))
         if self._inoperative_scheduled:
@@ -667,6 +762,18 @@ class ConnectorController:
         if not settled or self.feedback_closed == self._contactor_cmd:
             return
         self._raise_fault(Fault.CONTACTOR if self._contactor_cmd else Fault.WELD, out)
+
+    def _check_lock_feedback(self, out: list[Command]) -> None:
+        if not self.has_lock:
+            return
+        agrees = self.lock_feedback == self._lock_cmd
+        if agrees:
+            if Fault.LOCK in self.faults and not self.plugged:
+                self.faults.discard(Fault.LOCK)  # nothing plugged and the lock works again: the next EV retries
+                out.append(Notice("lock fault cleared: the lock follows its command again"))
+            return
+        if self._now - self._lock_cmd_at >= self.settings.lock_timeout_s:
+            self._raise_fault(Fault.LOCK, out)
 
     def _expire_authorization(self, out: list[Command]) -> None:
         auth = self._auth
@@ -688,13 +795,17 @@ class ConnectorController:
         if self._reservation is not None and (self.blocking_faults or not self.operative):
             # §5.13: a reservation ends when its connector becomes Faulted or Unavailable
             self._end_reservation("faulted" if self.blocking_faults else "unavailable", out)
-        if (
+        ready_to_start = (
             self._tx is None
             and self._auth is not None
             and self.plugged
             and self.operative
             and not self.faults
-        ):
+        )
+        # an outlet with a lock locks the plug first: the transaction starts once the feedback confirms it
+        locking_to_start = ready_to_start and self.has_lock and not (self._lock_cmd and self.lock_feedback)
+        if ready_to_start and not locking_to_start:
+            assert self._auth is not None
             auth, self._auth = self._auth, None
             reservation_id = None
             if self._reservation is not None and self.admits(auth.id_tag, auth.parent_id_tag):
@@ -707,9 +818,14 @@ class ConnectorController:
             else:  # authorized before the connector was reserved for someone else
                 out.append(Notice(f"authorization for {auth.id_tag} dropped: the connector is reserved"))
 
-        want_lock = self.has_lock and self._tx is not None and self.plugged
-        if want_lock != self._lock_cmd:
+        want_lock = self.has_lock and (
+            locking_to_start
+            or self._lock_hold is not None
+            or (self._tx is not None and (self.plugged or not self.settings.unlock_on_ev_side_disconnect))
+        )
+        if want_lock != self._lock_cmd or (self.has_lock and self._lock_cmd_at == -math.inf):
             self._lock_cmd = want_lock
+            self._lock_cmd_at = self._now
             out.append(SetLock(want_lock))
 
         pilot = self._desired_pilot()
@@ -771,6 +887,8 @@ class ConnectorController:
             and self._pilot_out.mode is PilotMode.PWM
             and self._ev_requests_power()
             and self.diode_ok
+            # on an outlet with a lock, only while its feedback confirms the plug locked
+            and (not self.has_lock or (self._lock_cmd and self.lock_feedback))
             # a closed mirror contact while commanded open means welded contacts
             and (self._contactor_cmd or not self.feedback_closed or not self.settings.feedback_supervised)
         )
@@ -804,6 +922,8 @@ class ConnectorController:
             return StatusChanged(ConnectorStatus.SUSPENDED_EV)
         if not self.operative:
             return StatusChanged(ConnectorStatus.UNAVAILABLE)
+        if self._lock_hold is not None:  # the session is over, but its cable is still locked in the outlet
+            return StatusChanged(ConnectorStatus.FINISHING)
         if self._reservation is not None and self._auth is None:
             return StatusChanged(ConnectorStatus.RESERVED)  # until the reserved id is authorized here
         if self.plugged:
@@ -814,8 +934,22 @@ class ConnectorController:
 
 
 _FAULT_SEVERITY = [
-    Fault.WELD, Fault.RCD, Fault.CONTACTOR, Fault.STORAGE, Fault.DEVICE, Fault.PILOT, Fault.DIODE, Fault.METER,
+    Fault.WELD, Fault.RCD, Fault.CONTACTOR, Fault.LOCK, Fault.STORAGE, Fault.DEVICE, Fault.PILOT, Fault.DIODE,
+    Fault.METER,
 ]
+
+
+def indicator_for(status: ConnectorStatus) -> IndicatorState:
+    """What the connector's status LEDs show for an OCPP connector status."""
+    match status:
+        case ConnectorStatus.FAULTED:
+            return IndicatorState.FAULT
+        case ConnectorStatus.UNAVAILABLE:
+            return IndicatorState.OFF
+        case ConnectorStatus.CHARGING | ConnectorStatus.SUSPENDED_EV | ConnectorStatus.SUSPENDED_EVSE:
+            return IndicatorState.CHARGING
+        case _:  # Available, Preparing, Reserved, Finishing: the outlet is there for its driver
+            return IndicatorState.READY
 
 
 def _same_id(a: str, b: str) -> bool:
@@ -838,6 +972,8 @@ def route_id_tag(controllers: dict[int, ConnectorController], id_tag: str) -> in
     for cid, ctl in controllers.items():
         if ctl.transaction_id_tag == id_tag:
             return cid  # stopping one's own session
+        if ctl.lock_held_for is not None and _same_id(ctl.lock_held_for, id_tag) and not ctl.transaction_active:
+            return cid  # releasing one's own cable (UnlockConnectorOnEVSideDisconnect = false)
     for cid, ctl in controllers.items():
         reservation = ctl.reservation
         if reservation is not None and _same_id(reservation.id_tag, id_tag) and not ctl.transaction_active:
@@ -850,7 +986,8 @@ def route_id_tag(controllers: dict[int, ConnectorController], id_tag: str) -> in
     # a connector reserved for someone else is the last choice: only the reservation's parent id may let the
     # card in there (the connector's controller refuses the card, without asking the CSMS, if it has none)
     for reserved_too in (False, True):
-        candidates = {cid: ctl for cid, ctl in controllers.items() if reserved_too or ctl.reservation is None}
+        candidates = {cid: ctl for cid, ctl in controllers.items()
+                      if (reserved_too or ctl.reservation is None) and ctl.lock_held_for is None}
         for cid, ctl in candidates.items():
             if ctl.plugged and not ctl.transaction_active and ctl.operative and not ctl.faults:
                 return cid  # EV waiting for authorization
@@ -858,7 +995,12 @@ def route_id_tag(controllers: dict[int, ConnectorController], id_tag: str) -> in
             if not ctl.transaction_active and ctl.operative and not ctl.faults and not ctl.plugged:
                 return cid  # authorize first, plug in afterwards
     running = [cid for cid, ctl in controllers.items() if ctl.transaction_active]
-    return running[0] if len(running) == 1 else None
+    if len(running) == 1:
+        return running[0]
+    for cid, ctl in controllers.items():
+        if ctl.lock_held_for is not None:
+            return cid  # a card that may share the held cable's parent id: that connector asks the CSMS
+    return None
 
 
 def reserve_any_connector(controllers: dict[int, ConnectorController], reservation_id: int) -> tuple[str, int | None]:

@@ -110,7 +110,7 @@ class StationPort(Protocol):
 
     def change_availability(self, connector_id: int, operative: bool) -> str: ...
 
-    def unlock_connector(self, connector_id: int) -> str: ...
+    async def unlock_connector(self, connector_id: int) -> str: ...
 
     def reset(self, kind: str) -> None: ...
 
@@ -741,10 +741,11 @@ class _ChargePoint(SecurityHandlers, FirmwareHandlers, SmartChargingHandlers, Re
         return call_result.ChangeConfiguration(status=status)
 
     @on(Action.unlock_connector)
-    def on_unlock_connector(self, connector_id: int, **_):
+    async def on_unlock_connector(self, connector_id: int, **_):
         if not self._known_connector(connector_id):
             return call_result.UnlockConnector(status="NotSupported")  # errata 3.85
-        return call_result.UnlockConnector(status=self._station.unlock_connector(connector_id))
+        # waits (at most the lock deadline, about 1 s) for the lock's feedback to read open
+        return call_result.UnlockConnector(status=await self._station.unlock_connector(connector_id))
 
     @on(Action.clear_cache)
     def on_clear_cache(self, **_):

@@ -44,6 +44,7 @@ from hal.interfaces import (
     ConnectorHardware,
     CpState,
     HardwareError,
+    IndicatorState,
     MeterError,
     MeterReading,
     PilotMode,
@@ -163,6 +164,7 @@ class Station:
             authorize_remote_tx=cfg.get_bool("AuthorizeRemoteTxRequests"),
             feedback_supervised=hw.contactor.has_mirror_contact,
             meter_failure_stops=self.config.charging.meter_failure == "stop",
+            unlock_on_ev_side_disconnect=cfg.get_bool("UnlockConnectorOnEVSideDisconnect"),
         )
 
     def configuration_changed(self, key: str, value: str) -> None:
@@ -334,6 +336,7 @@ class Station:
             reading = _read(unreadable, "control pilot", hw.pilot.read)
             tripped = _read(unreadable, "RCD", hw.rcd.tripped) if hw.rcd is not None else None
             feedback = _read(unreadable, "contactor mirror contact", hw.contactor.feedback_closed)
+            locked = _read(unreadable, "connector lock", hw.lock.is_locked) if hw.lock is not None else None
             ampacity = None
             if hw.proximity is not None and c.plugged:
                 ampacity = _read(unreadable, "proximity pilot", hw.proximity.read_ampacity)
@@ -348,6 +351,8 @@ class Station:
                 self._dispatch(rt, ctl.FaultChanged(ctl.Fault.RCD, tripped))
             if feedback is not None and feedback != c.feedback_closed:
                 self._dispatch(rt, ctl.ContactorFeedback(feedback))
+            if locked is not None and locked != c.lock_feedback:
+                self._dispatch(rt, ctl.LockFeedback(locked))
             if "proximity pilot" not in unreadable and ampacity != c.cable_a:
                 self._dispatch(rt, ctl.CableDetected(ampacity))
             self.charging_limits.update(rt)
@@ -403,8 +408,18 @@ class Station:
                 log.info("connector %d: %s%s", rt.id, status.value,
                          "" if error_code == "NoError" else f" ({error_code}/{vendor_code})")
                 self.ocpp.send_status(rt.id, status.value, error_code, info, vendor_code)
+                self._indicate(rt, ctl.indicator_for(status))
             case ctl.Notice(text):
                 log.info("connector %d: %s", rt.id, text)
+
+    def _indicate(self, rt: ConnectorRuntime, state: IndicatorState) -> None:
+        """Status LEDs follow the connector status; a LED that cannot be driven is logged, never a fault."""
+        if rt.hw.indicator is None:
+            return
+        try:
+            rt.hw.indicator.indicate(state)
+        except Exception as exc:  # gpiozero raises its own errors: a LED must never stop a control step
+            log.warning("connector %d: status indicator cannot show %s: %s", rt.id, state.value, exc)
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
@@ -620,10 +635,9 @@ class Station:
         result = [{"connector_id": 0, "status": station}]
         for rt in self.connectors.values():
             view = rt.controller.view()
-            code, vendor = ctl.FAULT_ERROR_CODES.get(ctl.Fault(view.faults[0]), ("NoError", None)) if view.faults \
-                else ("NoError", None)
-            result.append({"connector_id": rt.id, "status": view.status.value, "error_code": code,
-                           "vendor_error_code": vendor})
+            # the error code of the status the controller derived: its most severe fault's
+            result.append({"connector_id": rt.id, "status": view.status.value, "error_code": view.error_code,
+                           "vendor_error_code": view.vendor_error_code})
         return result
 
     def meter_values_now(self, connector_id: int) -> list[dict]:
@@ -677,14 +691,29 @@ class Station:
             scheduled |= rt.controller.view().availability_scheduled
         return "Scheduled" if scheduled else "Accepted"
 
-    def unlock_connector(self, connector_id: int) -> str:
+    async def unlock_connector(self, connector_id: int) -> str:
+        """UnlockConnector (§5.18): the controller stops a running transaction (UnlockCommand), releases a
+        held cable and commands the lock open; Unlocked once the lock's feedback reads open, UnlockFailed if
+        it does not within the lock deadline (the controller then also reports ConnectorLockFailure)."""
         rt = self.connectors[connector_id]
-        if rt.hw.lock is None:
+        lock = rt.hw.lock
+        if lock is None:
             return "NotSupported"
-        if rt.controller.transaction_active:
-            self._dispatch(rt, ctl.StopRequested(ctl.StopReason.UNLOCK_COMMAND))
-        rt.hw.lock.set_locked(False)
-        return "UnlockFailed" if rt.hw.lock.is_locked() else "Unlocked"
+        self._dispatch(rt, ctl.UnlockRequested())
+        deadline = time.monotonic() + rt.controller.settings.lock_timeout_s
+        while True:
+            try:
+                locked = lock.is_locked()
+            except HardwareError as exc:
+                log.warning("connector %d: unlock: the lock cannot be read: %s", rt.id, exc)
+                locked = True  # not confirmed open
+            if not locked:
+                log.info("connector %d: unlocked by the CSMS", rt.id)
+                return "Unlocked"
+            if time.monotonic() >= deadline:
+                log.warning("connector %d: unlock failed: the lock still reads locked", rt.id)
+                return "UnlockFailed"
+            await asyncio.sleep(0.02)
 
     def transaction_message_delivered(self, message: QueuedMessage, response: dict) -> None:
         info = response.get("idTagInfo") or {}
@@ -809,6 +838,10 @@ class Station:
                 "session_energy_wh": (reading.energy_wh - record.meter_start) if reading and record else None,
                 "meter_ok": rt.meter_failures < METER_FAILURES_FOR_FAULT,
                 "charging_limit_a": rt.controller.charging_limit_a,  # Smart Charging; None: no limit
+                "lock": None if rt.hw.lock is None else {
+                    "commanded": view.lock_commanded, "locked": view.lock_feedback,
+                    "held_for": view.lock_held_for},
+                "indicator": rt.hw.indicator.shown.value if rt.hw.indicator is not None else None,
             })
         return {
             "station": {"id": self.config.station.id, "pid": os.getpid(),

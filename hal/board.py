@@ -254,7 +254,7 @@ BACKEND_TABLES: dict[str, tuple[str, ...]] = {
 # Connector keys a back-end accepts besides COMMON_CONNECTOR_KEYS (its builder validates them).
 BACKEND_CONNECTOR_KEYS: dict[str, tuple[str, ...]] = {
     "sim": ("cable_ampacity_a",),
-    "devices": ("pilot", "contactor", "meter", "proximity", "lock", "rcd"),
+    "devices": ("pilot", "contactor", "meter", "proximity", "lock", "rcd", "leds"),
 }
 
 

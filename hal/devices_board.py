@@ -19,6 +19,7 @@ and the module that implements it builds it from the rest of the table (hal/buil
     [connectors.lock]       "gpio" | "coprocessor"                    the lock actuator; a socket without
                                                                       one says lock = false instead
     [connectors.rcd]        "gpio" | "coprocessor"                                           optional
+    [connectors.leds]       "gpio" (ready / charging / fault LEDs, driven from the OCPP status) optional
 
 Pairings are checked, because a wrong one could never close or would bypass a safety path:
 * a "modbus-evse" contactor is the pilot's EVSE board itself (one object: the board switches its relay);
@@ -295,6 +296,13 @@ class _Builder:
                 f"actuator in a [connectors.lock] table, or set lock = false for a socket without one"
             )
         rcd = self.build_optional(conn.get("rcd"), index, "rcd", RCD_BACKENDS, cid)
+        indicator = None
+        leds_table = self.device_table(conn, index, "leds", required=False)
+        if leds_table is not None:
+            from hal.gpio import build_status_leds
+
+            self.ensure_pin_factory(leds_table)
+            indicator = self.made(build_status_leds(leds_table, self.ctx))
         return ConnectorHardware(
             connector_id=cid,
             pilot=pilot,
@@ -303,6 +311,7 @@ class _Builder:
             proximity=proximity,
             lock=lock,
             rcd=rcd,
+            indicator=indicator,
             max_current_a=conn["max_current_a"],
             phases=conn["phases"],
         )

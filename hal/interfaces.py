@@ -124,11 +124,36 @@ class Contactor(abc.ABC):
 
 class ConnectorLock(abc.ABC):
     @abc.abstractmethod
-    def set_locked(self, locked: bool) -> None: ...
+    def set_locked(self, locked: bool) -> None:
+        """Command the actuator; it takes a moment to move (is_locked() tells when it got there)."""
 
     @abc.abstractmethod
     def is_locked(self) -> bool:
-        """Lock feedback."""
+        """Lock feedback: the position switch, never the command. The controller raises a lock fault
+        (ConnectorLockFailure) when it does not follow a command within SessionSettings.lock_timeout_s."""
+
+
+class IndicatorState(StrEnum):
+    """What a connector's status indicator shows (agent.controller.indicator_for maps OCPP statuses)."""
+
+    OFF = "off"  # unavailable: nothing lit
+    READY = "ready"  # free, or waiting for the EV / the card / the driver to take the cable
+    CHARGING = "charging"  # a transaction runs (energy flowing or suspended)
+    FAULT = "fault"  # Faulted
+
+
+class StatusIndicator(abc.ABC):
+    """Optional status lights of a connector (LEDs, a light ring). Failing to light one is never a fault
+    of the session: the agent logs it and goes on."""
+
+    @abc.abstractmethod
+    def indicate(self, state: IndicatorState) -> None:
+        """Show this state."""
+
+    @property
+    @abc.abstractmethod
+    def shown(self) -> IndicatorState:
+        """The state shown now (OFF before the first indicate())."""
 
 
 class ResidualCurrentMonitor(abc.ABC):
@@ -174,6 +199,7 @@ class ConnectorHardware:
     proximity: ProximityPilot | None = None  # None for a fixed (tethered) cable
     lock: ConnectorLock | None = None
     rcd: ResidualCurrentMonitor | None = None
+    indicator: StatusIndicator | None = None  # status LEDs, when the outlet has them
     max_current_a: float = 16.0  # rating of this outlet's wiring
     phases: int = 3
 
@@ -195,7 +221,8 @@ class Board:
         """Every device object once (a bus or a co-processor may serve several connectors)."""
         seen: dict[int, object] = {}
         for conn in self.connectors:
-            for device in (conn.pilot, conn.contactor, conn.meter, conn.proximity, conn.lock, conn.rcd):
+            for device in (conn.pilot, conn.contactor, conn.meter, conn.proximity, conn.lock, conn.rcd,
+                           conn.indicator):
                 if device is not None:
                     seen.setdefault(id(device), device)
         if self.rfid is not None:

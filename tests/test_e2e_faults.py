@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.agent_harness import STATION_ID, TAG_OK, charge
+from tests.agent_harness import STATION_ID, TAG_OK, charge, wait_call
 
 pytestmark = pytest.mark.slow
 
@@ -69,3 +69,16 @@ async def test_meter_recovering_clears_the_fault(csms, run_agent):
     await agent.wait_connector(lambda c: c["status"] == "Available" and c["meter_ok"], what="recovered")
     statuses = [f.payload["status"] for f in csms.calls("StatusNotification") if f.payload["connectorId"] == 1]
     assert statuses[-2:] == ["Faulted", "Available"]
+
+
+async def test_status_on_connecting_reports_the_most_severe_of_two_faults(csms, run_agent):
+    """The StatusNotification sent on (re)connecting carries the error code of the most severe active
+    fault (an RCD trip before a dead meter), the same code the live Faulted notification had."""
+    csms.refuse_connections = True
+    agent = await run_agent(csms)
+    await agent.cmd("sim.fault", kind="meter", on=True)
+    await agent.cmd("sim.fault", kind="rcd", on=True)
+    await agent.wait_connector(lambda c: set(c["faults"]) >= {"meter", "rcd"}, timeout=15, what="both faults")
+    csms.refuse_connections = False
+    frame = await wait_call(csms, "StatusNotification", where=lambda p: p["connectorId"] == 1, timeout=30)
+    assert (frame.payload["status"], frame.payload["errorCode"]) == ("Faulted", "GroundFailure")

@@ -1,12 +1,14 @@
 """GPIO back-ends on gpiozero's MockFactory: pins are driven like real inputs, time comes from a fake clock."""
 
+import asyncio
 import time
 from pathlib import Path
 
 import pytest
 from gpiozero.pins.mock import MockConnectedPin, MockFactory
 
-from hal.board import BoardConfigError, ConfigTable
+from agent.controller import ConnectorStatus, indicator_for
+from hal.board import BoardConfigError, ConfigTable, load_board
 from hal.build import BuildContext
 from hal.gpio import (
     Debouncer,
@@ -20,6 +22,7 @@ from hal.gpio import (
     build_rcd,
     build_status_leds,
 )
+from hal.interfaces import IndicatorState
 
 COIL, MIRROR, MIRROR_2 = 17, 27, 26
 TRIP, TEST = 22, 23
@@ -324,6 +327,43 @@ def test_status_leds_light_the_configured_ones(factory):
     leds.show(ready=True, charging=True)
     assert leds.lit() == {"ready": True, "fault": False}
     assert level(factory, 20) == 1 and level(factory, 21) == 0
+
+
+@pytest.mark.parametrize(("state", "lit"), [
+    (IndicatorState.READY, (1, 0, 0)),
+    (IndicatorState.CHARGING, (0, 1, 0)),
+    (IndicatorState.FAULT, (0, 0, 1)),
+    (IndicatorState.OFF, (0, 0, 0)),
+])
+def test_status_leds_indicate_one_state_at_a_time(factory, state, lit):
+    leds = StatusLeds(ready_pin=19, charging_pin=20, fault_pin=21, active_high=False, pin_factory=factory)
+    assert leds.shown is IndicatorState.OFF
+    leds.indicate(IndicatorState.FAULT)
+    leds.indicate(state)
+    assert leds.shown is state
+    assert tuple(1 - level(factory, pin) for pin in (19, 20, 21)) == lit  # active low: lit = pin low
+
+
+def test_board_leds_table_gives_the_connector_a_status_indicator(tmp_path):
+    """A [connectors.leds] table in a devices board builds StatusLeds as the connector's indicator, on the
+    board's pin factory (here a dry run's MockFactory), which the station drives from the OCPP status."""
+    shipped = Path(__file__).resolve().parent.parent / "board-configs" / "pi-relay-mcp3008-sdm630-pn532.toml"
+    path = tmp_path / "board.toml"
+    path.write_text(shipped.read_text() + '\n[connectors.leds]\nbackend = "gpio"\nready_pin = 16\n'
+                                          'charging_pin = 20\nfault_pin = 21\n')
+    board = load_board(path, dry_run=True)
+    try:
+        indicator = board.connectors[0].indicator
+        assert isinstance(indicator, StatusLeds)
+        indicator.indicate(indicator_for(ConnectorStatus.CHARGING))
+        assert indicator.lit() == {"ready": False, "charging": True, "fault": False}
+        assert board.pin_factory.pin(20).state
+    finally:
+        asyncio.run(board.close())
+
+    path.write_text(path.read_text().replace("fault_pin = 21", "fault_pin = 13"))  # the lock's feedback pin
+    with pytest.raises(BoardConfigError, match=r"\[\[connectors\]\]\[0\]\.leds: cannot set up the GPIO device"):
+        load_board(path, dry_run=True)
 
 
 # ---- builders --------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from hal.interfaces import Board, CpState, MeterError, PilotMode
+from hal.interfaces import Board, CpState, IndicatorState, MeterError, PilotMode
 from hal.pilot_math import duty_for_current
 from hal.sim import SimBoard, SimConnectorSpec, SimEvSpec
 
@@ -333,6 +333,34 @@ def test_rcd_trip_cannot_open_welded_contacts(clock):
     sim.set_fault("weld", True)
     sim.set_fault("rcd", True)
     assert hw.contactor.feedback_closed() is True
+
+
+def test_lock_feedback_follows_the_command_unless_jammed(clock):
+    sim = make_sim(clock, [SimConnectorSpec(1), SimConnectorSpec(2, cable_ampacity_a=None, has_lock=False)])
+    lock = sim.as_board().connectors[0].lock
+    lock.set_locked(True)
+    assert lock.is_locked()
+    sim.set_fault("lock", True)  # jammed locked: an unlock command does not move it
+    lock.set_locked(False)
+    assert lock.is_locked()
+    shown = sim.snapshot()["connectors"][0]
+    assert (shown["locked"], shown["lock_commanded"], shown["faults"]) == (True, False, ["lock"])
+    sim.set_fault("lock", False)  # freed, it goes where it was last commanded
+    assert not lock.is_locked()
+    sim.set_fault("lock", True)  # jammed open: a lock command does not move it
+    lock.set_locked(True)
+    assert not lock.is_locked()
+    with pytest.raises(ValueError, match="connector 2 has no lock"):
+        sim.set_fault("lock", True, connector=2)
+
+
+def test_status_indicator_shows_in_the_snapshot(clock):
+    sim = make_sim(clock)
+    indicator = sim.as_board().connectors[0].indicator
+    assert indicator.shown is IndicatorState.OFF and sim.snapshot()["connectors"][0]["indicator"] == "off"
+    indicator.indicate(IndicatorState.CHARGING)
+    assert indicator.shown is IndicatorState.CHARGING
+    assert sim.snapshot()["connectors"][0]["indicator"] == "charging"
 
 
 def test_missing_diode_shows_in_the_pwm_reading(clock):

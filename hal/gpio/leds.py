@@ -7,10 +7,12 @@ from typing import Any
 from gpiozero import DigitalOutputDevice
 
 from hal.build import Lifecycle
+from hal.interfaces import IndicatorState, StatusIndicator
 
 
-class StatusLeds(Lifecycle):
-    """Each LED is optional; show() sets the ones that exist."""
+class StatusLeds(StatusIndicator, Lifecycle):
+    """Each LED is optional; show() sets the ones that exist. As a StatusIndicator, indicate() lights the
+    one LED named by the state (none for OFF)."""
 
     def __init__(
         self,
@@ -22,6 +24,7 @@ class StatusLeds(Lifecycle):
         pin_factory: Any = None,
     ):
         self._leds: dict[str, DigitalOutputDevice] = {}
+        self._shown = IndicatorState.OFF
         try:
             for name, pin in (("ready", ready_pin), ("charging", charging_pin), ("fault", fault_pin)):
                 if pin is not None:
@@ -36,6 +39,16 @@ class StatusLeds(Lifecycle):
         for name, on in (("ready", ready), ("charging", charging), ("fault", fault)):
             if name in self._leds:
                 self._leds[name].value = on
+
+    def indicate(self, state: IndicatorState) -> None:
+        state = IndicatorState(state)
+        self.show(ready=state is IndicatorState.READY, charging=state is IndicatorState.CHARGING,
+                  fault=state is IndicatorState.FAULT)
+        self._shown = state
+
+    @property
+    def shown(self) -> IndicatorState:
+        return self._shown
 
     def lit(self) -> dict[str, bool]:
         """Which LEDs are on, by name."""

@@ -19,6 +19,7 @@ from hal.sim.devices import (
     SimProximityPilot,
     SimResidualCurrentMonitor,
     SimRfidReader,
+    SimStatusIndicator,
 )
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class SimBoard:
                     proximity=SimProximityPilot(self, conn) if spec.cable_ampacity_a is not None else None,
                     lock=SimConnectorLock(self, conn) if spec.has_lock else None,
                     rcd=SimResidualCurrentMonitor(self, conn),
+                    indicator=SimStatusIndicator(self, conn),
                     max_current_a=spec.max_current_a,
                     phases=spec.phases,
                 )
@@ -147,6 +149,8 @@ class SimBoard:
             raise ValueError(f"unknown fault kind {kind!r}; known: {', '.join(FAULT_KINDS)}")
         if not isinstance(on, bool):
             raise ValueError(f"fault switch must be true or false, got {on!r}")
+        if kind == "lock" and not conn.spec.has_lock:
+            raise ValueError(f"connector {connector} has no lock (fixed cable or lock = false)")
         self.advance()
         if on:
             conn.faults.add(kind)
@@ -154,6 +158,8 @@ class SimBoard:
                 conn.rcd_latched = True
         else:
             conn.faults.discard(kind)  # an RCD trip stays latched until rcd.reset()
+            if kind == "lock":
+                conn.move_lock()  # freed, the actuator goes where it was last commanded
         self.state_changed()
 
     def stall_pilot(self, seconds: float, connector: int = 1) -> None:
@@ -190,7 +196,9 @@ class SimBoard:
                     "energy_wh": conn.energy_wh,
                     "faults": sorted(conn.faults),
                     "rcd_tripped": conn.rcd_latched,
+                    "lock_commanded": conn.lock_commanded,
                     "locked": conn.locked,
+                    "indicator": conn.indicator,
                     "soc": conn.soc if conn.plugged else None,
                 }
             )

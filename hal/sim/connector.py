@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from hal.interfaces import CpState, PilotMode, PilotOutput, PilotReading
 from hal.pilot_math import PP_NOMINAL_OHMS, ampacity_for_pp_resistance, classify_cp_voltage, current_for_duty
 
-FAULT_KINDS = ("meter", "weld", "rcd", "diode")
+FAULT_KINDS = ("meter", "weld", "rcd", "diode", "lock")  # lock: the actuator is jammed where it is
 
 # IEC 61851-1 resistor model (hardware-notes 1.1): +-12 V generator behind R1 = 1 kOhm; the EV loads the
 # CP with these equivalent resistances (R2 alone, R2 || 1.3 kOhm, R2 || 270 Ohm).
@@ -88,7 +88,9 @@ class SimConnector:
         self.faults: set[str] = set()
         self.rcd_latched = False
         self.contactor_commanded = False
-        self.locked = False
+        self.lock_commanded = False
+        self.locked = False  # the lock's position switch: follows the command unless the actuator is jammed
+        self.indicator = "off"  # what the status LEDs show (hal.interfaces.IndicatorState value)
 
         self.output = X1_OUTPUT  # what the EVSE drives; a powered-up pilot generator starts at +12 V
         # The EV sees pilot changes `response_s` late: `perceived` is what it reacts to now, `pending` holds
@@ -167,6 +169,15 @@ class SimConnector:
         return ampacity_for_pp_resistance(PP_NOMINAL_OHMS[float(self.spec.cable_ampacity_a)])
 
     # --- changes ---------------------------------------------------------------------------------------
+
+    def command_lock(self, locked: bool) -> None:
+        self.lock_commanded = locked
+        self.move_lock()
+
+    def move_lock(self) -> None:
+        """The actuator travels to the commanded position at once, unless it is jammed ("lock" fault)."""
+        if "lock" not in self.faults:
+            self.locked = self.lock_commanded
 
     def drive(self, output: PilotOutput) -> None:
         self.output = output

@@ -16,6 +16,7 @@ from hal.interfaces import (
     Contactor,
     ControlPilot,
     EnergyMeter,
+    IndicatorState,
     MeterError,
     MeterReading,
     PilotMode,
@@ -24,6 +25,7 @@ from hal.interfaces import (
     ProximityPilot,
     ResidualCurrentMonitor,
     RfidReader,
+    StatusIndicator,
 )
 from hal.sim.connector import F_OUTPUT, X1_OUTPUT, SimConnector
 
@@ -83,11 +85,24 @@ class SimContactor(_SimDevice, Contactor):
 
 
 class SimConnectorLock(_SimDevice, ConnectorLock):
+    """Feedback follows the command at once, unless `sim.fault lock` jammed the actuator where it is."""
+
     def set_locked(self, locked: bool) -> None:
-        self._now().locked = bool(locked)  # the simulated actuator never jams
+        self._now().command_lock(bool(locked))
 
     def is_locked(self) -> bool:
         return self._now().locked
+
+
+class SimStatusIndicator(_SimDevice, StatusIndicator):
+    """The status LEDs of a simulated outlet; what they show is in the sim snapshot (`indicator`)."""
+
+    def indicate(self, state: IndicatorState) -> None:
+        self._conn.indicator = IndicatorState(state).value
+
+    @property
+    def shown(self) -> IndicatorState:
+        return IndicatorState(self._conn.indicator)
 
 
 class SimResidualCurrentMonitor(_SimDevice, ResidualCurrentMonitor):
