@@ -141,12 +141,18 @@ async def start_agent(tmp_path: Path, csms: LocalCsms, **config_args) -> Agent:
     return agent
 
 
+async def registered(agent: Agent, timeout: float = 10.0) -> dict:
+    """Wait until the agent is connected and its BootNotification is Accepted. Before that a card is
+    decided offline (an unknown one is refused) and the CSMS's commands are not all served yet."""
+    return await agent.wait_status(lambda s: s["ocpp"]["registration"] == "Accepted" and s["ocpp"]["connected"],
+                                   timeout=timeout, what="registration")
+
+
 async def online(run_agent, csms: LocalCsms, connectors: int = 1, **config_args) -> Agent:
     """Start an agent and wait until it is registered, connected and has reported the boot status of
     connector 0 and of every connector, so that frames counted afterwards belong to the test alone."""
     agent = await run_agent(csms, connectors=connectors, **config_args)
-    await agent.wait_status(lambda s: s["ocpp"]["registration"] == "Accepted" and s["ocpp"]["connected"],
-                            what="registration")
+    await registered(agent)
     for connector in range(connectors + 1):
         await wait_call(csms, "StatusNotification", where=lambda p, c=connector: p["connectorId"] == c)
     return agent

@@ -23,7 +23,7 @@ import pytest
 from websockets.asyncio.server import serve
 
 from hil.csms import LocalCsms
-from tests.agent_harness import REPO, STATION_ID, TAG_OK, Agent, charge, write_config
+from tests.agent_harness import REPO, STATION_ID, TAG_OK, Agent, charge, registered, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -302,7 +302,7 @@ async def test_half_open_connection_is_detected_by_ping_and_nothing_is_lost(tmp_
     cleanup.append(agent)
     agent.start()
     await agent.ready()
-    await csms.wait_connected(STATION_ID)
+    await registered(agent)  # a card swiped before that is decided offline
     await charge(agent, csms, TAG_OK)
     await csms.wait_until(lambda: len(csms.calls("MeterValues")) >= 1)
     assert proxy.client_pings >= 1, "WebSocketPingInterval=1 but no ping in the first seconds"
@@ -310,7 +310,8 @@ async def test_half_open_connection_is_detected_by_ping_and_nothing_is_lost(tmp_
     # flight, so nothing may arrive twice
     await csms.wait_frame(lambda f: f.direction == "out" and f.message_type == CALLRESULT
                           and f.action == "MeterValues", since=len(csms.frames))
-    await asyncio.sleep(0.2)  # the answer is through the proxy
+    # the answer is through the proxy and the agent has it: nothing is in flight
+    await agent.wait_status(lambda s: s["journal"]["pending"] == 0, what="the sample acknowledged")
     proxy.black_hole()
     cut = len(csms.frames)
     silenced, silenced_at = time.monotonic(), time.time()

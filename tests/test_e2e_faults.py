@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.agent_harness import STATION_ID, TAG_OK, charge, wait_call
+from tests.agent_harness import TAG_OK, calls_since, charge, online, wait_call
 
 pytestmark = pytest.mark.slow
 
@@ -16,8 +16,7 @@ pytestmark = pytest.mark.slow
 ])
 async def test_fault_during_charging_opens_stops_and_reports_faulted(csms, run_agent, kind, error_code):
     """TC_041: a fault opens the contactor, ends the session and is reported as Faulted with its error code."""
-    agent = await run_agent(csms)
-    await csms.wait_connected(STATION_ID)
+    agent = await online(run_agent, csms)
     await charge(agent, csms, TAG_OK)
     await agent.cmd("sim.fault", kind=kind, on=True)
 
@@ -36,8 +35,7 @@ async def test_fault_during_charging_opens_stops_and_reports_faulted(csms, run_a
 
 async def test_welded_contactor_stays_faulted_until_the_technician_resets_it(csms, run_agent):
     """A weld shows when the contactor is told to open and its mirror contact stays closed."""
-    agent = await run_agent(csms)
-    await csms.wait_connected(STATION_ID)
+    agent = await online(run_agent, csms)
     await charge(agent, csms, TAG_OK)
     await agent.cmd("sim.fault", kind="weld", on=True)
     await agent.cmd("sim.swipe", tag=TAG_OK)  # the driver ends the session: the contactor is told to open
@@ -61,14 +59,17 @@ async def test_welded_contactor_stays_faulted_until_the_technician_resets_it(csm
 
 
 async def test_meter_recovering_clears_the_fault(csms, run_agent):
-    agent = await run_agent(csms)
-    await csms.wait_connected(STATION_ID)
+    agent = await online(run_agent, csms)
+    mark = len(csms.frames)
     await agent.cmd("sim.fault", kind="meter", on=True)
     await agent.wait_connector(lambda c: c["status"] == "Faulted" and not c["meter_ok"], what="meter fault")
     await agent.cmd("sim.fault", kind="meter", on=False)
     await agent.wait_connector(lambda c: c["status"] == "Available" and c["meter_ok"], what="recovered")
-    statuses = [f.payload["status"] for f in csms.calls("StatusNotification") if f.payload["connectorId"] == 1]
-    assert statuses[-2:] == ["Faulted", "Available"]
+    # the agent's status changes first, its StatusNotification follows: wait until the CSMS has it
+    await wait_call(csms, "StatusNotification", mark, lambda p: p["connectorId"] == 1 and p["status"] == "Available")
+    statuses = [f.payload["status"] for f in calls_since(csms, "StatusNotification", mark)
+                if f.payload["connectorId"] == 1]
+    assert statuses == ["Faulted", "Available"]
 
 
 async def test_status_on_connecting_reports_the_most_severe_of_two_faults(csms, run_agent):

@@ -614,9 +614,12 @@ async def test_scheduled_signed_update_reports_its_status_again_after_a_reconnec
     http_server.files["/signed.bin"] = FIRMWARE
     agent = await start(csms, roots=(pki.root,))
     now = datetime.now(UTC)
+    # the download must still be scheduled after the reconnect and the ExtendedTriggerMessage below: on a
+    # loaded machine those take seconds, so the retrieve date leaves room for them
+    retrieve, install = now + timedelta(seconds=6), now + timedelta(seconds=7.5)
     request = signed_request(http_server.url("/signed.bin"), pki.signer, sign(pki.signer_key, FIRMWARE), 5)
-    request["firmware"]["retrieveDateTime"] = (now + timedelta(seconds=2.5)).isoformat()
-    request["firmware"]["installDateTime"] = (now + timedelta(seconds=4)).isoformat()
+    request["firmware"]["retrieveDateTime"] = retrieve.isoformat()
+    request["firmware"]["installDateTime"] = install.isoformat()
     mark = len(csms.frames)
 
     assert await call(csms, "SignedUpdateFirmware", request) == {"status": "Accepted"}
@@ -638,7 +641,7 @@ async def test_scheduled_signed_update_reports_its_status_again_after_a_reconnec
                              "InstallationFailed"]
     installing = next(f for f in calls_since(csms, "SignedFirmwareStatusNotification", mark)
                       if f.payload["status"] == "Installing")
-    assert installing.time >= now + timedelta(seconds=4)
+    assert installing.time >= install
 
     trigger = len(csms.frames)
     await call(csms, "ExtendedTriggerMessage", {"requestedMessage": "FirmwareStatusNotification"})

@@ -65,6 +65,9 @@ async def test_reserved_connector_local_start(csms, run_agent):
     assert start.payload["idTag"] == TAG_OK and start.payload["reservationId"] == 41
     connector = await agent.wait_connector(lambda c: c["status"] == "Charging", what="Charging")
     assert connector["reservation"] is None
+    # the StatusNotification follows the agent's own status: wait until the CSMS has it
+    await wait_call(csms, "StatusNotification", other, where=lambda p: p["connectorId"] == 1
+                    and p["status"] == "Charging")
     assert statuses(csms, mark)[:3] == ["Reserved", "Preparing", "Charging"]
 
 

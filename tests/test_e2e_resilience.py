@@ -21,7 +21,17 @@ import pytest
 
 from agent.meter_values import ocpp_timestamp
 from hil.csms import Frame, LocalCsms
-from tests.agent_harness import REPO, STATION_ID, TAG_2, TAG_BLOCKED, TAG_OK, Agent, charge, write_config
+from tests.agent_harness import (
+    REPO,
+    STATION_ID,
+    TAG_2,
+    TAG_BLOCKED,
+    TAG_OK,
+    Agent,
+    charge,
+    registered,
+    write_config,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +93,7 @@ def without_tx_id(payload: dict) -> dict:
 async def charging_with_samples(agent: Agent, csms: LocalCsms, samples: int = 1):
     """Charge TAG_OK; return the CSMS transaction once `samples` MeterValues were answered, right after
     an answer (the next sample is then ~1 s away, so nothing is in flight)."""
-    await csms.wait_connected(STATION_ID)
+    await registered(agent)
     await charge(agent, csms, TAG_OK)
     await csms.wait_until(lambda: len(csms.transactions) == 1)
     (tx,) = csms.transactions.values()
@@ -114,7 +124,10 @@ async def own_csms():
 
 async def test_cold_boot_pending_then_accepted_sends_nothing_before_accepted(own_csms, run_agent):
     """OCTT TC_002_CS: Pending, the interval is honoured, nothing but BootNotification until Accepted."""
-    csms = await own_csms(boot_statuses=("Pending", "Accepted"), boot_interval=1)
+    # the two CSMS calls below must both be answered while the station is still Pending: the interval
+    # leaves room for them on a loaded machine (with 1 s the second BootNotification could come first)
+    interval = 3
+    csms = await own_csms(boot_statuses=("Pending", "Accepted"), boot_interval=interval)
     agent = await run_agent(csms)
     pending = await wait_answer(csms, "BootNotification", 0)
     assert pending.payload["status"] == "Pending"
@@ -123,12 +136,13 @@ async def test_cold_boot_pending_then_accepted_sends_nothing_before_accepted(own
     assert [entry["key"] for entry in answer["configurationKey"]] == ["HeartbeatInterval"]
     answer = await csms.call(STATION_ID, "RemoteStartTransaction", {"idTag": TAG_OK, "connectorId": 1})
     assert answer["status"] == "Rejected"
-    assert len(csms.calls("BootNotification")) == 1, "the Pending interval (1 s) must have been honoured"
+    assert len(csms.calls("BootNotification")) == 1, f"the Pending interval ({interval} s) must have been honoured"
     await csms.wait_until(lambda: {0, 1} <= set(csms.connector_statuses.get(STATION_ID, {})))
     calls = station_calls(csms)
     assert [f.action for f in calls[:2]] == ["BootNotification", "BootNotification"]
     gap = (calls[1].time - calls[0].time).total_seconds()
-    assert 0.9 <= gap < 3.0, f"second BootNotification {gap:.2f} s after the Pending answer (interval 1 s)"
+    assert interval - 0.1 <= gap < interval + 2, \
+        f"second BootNotification {gap:.2f} s after the Pending answer (interval {interval} s)"
     answers = [f.payload["status"] for f in csms.frames
                if f.direction == "out" and f.message_type == CALLRESULT and f.action == "BootNotification"]
     assert answers == ["Pending", "Accepted"]
@@ -136,6 +150,28 @@ async def test_cold_boot_pending_then_accepted_sends_nothing_before_accepted(own
     assert {f.payload["connectorId"] for f in calls[2:4]} == {0, 1}
     assert csms.violations == []
     assert (await agent.status())["ocpp"]["registration"] == "Accepted"
+
+
+async def test_csms_can_query_a_pending_station_and_trigger_its_boot(own_csms, run_agent):
+    """OCPP 1.6 §4.2: while Pending the CSMS may retrieve information: a triggered MeterValues goes out while
+    the station is still Pending (nothing untriggered does), and TriggerMessage(BootNotification) makes the
+    station boot again at once instead of at the end of the (long) interval."""
+    csms = await own_csms(boot_statuses=("Pending", "Accepted"), boot_interval=60)
+    await run_agent(csms)
+    await wait_answer(csms, "BootNotification", 0)
+    answer = await csms.call(STATION_ID, "TriggerMessage", {"requestedMessage": "MeterValues", "connectorId": 1})
+    assert answer == {"status": "Accepted"}
+    triggered = await csms.wait_frame(lambda f: f.direction == "in" and f.action == "MeterValues", 10)
+    assert triggered.payload["meterValue"][0]["sampledValue"][0]["context"] == "Trigger"
+    assert [f.action for f in station_calls(csms)] == ["BootNotification", "MeterValues"]
+
+    answer = await csms.call(STATION_ID, "TriggerMessage", {"requestedMessage": "BootNotification"})
+    assert answer == {"status": "Accepted"}
+    accepted = await wait_answer(csms, "BootNotification", triggered.index, timeout=10)  # not 60 s later
+    assert accepted.payload["status"] == "Accepted"
+    await csms.wait_until(lambda: {0, 1} <= set(csms.connector_statuses.get(STATION_ID, {})))
+    assert [f.action for f in station_calls(csms)][:3] == ["BootNotification", "MeterValues", "BootNotification"]
+    assert csms.violations == []
 
 
 async def test_cold_boot_accepted_boot_notification_then_available(csms, run_agent):
@@ -299,7 +335,8 @@ async def test_kill9_mid_transaction_restart_stops_it_with_power_loss(csms, run_
     with PowerLoss at the last journaled meter value; nothing arrives twice."""
     agent = await run_agent(csms)
     tx = await charging_with_samples(agent, csms, samples=2)
-    await asyncio.sleep(0.2)  # the answer is committed; the next sample is still ~0.8 s away
+    # the answer is committed (the next sample is still ~1 s away): a kill before that would resend it
+    await agent.wait_status(lambda s: s["journal"]["pending"] == 0, what="the answer committed")
     received_wh = register_wh(station_calls(csms, ["MeterValues"])[-1].payload)
     agent.kill9()
     transactions, _ = read_journal(tmp_path)
@@ -330,7 +367,8 @@ async def test_kill9_with_resume_configured_continues_the_same_transaction(csms,
     transaction goes on (no PowerLoss stop, no second StartTransaction) until the EV leaves."""
     agent = await run_agent(csms, extra="resume_after_power_loss = true")
     tx = await charging_with_samples(agent, csms, samples=2)
-    await asyncio.sleep(0.2)  # the last answer is committed (a kill inside that window resends it)
+    # the last answer is committed (a kill before that would resend it)
+    await agent.wait_status(lambda s: s["journal"]["pending"] == 0, what="the answer committed")
     agent.kill9()
     agent.start()
     await agent.ready()
@@ -446,7 +484,7 @@ async def test_start_transaction_callerror_is_retried_once_then_dropped_later_me
     csms.fail_next("StartTransaction", 2, "InternalError")
     agent = await run_agent(csms, ocpp_keys={"TransactionMessageAttempts": 2,
                                              "TransactionMessageRetryInterval": 1})
-    await csms.wait_connected(STATION_ID)
+    await registered(agent)
     await charge(agent, csms, TAG_OK)
     await csms.wait_until(lambda: len(csms.other_meter_values) >= 1, timeout=15)
     starts = csms.calls("StartTransaction")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from tests.agent_harness import STATION_ID, TAG_OK, charge
+from tests.agent_harness import STATION_ID, TAG_OK, charge, online
 
 pytestmark = __import__("pytest").mark.slow
 
 
 async def test_plug_first_session_reaches_csms_in_order(csms, run_agent):
-    agent = await run_agent(csms)
-    await csms.wait_connected(STATION_ID)
+    agent = await online(run_agent, csms)
     await charge(agent, csms, TAG_OK)
     await agent.wait_connector(lambda c: (c["session_energy_wh"] or 0) > 3, what="energy flowing")
     await agent.cmd("sim.unplug")

@@ -98,6 +98,9 @@ async def test_zero_amp_period_suspends_and_the_next_period_resumes(csms, run_ag
     await agent.wait_connector(lambda c: c["status"] == "Charging" and c["contactor_closed"], timeout=12,
                                what="charging again after the boundary")
     assert (await agent.connector())["offered_current_a"] == 12
+    # the StatusNotification follows the agent's own status: wait until the CSMS has it
+    await wait_call(csms, "StatusNotification", mark, where=lambda p: p["connectorId"] == 1
+                    and p["status"] == "Charging")
     notified = [f.payload["status"] for f in calls_since(csms, "StatusNotification", mark)
                 if f.payload["connectorId"] == 1]
     assert notified[:1] == ["SuspendedEVSE"] and "Charging" in notified

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.agent_harness import STATION_ID, TAG_OK, Agent, charge, write_config
+from tests.agent_harness import STATION_ID, TAG_OK, Agent, charge, registered, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,8 @@ async def test_full_disk_faults_every_connector_and_opens_the_contactor(csms, tm
     agent.start(log_level="warning", max_file_bytes=largest_file + 24 * 1024)
     try:
         await agent.ready()
-        await csms.wait_connected(STATION_ID)
+        # the CSMS may still hold the killed process's connection: wait for the new one's registration
+        await registered(agent)
         await charge(agent, csms, TAG_OK)
         connector = await agent.wait_connector(lambda c: c["status"] == "Faulted", timeout=60, what="Faulted")
         assert "storage" in connector["faults"] and not connector["contactor_closed"]

@@ -113,6 +113,22 @@ async def test_boot_pending_then_accepted_with_security_error_before_accepted(tm
         assert len(csms.calls("BootNotification", STATION)) == 3
 
 
+async def test_pending_station_may_send_what_the_csms_triggered_and_nothing_else(tmp_path):
+    """OCPP 1.6 §4.2: while Pending the station sends no request unless the CSMS triggered it."""
+    async with (
+        running_csms(tmp_path, boot_statuses=("Pending", "Accepted"), boot_interval=7) as csms,
+        station_connected(csms) as station,
+    ):
+        assert (await station.boot()).status == "Pending"
+        with pytest.raises(SecurityError):  # not asked for
+            await station.call(call.Heartbeat(), suppress=False)
+        with contextlib.suppress(CsmsCallError):  # MiniStation has no TriggerMessage handler: asked anyway
+            await csms.call(STATION, "TriggerMessage", {"requestedMessage": "Heartbeat"})
+        heartbeat = await station.call(call.Heartbeat(), suppress=False)  # asked for
+        assert heartbeat.current_time.endswith("Z")
+        assert [v.frame.action for v in csms.violations] == ["Heartbeat"]
+
+
 async def test_station_that_never_booted_gets_security_error(tmp_path):
     async with running_csms(tmp_path) as csms, station_connected(csms) as station:
         with pytest.raises(SecurityError):

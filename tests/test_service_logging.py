@@ -12,7 +12,7 @@ import pytest
 
 from agent import logs
 from agent.logs import JournalFormatter, RedactSecrets, syslog_priority
-from tests.agent_harness import STATION_ID, TAG_OK, Agent, charge, write_config
+from tests.agent_harness import STATION_ID, TAG_OK, Agent, charge, registered, write_config
 
 CERT = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\nAbCdEf==\n-----END CERTIFICATE-----"
 KEY = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49\n-----END PRIVATE KEY-----"
@@ -96,6 +96,7 @@ async def test_under_journald_the_agent_logs_with_priorities_and_without_timesta
     agent.start(log_level="debug")
     try:
         await agent.ready()
+        await registered(agent)  # a card swiped before that is decided offline
         await charge(agent, csms, TAG_OK)
         await asyncio.sleep(1.2)  # a MeterValues or two
         await csms.disconnect(STATION_ID)

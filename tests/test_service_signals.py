@@ -19,7 +19,7 @@ from agent.config import load_config
 from agent.journal import Journal
 from agent.station import Station
 from hal.board import load_board
-from tests.agent_harness import REPO, TAG_2, TAG_OK, Agent, charge, write_config
+from tests.agent_harness import REPO, TAG_2, TAG_OK, Agent, charge, registered, write_config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -51,6 +51,7 @@ async def test_sighup_applies_log_level_and_max_current_and_keeps_the_old_config
     agent.start()
     try:
         await agent.ready()
+        await registered(agent)  # a card swiped before that is decided offline
         connector = await charge(agent, csms, TAG_OK)
         assert connector["offered_current_a"] == 16.0
         await asyncio.sleep(1.2)
