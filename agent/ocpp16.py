@@ -195,6 +195,10 @@ class OcppClient:
         self._reconnect_now = False  # reconnect() closed the connection: connect again without back-off
         self._closing: asyncio.Task | None = None
         self._registered = False  # the current connection got past BootNotification
+        # open while this connection may send more than BootNotification: registration Pending (only what
+        # the CSMS triggers can be queued then) or Accepted (OCPP 1.6 §4.2)
+        self._may_send = asyncio.Event()
+        self._boot_now = asyncio.Event()  # TriggerMessage(BootNotification) while Pending: boot again now
 
     # ---- API for the station ------------------------------------------------------------------
 
@@ -360,17 +364,20 @@ class OcppClient:
     # ---- the session ----------------------------------------------------------------------------
 
     async def _work(self, cp: _ChargePoint) -> None:
-        if not self._accepted_once or self.registration != "Accepted":
-            await self._register(cp)
-        self._registered = True
-        # what the CSMS sees first: the current status of the station and every connector
-        self._fail_pending_outgoing()
-        for status in self._station.statuses():
-            self._outgoing.put_nowait(_Outgoing(_status_payload(**status)))
-        self._station.firmware.connected()  # the latest firmware/diagnostics status, if the CSMS may lack it
-        self._journal_wakeup.set()
+        self._fail_pending_outgoing()  # queued while there was no connection: the statuses below replace it
         async with asyncio.TaskGroup() as group:  # one failing sender cancels the others
+            # serves what the CSMS triggers while Pending; everything else only once Accepted
             group.create_task(self._send_outgoing(cp))
+            if not self._accepted_once or self.registration != "Accepted":
+                self._may_send.clear()
+                await self._register(cp)
+            self._may_send.set()
+            self._registered = True
+            # what the CSMS sees first: the current status of the station and every connector
+            for status in self._station.statuses():
+                self._outgoing.put_nowait(_Outgoing(_status_payload(**status)))
+            self._station.firmware.connected()  # the latest firmware/diagnostics status, if the CSMS may lack it
+            self._journal_wakeup.set()
             group.create_task(self._send_journal(cp))
             group.create_task(self._heartbeat(cp))
             group.create_task(self._renew_certificate(cp))
@@ -412,12 +419,28 @@ class OcppClient:
                 self._accepted_once = True
                 self._station.configuration.set_internal("HeartbeatInterval", str(int(result.interval)))
                 return
-            await asyncio.sleep(interval)  # Pending: may answer the CSMS meanwhile; Rejected: silent
+            # Pending: answers the CSMS and sends what it triggers meanwhile; Rejected: silent
+            if result.status == "Pending":
+                self._may_send.set()
+            else:
+                self._may_send.clear()
+            self._boot_now.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._boot_now.wait()
+                log.info("BootNotification triggered by the CSMS")
+            self._may_send.clear()
 
     async def _send_outgoing(self, cp: _ChargePoint) -> None:
         while True:
             item = await self._outgoing.get()
+            if isinstance(item.payload, call.BootNotification):  # triggered while Pending
+                self._boot_now.set()  # the registration loop sends it, and acts on its answer
+                if item.done and not item.done.done():
+                    item.done.cancel()
+                continue
             try:
+                await self._may_send.wait()
                 result = await cp.call(item.payload, suppress=False)
             except SecurityError as exc:
                 if item.done and not item.done.done():

@@ -87,7 +87,9 @@ Observations (all in memory, in arrival order):
                                                      or not, the client certificate's subject, Basic auth
     violations: list[Violation]                      protocol violations by stations, kinds:
         "call_before_accepted"  a CALL other than BootNotification while the station's last boot
-                                answer was not Accepted (answered with SecurityError, errata 3.8)
+                                answer was not Accepted (answered with SecurityError, errata 3.8);
+                                while Pending, a message the CSMS asked for with TriggerMessage or
+                                ExtendedTriggerMessage is allowed (OCPP 1.6 §4.2)
         "invalid_call"          a CALL that failed schema validation (answered with a CALLERROR)
         "invalid_response"      a CALLRESULT to a CSMS call that failed schema validation
         "unexpected_response"   a CALLRESULT/CALLERROR whose id matches no open CSMS call
@@ -164,6 +166,12 @@ _OCPP_J_ERROR_CODES = {
     "OccurenceConstraintViolation",
     "TypeConstraintViolation",
     "GenericError",
+}
+
+# (trigger action, requestedMessage) -> the action of the CALL it asks for, where the two differ
+_TRIGGERED_ACTIONS = {
+    ("ExtendedTriggerMessage", "SignChargePointCertificate"): "SignCertificate",
+    ("ExtendedTriggerMessage", "FirmwareStatusNotification"): "SignedFirmwareStatusNotification",
 }
 
 # CALLERROR codes the library uses when a CALL fails schema validation: the station's fault.
@@ -386,7 +394,8 @@ class _StationHandler(ChargePoint):
             log.warning("%s: answer to no open call (late or unknown): %r", self.id, raw_msg)
 
     async def _answer_call(self, message: Call) -> None:
-        if message.action != Action.boot_notification and not self._csms._is_accepted(self.id):
+        if (message.action != Action.boot_notification and not self._csms._is_accepted(self.id)
+                and not self._csms._triggered_while_pending(self.id, message.action)):
             self._csms._add_violation(
                 self.id,
                 "call_before_accepted",
@@ -420,6 +429,8 @@ class _StationHandler(ChargePoint):
         request = Call(unique_id=str(uuid.uuid4()), action=action, payload=payload)
         if validate:
             await validate_payload(request, OCPP_VERSION)
+        # noted before sending: the triggered message can arrive before this coroutine sees the answer
+        self._csms._note_trigger(self.id, action, payload)
         async with self._csms_call_lock:
             answer = asyncio.get_running_loop().create_future()
             self._answers[request.unique_id] = answer
@@ -624,6 +635,7 @@ class LocalCsms:
         self._sessions: dict[str, _Session] = {}
         self._boot_count: dict[str, int] = {}
         self._boot_status: dict[str, str] = {}  # last BootNotification answer per station
+        self._triggered: dict[str, set[str]] = {}  # actions asked for by (Extended)TriggerMessage, per station
         self._changed = asyncio.Event()  # replaced on every change; waiters wake and re-check
         self._server: Server | None = None
         self._control_server: asyncio.Server | None = None
@@ -951,7 +963,19 @@ class LocalCsms:
         self._boot_count[station_id] = count + 1
         status = self._boot_statuses[min(count, len(self._boot_statuses) - 1)]
         self._boot_status[station_id] = status
+        self._triggered.pop(station_id, None)  # triggers asked for before this boot answer are spent
         return status
+
+    def _note_trigger(self, station_id: str, action: str, payload: dict) -> None:
+        if action in ("TriggerMessage", "ExtendedTriggerMessage") and isinstance(payload, dict):
+            requested = payload.get("requestedMessage")
+            triggered = _TRIGGERED_ACTIONS.get((action, requested), requested)
+            self._triggered.setdefault(station_id, set()).add(triggered)
+
+    def _triggered_while_pending(self, station_id: str, action: str) -> bool:
+        """A CALL the CSMS asked for with a trigger, from a station whose registration is Pending."""
+        return (self._boot_status.get(station_id) == RegistrationStatus.pending
+                and action in self._triggered.get(station_id, set()))
 
     def _is_accepted(self, station_id: str) -> bool:
         status = self._boot_status.get(station_id)
