@@ -700,7 +700,7 @@ class Station:
         if lock is None:
             return "NotSupported"
         self._dispatch(rt, ctl.UnlockRequested())
-        deadline = time.monotonic() + rt.controller.settings.lock_timeout_s
+        deadline = self.clock() + rt.controller.settings.lock_timeout_s
         while True:
             try:
                 locked = lock.is_locked()
@@ -710,7 +710,7 @@ class Station:
             if not locked:
                 log.info("connector %d: unlocked by the CSMS", rt.id)
                 return "Unlocked"
-            if time.monotonic() >= deadline:
+            if self.clock() >= deadline:
                 log.warning("connector %d: unlock failed: the lock still reads locked", rt.id)
                 return "UnlockFailed"
             await asyncio.sleep(0.02)
