@@ -165,6 +165,7 @@ class Station:
             feedback_supervised=hw.contactor.has_mirror_contact,
             meter_failure_stops=self.config.charging.meter_failure == "stop",
             unlock_on_ev_side_disconnect=cfg.get_bool("UnlockConnectorOnEVSideDisconnect"),
+            lock_timeout_s=hw.lock.travel_timeout_s if hw.lock is not None else ctl.SessionSettings.lock_timeout_s,
         )
 
     def configuration_changed(self, key: str, value: str) -> None:

@@ -123,6 +123,10 @@ class Contactor(abc.ABC):
 
 
 class ConnectorLock(abc.ABC):
+    # how long the feedback may take to follow a command (the actuator's travel) before the controller
+    # raises a lock fault (ConnectorLockFailure); a back-end whose actuator is slower sets its own
+    travel_timeout_s: float = 1.0
+
     @abc.abstractmethod
     def set_locked(self, locked: bool) -> None:
         """Command the actuator; it takes a moment to move (is_locked() tells when it got there)."""
@@ -130,7 +134,7 @@ class ConnectorLock(abc.ABC):
     @abc.abstractmethod
     def is_locked(self) -> bool:
         """Lock feedback: the position switch, never the command. The controller raises a lock fault
-        (ConnectorLockFailure) when it does not follow a command within SessionSettings.lock_timeout_s."""
+        (ConnectorLockFailure) when it does not follow a command within `travel_timeout_s`."""
 
 
 class IndicatorState(StrEnum):

@@ -416,6 +416,14 @@ def test_build_rcd_and_lock_and_leds_from_config(factory, clock):
         ctx,
     )
     assert lock.is_motor
+    assert lock.travel_timeout_s == 1.0  # a 200 ms pulse: the default deadline
+    asyncio.run(lock.close())
+    slow_motor = {"lock_pin": LOCK, "unlock_pin": UNLOCK, "pulse_ms": 2000, "lock_feedback_pin": LOCK_FEEDBACK}
+    lock = build_lock(table(slow_motor), ctx)
+    assert lock.travel_timeout_s == 2.5  # never a fault while the motor still runs its pulse
+    asyncio.run(lock.close())
+    lock = build_lock(table({**slow_motor, "travel_timeout_ms": 4000}), ctx)
+    assert lock.travel_timeout_s == 4.0
     leds = build_status_leds(table({"backend": "gpio", "charging_pin": "GPIO21"}, "[leds]"), ctx)
     leds.show(charging=True)
     assert level(factory, 21) == 1
@@ -463,6 +471,11 @@ def test_build_rcd_and_lock_and_leds_from_config(factory, clock):
             ".pulse_ms: only applies to a motor",
         ),
         (build_lock, {"lock_pin": 5}, ".lock_feedback_pin: required key is missing"),
+        (
+            build_lock,
+            {"lock_pin": 5, "unlock_pin": 6, "lock_feedback_pin": 13, "pulse_ms": 800, "travel_timeout_ms": 500},
+            ".travel_timeout_ms: must be at least pulse_ms (800)",
+        ),
     ],
 )
 def test_builders_reject_bad_config_with_one_line_naming_file_and_key(factory, builder, data, message):

@@ -51,3 +51,33 @@ async def test_unreadable_pilot_faults_the_connector_opens_the_contactor_and_rec
     assert "device" not in rt.controller.view().faults
     assert rt.controller.view().status.value == "Finishing"  # EV still plugged, session over
     await board.close()
+
+
+async def test_lock_fault_waits_for_the_lock_back_ends_travel_time(tmp_path):
+    """The lock deadline is the lock back-end's travel_timeout_s (a board's slow motor lock sets it): a
+    jammed lock is a lock fault only once that much time has passed since the command, not after 1 s."""
+    config = load_config(write_config(tmp_path, "ws://127.0.0.1:9/ocpp"))
+    config.journal.path.parent.mkdir(parents=True, exist_ok=True)
+    board = load_board(config.board.file, state_dir=tmp_path)
+    board.connectors[0].lock.travel_timeout_s = 3.0
+    now = [1000.0]
+    station = Station(config, board, Journal(config.journal.path), clock=lambda: now[0])
+    await board.start()
+    rt = station.connectors[1]
+    await steps(station, 3)
+    board.simulator.set_fault("lock", True)  # jammed open: the next lock command cannot move it
+    board.simulator.plug(1)
+    await steps(station, 3)
+    station._dispatch(rt, IdTagPresented(TAG_OK))
+    station._dispatch(rt, AuthorizationResult(TAG_OK, True))
+    await steps(station, 3)
+    assert rt.controller.view().lock_commanded and not rt.controller.view().lock_feedback
+    now[0] += 2.9
+    await steps(station, 3)
+    assert "lock" not in rt.controller.view().faults and not rt.controller.contactor_commanded
+    now[0] += 0.2
+    await steps(station, 3)
+    view = rt.controller.view()
+    assert "lock" in view.faults and view.error_code == "ConnectorLockFailure"
+    assert not view.transaction_active and not view.contactor_closed
+    await board.close()

@@ -38,7 +38,7 @@ RCD_KEYS = (
 )  # fmt: skip
 LOCK_KEYS = (
     "backend", "lock_pin", "unlock_pin", "active_high", "pulse_ms", "lock_feedback_pin",
-    "lock_feedback_pull", "lock_feedback_active_low", "debounce_ms",
+    "lock_feedback_pull", "lock_feedback_active_low", "debounce_ms", "travel_timeout_ms",
 )  # fmt: skip
 LED_KEYS = ("backend", "ready_pin", "charging_pin", "fault_pin", "active_high")
 
@@ -159,6 +159,12 @@ def build_lock(table: ConfigTable, ctx: BuildContext) -> GpioLock:
         pulse_s=_seconds(table, "pulse_ms", 0.3, minimum_ms=10, maximum_ms=5000),
         debounce_s=_seconds(table, "debounce_ms", 0.010, minimum_ms=0, maximum_ms=1000),
     )
+    if "travel_timeout_ms" in table.data:
+        travel_s = _seconds(table, "travel_timeout_ms", 1.0, minimum_ms=100, maximum_ms=10000)
+        if unlock_pin is not None and travel_s < options["pulse_s"]:
+            raise table.error("travel_timeout_ms", f"must be at least pulse_ms ({options['pulse_s'] * 1000:g}): "
+                              "the motor is still moving during its pulse")
+        options["travel_timeout_s"] = travel_s
     return open_gpio(
         table, lambda: GpioLock(lock_pin, **options, clock=ctx.clock, pin_factory=ctx.pin_factory)
     )

@@ -14,6 +14,7 @@ from hal.interfaces import ConnectorLock
 
 DEFAULT_PULSE_S = 0.3  # typical motor actuator travel time; a motor must not be driven continuously
 DEFAULT_DEBOUNCE_S = 0.010
+TRAVEL_MARGIN_S = 0.5  # a motor's feedback may follow its pulse this much later by default
 
 
 class GpioLock(ConnectorLock, Lifecycle):
@@ -31,10 +32,15 @@ class GpioLock(ConnectorLock, Lifecycle):
         active_high: bool = True,
         pulse_s: float = DEFAULT_PULSE_S,
         debounce_s: float = DEFAULT_DEBOUNCE_S,
+        travel_timeout_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         pin_factory: Any = None,
     ):
         self._pulse_s = pulse_s
+        if travel_timeout_s is None:  # a motor is still moving during its pulse: never a fault before it ends
+            travel_timeout_s = max(ConnectorLock.travel_timeout_s,
+                                   pulse_s + TRAVEL_MARGIN_S if unlock_pin is not None else 0.0)
+        self.travel_timeout_s = travel_timeout_s
         self._commanded = False
         self._outputs: list[DigitalOutputDevice] = []
         self._feedback: DebouncedInput | None = None
