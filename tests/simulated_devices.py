@@ -547,6 +547,10 @@ class GpioBench:
         for conn in config["connectors"]:
             if conn["pilot"]["backend"] == "linux-pwm":
                 conn["pilot"]["sysfs_root"] = str(self.sysfs_root)
+                # the slowest sampling a board may set: the CP reads stale only after 1 s without a sample,
+                # not 0.25 s, which a loaded 2-core CI machine starved the mock ADC's sampler thread for
+                # (twice); staleness itself is tested with an injected clock in test_linux_pilot.py
+                conn["pilot"]["sample_period_s"] = 0.1
 
     def close(self) -> None:
         from gpiozero import Device

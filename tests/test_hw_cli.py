@@ -244,10 +244,6 @@ def gpio(tmp_path):
         def edit(c):
             bench.edit(c)
             c["connectors"][0]["rcd"]["self_test_timeout_ms"] = 200
-            # the slowest sampling a board may set: the CP reads stale only after 1 s without a sample, not
-            # after 0.25 s, which a loaded 2-core CI machine can starve the sampler thread for (staleness
-            # itself is tested in test_linux_pilot.py); these tests are about the contactor and the RCD
-            c["connectors"][0]["pilot"]["sample_period_s"] = 0.1
             if rfid_port is not None:
                 c["rfid"]["port"] = rfid_port
 
