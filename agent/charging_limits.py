@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("evse.smart_charging")
 
+# GetCompositeSchedule answers for at most this window (its cost grows with it, and it is computed on the
+# event loop that also runs the control loop); the answer's duration says how far it reaches
+MAX_COMPOSITE_DURATION_S = 7 * 86400
+
 
 @dataclass
 class _ConnectorSchedule:
@@ -73,8 +77,8 @@ class ChargingLimits:
             tx = sc.Transaction(now)  # the limit the transaction will start with
         s.live = sc.live_limit(profiles, rt.id, now, self._electrical(rt), tx, self._cp_max_share())
         limit = s.live.limit_a
-        if limit is not None:
-            limit = round(limit, 1)
+        if limit is not None:  # down, never above what the CSMS allowed (5.98 A is below the 6 A minimum)
+            limit = sc.floor_tenths(limit)
         if limit != c.charging_limit_a:
             log.info("connector %d: charging limit %s", rt.id, "none" if limit is None else f"{limit:g} A")
             self._dispatch(rt.id, ctl.ChargingLimitChanged(limit))
@@ -169,6 +173,9 @@ class ChargingLimits:
         unit = rate_unit or "A"
         if unit not in sc.UNITS or duration < 0 or (connector_id != 0 and connector_id not in self._connectors):
             return None
+        if duration > MAX_COMPOSITE_DURATION_S:
+            log.info("GetCompositeSchedule: %d s asked, answering for %d s", duration, MAX_COMPOSITE_DURATION_S)
+            duration = MAX_COMPOSITE_DURATION_S
         now = self._wall_clock()
         if connector_id == 0:
             electrical = sc.Electrical(max(rt.hw.phases for rt in self._connectors.values()))

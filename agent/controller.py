@@ -618,6 +618,9 @@ class ConnectorController:
         if self._auth is not None and self._lock_cmd:  # locking to start a session: the CSMS wants it open
             out.append(Notice(f"authorization for {self._auth.id_tag} dropped: connector unlocked by command"))
             self._auth = None
+        if self._may_be_live():
+            out.append(Notice("unlock waits: the contactor is closed or its mirror contact reads closed"))
+            return  # _reconcile unlocks once the contacts read open (never, if they are welded)
         self._lock_cmd = False
         self._lock_cmd_at = self._now  # a new deadline for the feedback (a retry if it failed to open)
         out.append(SetLock(False))
@@ -763,6 +766,11 @@ class ConnectorController:
             return
         self._raise_fault(Fault.CONTACTOR if self._contactor_cmd else Fault.WELD, out)
 
+    def _may_be_live(self) -> bool:
+        """The outlet may carry mains: the contactor is commanded closed or its mirror contact reads closed
+        (still opening, or welded)."""
+        return self._contactor_cmd or (self.settings.feedback_supervised and self.feedback_closed)
+
     def _check_lock_feedback(self, out: list[Command]) -> None:
         if not self.has_lock:
             return
@@ -819,7 +827,8 @@ class ConnectorController:
                 out.append(Notice(f"authorization for {auth.id_tag} dropped: the connector is reserved"))
 
         want_lock = self.has_lock and (
-            locking_to_start
+            self._may_be_live()  # a plug is never released while the outlet may carry mains
+            or locking_to_start
             or self._lock_hold is not None
             or (self._tx is not None and (self.plugged or not self.settings.unlock_on_ev_side_disconnect))
         )

@@ -406,6 +406,7 @@ class OcppClient:
                 charge_point_serial_number=cfg.serial or None,
                 firmware_version=cfg.firmware_version or None,
             )
+            self._boot_now.clear()  # a trigger from now on asks for the next BootNotification
             try:
                 result = await cp.call(boot, suppress=False)
             except (TimeoutError, OCPPError) as exc:
@@ -424,7 +425,6 @@ class OcppClient:
                 self._may_send.set()
             else:
                 self._may_send.clear()
-            self._boot_now.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await self._boot_now.wait()

@@ -25,12 +25,13 @@ SETTING_PREFIX = "reservation."
 class Reservations:
     def __init__(self, journal: Journal, controllers: Mapping[int, ctl.ConnectorController],
                  dispatch: Callable[[int, ctl.Event], None], clock: Callable[[], float],
-                 wall_clock: Callable[[], datetime]):
+                 wall_clock: Callable[[], datetime], journal_failed: Callable[[Exception], None]):
         self._journal = journal
         self._controllers = controllers
         self._dispatch = dispatch  # (connector id, event): hands an event to that connector's controller
         self._clock = clock  # the controllers' clock: expiry is handed to them on it
         self._wall_clock = wall_clock
+        self._journal_failed = journal_failed  # a storage fault, for failures outside a CSMS request
         # active reservations by id: {"connectorId": requested (0 = any), "heldOn": connector,
         # "idTag", "parentIdTag", "expiryDate"}, exactly as persisted
         self._active: dict[int, dict] = {}
@@ -114,7 +115,11 @@ class Reservations:
             status, held_on = ctl.reserve_any_connector(others, reservation_id)
             if status == "Accepted" and held_on is not None:
                 log.info("reservation %d of the station moves to connector %d", reservation_id, held_on)
-                self._place(reservation_id, {**record, "heldOn": held_on})
+                try:
+                    self._place(reservation_id, {**record, "heldOn": held_on})
+                except JournalError as exc:  # inside a control step: a storage fault, never a crash
+                    log.error("reservation %d: cannot be moved to connector %d: %s", reservation_id, held_on, exc)
+                    self._journal_failed(exc)
 
     def used_elsewhere(self, connector_id: int) -> int | None:
         """A transaction starting on `connector_id` by the id of a reservation of connector 0 held on another

@@ -172,7 +172,7 @@ class CompositeSchedule:
         periods = []
         for p in self.periods:
             limit = default_limit if p.limit is None else min(p.limit, default_limit)
-            entry: dict[str, Any] = {"startPeriod": p.start_period, "limit": _tenths(limit)}
+            entry: dict[str, Any] = {"startPeriod": p.start_period, "limit": floor_tenths(limit)}
             if p.number_phases is not None:
                 entry["numberPhases"] = p.number_phases
             if periods and periods[-1]["limit"] == entry["limit"] \
@@ -236,7 +236,7 @@ def _number(data: dict, name: str, *, required: bool = True) -> float | None:
     return number
 
 
-def _tenths(value: float) -> float:
+def floor_tenths(value: float) -> float:
     """Down to the schema's multipleOf 0.1 (never above the limit the CSMS gave)."""
     return math.floor(value * 10 + 1e-9) / 10
 
@@ -276,7 +276,8 @@ def parse_profile(connector_id: int, data: Any) -> ChargingProfile:
         phases = _int(item, "numberPhases", required=False)
         if phases is not None and not 1 <= phases <= 3:
             raise ProfileError(f"numberPhases must be 1, 2 or 3, got {phases}")
-        periods.append(SchedulePeriod(_int(item, "startPeriod", minimum=0), _tenths(_number(item, "limit")), phases))
+        start = _int(item, "startPeriod", minimum=0)
+        periods.append(SchedulePeriod(start, floor_tenths(_number(item, "limit")), phases))
     if periods[0].start_period != 0:
         raise ProfileError("the first period must start at 0 (errata 3.45)")
     if any(b.start_period <= a.start_period for a, b in zip(periods, periods[1:], strict=False)):

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -81,10 +82,19 @@ class ConnectorRuntime:
     meter_failures: int = 0
     unreadable: set[str] = field(default_factory=set)  # devices whose last read failed
     hw_test: str | None = None  # a technician's test that switches devices itself ("contactor test"...)
+    # events raised while this connector's commands are being carried out (a journal failure inside
+    # StartTransaction...): handled right after, never inside the controller's previous decision
+    pending_events: deque = field(default_factory=deque)
+    dispatching: bool = False
 
     @property
     def id(self) -> int:
         return self.hw.connector_id
+
+
+def _grants_energy(command: ctl.Command) -> bool:
+    return (isinstance(command, ctl.SetContactor) and command.closed) or (
+        isinstance(command, ctl.SetPilot) and command.mode is PilotMode.PWM)
 
 
 def _read(unreadable: dict[str, str], name: str, read):
@@ -135,7 +145,8 @@ class Station:
             self.connectors[hw.connector_id] = ConnectorRuntime(hw, controller)
         self.station_operative = journal.settings("availability.").get("0", "Operative") == "Operative"
         controllers = {cid: rt.controller for cid, rt in self.connectors.items()}
-        self.reservations = Reservations(journal, controllers, self._dispatch_to, clock, wall_clock)
+        self.reservations = Reservations(journal, controllers, self._dispatch_to, clock, wall_clock,
+                                         self.journal_failed)
         self.charging_limits = ChargingLimits(self.configuration, journal, self.connectors, self._dispatch_to,
                                               wall_clock, self.journal_failed)
         self.ocpp = OcppClient(config, self, journal)
@@ -371,8 +382,34 @@ class Station:
         self._dispatch(rt, ctl.FaultChanged(ctl.Fault.DEVICE, bool(unreadable)))
 
     def _dispatch(self, rt: ConnectorRuntime, event: ctl.Event) -> None:
-        for command in rt.controller.handle(event, self.clock()):
-            self._execute(rt, command)
+        """Hand an event to the connector's controller and carry out its commands. An event raised while
+        commands are carried out (a journal failure inside StartTransaction...) is handled after the current
+        list, never inside it; what is left of the list that would grant energy (close the contactor, start
+        the PWM) waits for the newer event's decision and runs only if the controller still wants it then."""
+        rt.pending_events.append(event)
+        if rt.dispatching:
+            return
+        rt.dispatching = True
+        withheld: list[ctl.Command] = []
+        try:
+            while rt.pending_events:
+                for command in rt.controller.handle(rt.pending_events.popleft(), self.clock()):
+                    if rt.pending_events and _grants_energy(command):
+                        withheld.append(command)
+                    else:
+                        self._execute(rt, command)
+            view = rt.controller.view()
+            for command in withheld:
+                if isinstance(command, ctl.SetContactor) and view.contactor_closed:
+                    self._execute(rt, command)
+                elif isinstance(command, ctl.SetPilot) and view.pilot_mode is PilotMode.PWM:
+                    self._execute(rt, ctl.SetPilot(PilotMode.PWM, view.duty_percent))
+                else:
+                    log.warning("connector %d: %s not carried out: a newer event changed the decision",
+                                rt.id, command)
+        finally:
+            rt.dispatching = False
+            rt.pending_events.clear()
 
     def _dispatch_to(self, connector_id: int, event: ctl.Event) -> None:
         self._dispatch(self.connectors[connector_id], event)
@@ -701,7 +738,8 @@ class Station:
         if lock is None:
             return "NotSupported"
         self._dispatch(rt, ctl.UnlockRequested())
-        deadline = self.clock() + rt.controller.settings.lock_timeout_s
+        loop = asyncio.get_running_loop()  # a real wait for the actuator: the event loop's clock
+        deadline = loop.time() + rt.controller.settings.lock_timeout_s
         while True:
             try:
                 locked = lock.is_locked()
@@ -711,7 +749,7 @@ class Station:
             if not locked:
                 log.info("connector %d: unlocked by the CSMS", rt.id)
                 return "Unlocked"
-            if self.clock() >= deadline:
+            if loop.time() >= deadline:
                 log.warning("connector %d: unlock failed: the lock still reads locked", rt.id)
                 return "UnlockFailed"
             await asyncio.sleep(0.02)

@@ -166,7 +166,8 @@ def test_lock_failure_is_not_raised_while_the_lock_moves():
 
 
 def test_unlock_command_stops_the_transaction_and_commands_the_lock_open():
-    """TC_018_1_CS in the controller: UnlockCommand, contactor open before the lock is released."""
+    """TC_018_1_CS in the controller: UnlockCommand; the contactor opens at once, the lock is released
+    once the mirror contact reads open (never while the outlet may carry mains)."""
     b = LockBench()
     b.start()
     b.step()
@@ -174,6 +175,8 @@ def test_unlock_command_stops_the_transaction_and_commands_the_lock_open():
     b.step()
     out = b.send(UnlockRequested())
     assert of(out, StopTransaction) == [StopTransaction(StopReason.UNLOCK_COMMAND)]
+    assert SetContactor(False) in out and SetLock(False) not in out  # contacts not yet read open
+    out += b.step()  # the mirror contact reads open
     assert out.index(SetContactor(False)) < out.index(SetLock(False))
     b.step()
     assert not b.c.view().lock_feedback and not b.c.faults
@@ -214,7 +217,7 @@ def test_ev_side_disconnect_unlocks_or_holds_the_cable(unlock_on_disconnect):
     b.step()
     out = b.send(PilotChanged(CpState.A))
     assert of(out, StopTransaction) == [StopTransaction(StopReason.EV_DISCONNECTED)]
-    b.run(0.1)
+    out += b.run(0.1)
     if unlock_on_disconnect:
         assert SetLock(False) in out and not b.c.view().lock_feedback
         assert b.c.view().status is ConnectorStatus.AVAILABLE
@@ -290,3 +293,30 @@ def test_a_card_for_a_held_cable_is_routed_to_its_connector():
 ])
 def test_indicator_for_every_status(status, shown):
     assert indicator_for(status) is shown
+
+
+def _charging_then_weld():
+    b = LockBench(lock_timeout_s=1.0)
+    b.start()
+    b.step()
+    b.send(PilotChanged(CpState.C))
+    b.run(0.05)
+    assert b.c.view().contactor_closed and b.c.feedback_closed and b.c.lock_feedback
+    return b
+
+
+def test_session_end_with_welded_contactor_keeps_the_plug_locked():
+    """A plug is never released while its outlet may carry mains: welded contacts keep it locked, and an
+    UnlockConnector then leaves it locked too (the station answers UnlockFailed)."""
+    b = _charging_then_weld()
+    out = b.send(IdTagPresented("TAG1"))  # the driver ends the session; the contacts are welded
+    out += b.send(ContactorFeedback(True))  # mirror contact still closed
+    for _ in range(50):  # 0.5 s: the weld is detected after feedback_timeout_s
+        b.now = round(b.now + 0.01, 6)
+        out += b.send(ContactorFeedback(True))
+        if not b.jammed and b.c.lock_feedback != b.c.view().lock_commanded:
+            out += b.send(LockFeedback(b.c.view().lock_commanded))
+    assert Fault.WELD in b.c.faults
+    assert SetLock(False) not in out, "plug unlocked while the contactor's mirror contact reads closed (welded)"
+    out = b.send(UnlockRequested())
+    assert SetLock(False) not in out and b.c.view().lock_commanded

@@ -116,12 +116,14 @@ async def test_ev_side_disconnect_keeps_the_cable_locked_until_the_card(csms, ru
 
 
 async def test_ev_side_disconnect_unlocks_by_default(csms, run_agent):
-    """TC_005_1_CS: UnlockConnectorOnEVSideDisconnect true (the default): the cable is released at once."""
+    """TC_005_1_CS: UnlockConnectorOnEVSideDisconnect true (the default): the cable is released as soon as
+    the contactor's mirror contact reads open (never while the outlet may carry mains)."""
     agent = await online(run_agent, csms)
     await charge(agent, csms, TAG_OK)
     await agent.cmd("sim.unplug")
-    await agent.wait_connector(lambda c: c["status"] == "Available", what="Available")
-    assert not (await snapshot(agent))["locked"]
+    released = await agent.wait_connector(lambda c: c["status"] == "Available" and not c["lock"]["locked"],
+                                          timeout=2, what="Available and unlocked")
+    assert not released["contactor_closed"] and not (await snapshot(agent))["locked"]
 
 
 async def test_status_leds_follow_the_connector_status(csms, run_agent):

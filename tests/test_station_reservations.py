@@ -1,0 +1,45 @@
+"""A reservation of connector 0 moves to another connector when its holder faults. If the journal cannot
+store the move, that is a storage fault: the error never escapes the control step (which would stop the
+control loop, StationCrashed)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from agent import controller as ctl
+from agent.config import load_config
+from agent.journal import Journal, JournalError
+from agent.station import Station
+from hal.board import load_board
+from tests.agent_harness import write_config
+
+
+async def test_moving_a_station_reservation_with_a_broken_journal_is_a_storage_fault(tmp_path):
+    config = load_config(write_config(tmp_path, "ws://127.0.0.1:9/ocpp", connectors=2))
+    config.journal.path.parent.mkdir(parents=True, exist_ok=True)
+    board = load_board(config.board.file, state_dir=tmp_path)
+    station = Station(config, board, Journal(config.journal.path))
+    await board.start()
+    for _ in range(3):
+        station.control_step()
+        await asyncio.sleep(0.01)
+    expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    assert station.reserve_now(0, expiry, "TAG9", 42, None) == "Accepted"
+    holder = next(cid for cid, rt in station.connectors.items() if rt.controller.reservation is not None)
+
+    def broken(*_):
+        raise JournalError("disk I/O error")
+
+    station.journal.set_setting = broken
+    station.journal.delete_setting = broken
+    try:
+        # the holder's RCD trips: the reservation ends ("faulted") and moves to the other connector
+        station._dispatch(station.connectors[holder], ctl.FaultChanged(ctl.Fault.RCD, True))
+    except JournalError as exc:
+        pytest.fail(f"JournalError escaped the controller's command execution (control loop would crash): {exc}")
+    finally:
+        await board.close()
+    assert all("storage" in rt.controller.view().faults for rt in station.connectors.values())
