@@ -384,6 +384,12 @@ def _ts(moment: datetime) -> float:
     return moment.timestamp()
 
 
+def _tx_start(transaction: Transaction | None) -> float | None:
+    """A transaction's start in whole seconds, like OCPP times and composite windows: a Relative profile
+    then covers the whole second its transaction started in, with no gap before it in a composite."""
+    return float(math.floor(_ts(transaction.started_at))) if transaction else None
+
+
 def _schedule_starts(profile: ChargingProfile, lo: float, hi: float, tx_start: float | None) -> list[float]:
     s = profile.schedule
     if profile.kind == "Recurring":
@@ -457,7 +463,7 @@ def _limits(profiles: tuple[ChargingProfile, ...], connector_id: int, lo: float,
             electrical: Electrical, transaction: Transaction | None, cp_max_share: int
             ) -> list[tuple[float, float | None, int | None]]:
     """(from, limit, numberPhases) at every instant in [lo, hi) where a limit may change."""
-    tx_start = _ts(transaction.started_at) if transaction else None
+    tx_start = _tx_start(transaction)
     cp_max: list[_Segment] = []
     tx: list[_Segment] = []
     default: list[_Segment] = []
@@ -520,7 +526,7 @@ def live_limit(profiles: Iterable[ChargingProfile], connector_id: int, now: date
 def _min_rate_a(profiles: tuple[ChargingProfile, ...], connector_id: int, now: datetime, electrical: Electrical,
                 transaction: Transaction | None) -> float | None:
     t = _ts(now)
-    tx_start = _ts(transaction.started_at) if transaction else None
+    tx_start = _tx_start(transaction)
     candidates = [p for p in profiles if p.connector_id in (0, connector_id) and p.purpose != CHARGE_POINT_MAX
                   and p.schedule.min_charging_rate is not None
                   and (p.purpose != TX_PROFILE or transaction is not None)]

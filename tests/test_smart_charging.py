@@ -307,8 +307,12 @@ def test_controller_suspends_below_6_amps_and_resumes():
 
 
 def test_relative_profile_applies_from_a_transaction_start_within_a_second():
-    """A transaction that starts at x.3 s is limited at once, not only from the next whole second."""
+    """A transaction that starts at x.3 s is limited at once, not only from the next whole second; its
+    periods count from the whole second it started in, like OCPP times and composite windows, so a
+    composite asked for right after the start shows no gap before the profile."""
     p = parsed(kind="Relative", start=None, periods=((0, 11), (60, 7)))
     started = T0 + timedelta(seconds=0.3)
     live = sc.live_limit([p], 1, started, E3, sc.Transaction(started))
-    assert live.limit_a == 11 and live.next_change == started + timedelta(seconds=60)
+    assert live.limit_a == 11 and live.next_change == T0 + timedelta(seconds=60)
+    schedule = sc.composite([p], 1, started + timedelta(seconds=0.2), 120, "A", E3, sc.Transaction(started))
+    assert [(c.start_period, c.limit) for c in schedule.periods] == [(0, 11), (60, 7)]
