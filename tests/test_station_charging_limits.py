@@ -4,30 +4,8 @@ window (it is computed on the event loop that also runs the control loop)."""
 
 from __future__ import annotations
 
-import asyncio
-
 from agent.charging_limits import MAX_COMPOSITE_DURATION_S
-from agent.config import load_config
-from agent.controller import AuthorizationResult, IdTagPresented
-from agent.journal import Journal
-from agent.station import Station
-from hal.board import load_board
-from tests.agent_harness import TAG_OK, write_config
-
-
-async def steps(station: Station, count: int = 30) -> None:
-    for _ in range(count):
-        station.control_step()
-        await asyncio.sleep(0.01)
-
-
-async def sim_station(tmp_path):
-    config = load_config(write_config(tmp_path, "ws://127.0.0.1:9/ocpp"))
-    config.journal.path.parent.mkdir(parents=True, exist_ok=True)
-    board = load_board(config.board.file, state_dir=tmp_path)
-    station = Station(config, board, Journal(config.journal.path))
-    await board.start()
-    return station, board
+from tests.station_bench import authorize, sim_station, steps
 
 
 def default_profile(unit: str, limit: float, kind: str = "Relative", **extra) -> dict:
@@ -45,8 +23,7 @@ async def test_power_limit_just_below_6_amps_suspends_instead_of_rounding_up(tmp
     assert station.set_charging_profile(0, default_profile("W", 4130.0)) == "Accepted"
     board.simulator.plug(1)
     await steps(station, 5)
-    station._dispatch(rt, IdTagPresented(TAG_OK))
-    station._dispatch(rt, AuthorizationResult(TAG_OK, True))
+    authorize(station, rt)
     await steps(station, 60)
     view = rt.controller.view()
     assert rt.controller.charging_limit_a == 5.9

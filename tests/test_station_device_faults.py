@@ -3,34 +3,16 @@ opens the contactor, and clears when the device answers again (the control step 
 
 from __future__ import annotations
 
-import asyncio
-
-from agent.config import load_config
-from agent.controller import AuthorizationResult, IdTagPresented
-from agent.journal import Journal
-from agent.station import Station
-from hal.board import load_board
 from hal.interfaces import HardwareError
-from tests.agent_harness import TAG_OK, write_config
-
-
-async def steps(station: Station, count: int = 30) -> None:
-    for _ in range(count):
-        station.control_step()
-        await asyncio.sleep(0.01)
+from tests.station_bench import authorize, sim_station, steps
 
 
 async def test_unreadable_pilot_faults_the_connector_opens_the_contactor_and_recovers(tmp_path):
-    config = load_config(write_config(tmp_path, "ws://127.0.0.1:9/ocpp"))
-    config.journal.path.parent.mkdir(parents=True, exist_ok=True)
-    board = load_board(config.board.file, state_dir=tmp_path)
-    station = Station(config, board, Journal(config.journal.path))
-    await board.start()
+    station, board = await sim_station(tmp_path)
     rt = station.connectors[1]
     board.simulator.plug(1)
     await steps(station, 5)
-    station._dispatch(rt, IdTagPresented(TAG_OK))
-    station._dispatch(rt, AuthorizationResult(TAG_OK, True))
+    authorize(station, rt)
     await steps(station)
     assert rt.controller.contactor_commanded and rt.hw.contactor.feedback_closed()
 
@@ -56,20 +38,18 @@ async def test_unreadable_pilot_faults_the_connector_opens_the_contactor_and_rec
 async def test_lock_fault_waits_for_the_lock_back_ends_travel_time(tmp_path):
     """The lock deadline is the lock back-end's travel_timeout_s (a board's slow motor lock sets it): a
     jammed lock is a lock fault only once that much time has passed since the command, not after 1 s."""
-    config = load_config(write_config(tmp_path, "ws://127.0.0.1:9/ocpp"))
-    config.journal.path.parent.mkdir(parents=True, exist_ok=True)
-    board = load_board(config.board.file, state_dir=tmp_path)
-    board.connectors[0].lock.travel_timeout_s = 3.0
     now = [1000.0]
-    station = Station(config, board, Journal(config.journal.path), clock=lambda: now[0])
-    await board.start()
+
+    def slow_lock(board):
+        board.connectors[0].lock.travel_timeout_s = 3.0
+
+    station, board = await sim_station(tmp_path, clock=lambda: now[0], prepare=slow_lock)
     rt = station.connectors[1]
     await steps(station, 3)
     board.simulator.set_fault("lock", True)  # jammed open: the next lock command cannot move it
     board.simulator.plug(1)
     await steps(station, 3)
-    station._dispatch(rt, IdTagPresented(TAG_OK))
-    station._dispatch(rt, AuthorizationResult(TAG_OK, True))
+    authorize(station, rt)
     await steps(station, 3)
     assert rt.controller.view().lock_commanded and not rt.controller.view().lock_feedback
     now[0] += 2.9

@@ -5,14 +5,10 @@ behind a controller that believes them off, and the last StatusNotification says
 
 from __future__ import annotations
 
-import asyncio
-
-from agent.config import load_config
-from agent.controller import AuthorizationResult, IdTagPresented
-from agent.journal import Journal, JournalError
-from agent.station import Station
-from hal.board import load_board
-from tests.agent_harness import TAG_OK, write_config
+from agent.controller import IdTagPresented, Tick
+from agent.journal import JournalError
+from tests.agent_harness import TAG_OK
+from tests.station_bench import authorize, sim_station, steps
 
 TX_PROFILE = {"chargingProfileId": 7, "stackLevel": 0, "chargingProfilePurpose": "TxProfile",
               "chargingProfileKind": "Relative",
@@ -20,23 +16,8 @@ TX_PROFILE = {"chargingProfileId": 7, "stackLevel": 0, "chargingProfilePurpose":
                                    "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 10.0}]}}
 
 
-async def steps(station: Station, count: int = 30) -> None:
-    for _ in range(count):
-        station.control_step()
-        await asyncio.sleep(0.01)
-
-
-async def _station(tmp_path):
-    config = load_config(write_config(tmp_path, "ws://127.0.0.1:9/ocpp"))
-    config.journal.path.parent.mkdir(parents=True, exist_ok=True)
-    board = load_board(config.board.file, state_dir=tmp_path)
-    station = Station(config, board, Journal(config.journal.path))
-    await board.start()
-    return station, board
-
-
 async def test_storage_fault_at_transaction_start_leaves_no_pwm_and_no_closed_contactor(tmp_path):
-    station, board = await _station(tmp_path)
+    station, board = await sim_station(tmp_path)
     rt = station.connectors[1]
     await steps(station, 3)
     board.simulator.set_ev_state("C")  # an EV that asks for power as soon as it is plugged
@@ -48,8 +29,7 @@ async def test_storage_fault_at_transaction_start_leaves_no_pwm_and_no_closed_co
         raise JournalError("disk I/O error")
 
     station.charging_limits._store.save = broken_save
-    station._dispatch(rt, IdTagPresented(TAG_OK))
-    station._dispatch(rt, AuthorizationResult(TAG_OK, True))
+    authorize(station, rt)
     await steps(station, 40)
     view = rt.controller.view()
     hw = board.simulator.snapshot()["connectors"][0]
@@ -61,14 +41,13 @@ async def test_storage_fault_at_transaction_start_leaves_no_pwm_and_no_closed_co
 
 
 async def test_storage_fault_at_transaction_stop_is_the_last_status_reported(tmp_path):
-    station, board = await _station(tmp_path)
+    station, board = await sim_station(tmp_path)
     rt = station.connectors[1]
     sent = []
     station.ocpp.send_status = lambda cid, status, *a, **k: sent.append(status)
     board.simulator.plug(1)
     await steps(station, 5)
-    station._dispatch(rt, IdTagPresented(TAG_OK))
-    station._dispatch(rt, AuthorizationResult(TAG_OK, True))
+    authorize(station, rt)
     await steps(station, 40)
     assert rt.controller.transaction_active
     assert station.set_charging_profile(1, TX_PROFILE) == "Accepted"
@@ -84,3 +63,29 @@ async def test_storage_fault_at_transaction_stop_is_the_last_status_reported(tmp
     assert rt.controller.view().status.value == "Faulted"
     assert sent[-1] == "Faulted", f"last StatusNotification {sent[-1]!r} while the connector is Faulted"
     await board.close()
+
+
+async def test_energy_withheld_for_a_newer_event_is_granted_when_that_event_changes_nothing(tmp_path):
+    """The other side of the rule: a newer event that leaves the decision as it was (here a Tick raised while
+    StartTransaction is carried out) does not cost the EV its energy: the PWM and the closed contactor that
+    waited for it are carried out right after, and hardware and controller agree."""
+    station, board = await sim_station(tmp_path)
+    rt = station.connectors[1]
+    await steps(station, 3)
+    board.simulator.set_ev_state("C")
+    await steps(station, 3)
+    started = station.charging_limits.transaction_started
+
+    def started_with_a_reentrant_event(runtime):
+        started(runtime)
+        station._dispatch(runtime, Tick())
+
+    station.charging_limits.transaction_started = started_with_a_reentrant_event
+    authorize(station, rt)
+    await steps(station, 10)
+    view = rt.controller.view()
+    hw = board.simulator.snapshot()["connectors"][0]
+    assert view.transaction_active and view.contactor_closed and view.pilot_mode.value == "PWM"
+    assert hw["pilot_mode"] == "PWM" and hw["contactor_commanded"]
+    await board.close()
+

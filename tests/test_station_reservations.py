@@ -4,28 +4,18 @@ control loop, StationCrashed)."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from agent import controller as ctl
-from agent.config import load_config
-from agent.journal import Journal, JournalError
-from agent.station import Station
-from hal.board import load_board
-from tests.agent_harness import write_config
+from agent.journal import JournalError
+from tests.station_bench import sim_station, steps
 
 
 async def test_moving_a_station_reservation_with_a_broken_journal_is_a_storage_fault(tmp_path):
-    config = load_config(write_config(tmp_path, "ws://127.0.0.1:9/ocpp", connectors=2))
-    config.journal.path.parent.mkdir(parents=True, exist_ok=True)
-    board = load_board(config.board.file, state_dir=tmp_path)
-    station = Station(config, board, Journal(config.journal.path))
-    await board.start()
-    for _ in range(3):
-        station.control_step()
-        await asyncio.sleep(0.01)
+    station, board = await sim_station(tmp_path, connectors=2)
+    await steps(station, 3)
     expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     assert station.reserve_now(0, expiry, "TAG9", 42, None) == "Accepted"
     holder = next(cid for cid, rt in station.connectors.items() if rt.controller.reservation is not None)
