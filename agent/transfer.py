@@ -17,6 +17,7 @@ socket timeout at most.
 
 from __future__ import annotations
 
+import contextlib
 import ftplib
 import hashlib
 import os
@@ -135,24 +136,30 @@ class _Sink:
         self.out.write(block)
 
 
-def _http_download(url, out, max_bytes, timeout, cancel, ssl_context) -> tuple[int, str]:
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+@contextlib.contextmanager
+def _http_errors(url: str):
+    """urllib's and the socket's errors as a TransferError naming the (redacted) URL."""
     try:
-        with _opener(ssl_context).open(request, timeout=timeout) as response:
-            length = response.headers.get("Content-Length")
-            if length and length.isdigit() and int(length) > max_bytes:
-                raise TransferError(f"{redact(url)} announces {length} bytes, more than the limit of {max_bytes}")
-            sink = _Sink(out, max_bytes, cancel)
-            while block := response.read(BLOCK_SIZE):
-                sink.write(block)
-            if length and length.isdigit() and sink.size != int(length):
-                raise TransferError(f"{redact(url)}: got {sink.size} of {length} bytes")
+        yield
     except urllib.error.HTTPError as exc:
         raise TransferError(f"{redact(url)}: HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
         raise TransferError(f"{redact(url)}: {exc.reason}") from None
     except (TimeoutError, ConnectionError, ssl.SSLError) as exc:
         raise TransferError(f"{redact(url)}: {type(exc).__name__}: {exc}") from None
+
+
+def _http_download(url, out, max_bytes, timeout, cancel, ssl_context) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    with _http_errors(url), _opener(ssl_context).open(request, timeout=timeout) as response:
+        length = response.headers.get("Content-Length")
+        if length and length.isdigit() and int(length) > max_bytes:
+            raise TransferError(f"{redact(url)} announces {length} bytes, more than the limit of {max_bytes}")
+        sink = _Sink(out, max_bytes, cancel)
+        while block := response.read(BLOCK_SIZE):
+            sink.write(block)
+        if length and length.isdigit() and sink.size != int(length):
+            raise TransferError(f"{redact(url)}: got {sink.size} of {length} bytes")
     return sink.size, sink.sha256.hexdigest()
 
 
@@ -226,7 +233,7 @@ def _http_upload(url, path: Path, name: str, timeout, cancel, ssl_context) -> No
     post = urllib.request.Request(url, data=body, method="POST", headers={
         "User-Agent": USER_AGENT, "Content-Type": f"multipart/form-data; boundary={boundary}"})
     opener = _opener(ssl_context)
-    try:
+    with _http_errors(url):
         try:
             with opener.open(post, timeout=timeout) as response:
                 response.read()
@@ -240,12 +247,6 @@ def _http_upload(url, path: Path, name: str, timeout, cancel, ssl_context) -> No
             "User-Agent": USER_AGENT, "Content-Type": "application/octet-stream"})
         with opener.open(put, timeout=timeout) as response:
             response.read()
-    except urllib.error.HTTPError as exc:
-        raise TransferError(f"{redact(url)}: HTTP {exc.code} {exc.reason}") from None
-    except urllib.error.URLError as exc:
-        raise TransferError(f"{redact(url)}: {exc.reason}") from None
-    except (TimeoutError, ConnectionError, ssl.SSLError) as exc:
-        raise TransferError(f"{redact(url)}: {type(exc).__name__}: {exc}") from None
 
 
 def _ftp_upload(url, path: Path, name: str, timeout, cancel) -> None:
