@@ -39,9 +39,10 @@ CONTROL_PERIOD = 0.010  # s, the agent's default control step
 class Bench:
     """A controller wired to an ideal contactor: feedback follows the command one step later."""
 
-    def __init__(self, **settings):
+    def __init__(self, *, has_lock: bool = False, **settings):
         self.now = 0.0
-        self.c = ConnectorController(settings=SessionSettings(**{"min_close_interval_s": 0.0, **settings}))
+        self.c = ConnectorController(settings=SessionSettings(**{"min_close_interval_s": 0.0, **settings}),
+                                     has_lock=has_lock)
         self.log: list[tuple[float, object]] = []
 
     def send(self, event, at: float | None = None):

@@ -18,7 +18,6 @@ from agent.controller import (
     PilotChanged,
     RequestAuthorization,
     ResetLatchedFaults,
-    SessionSettings,
     SetContactor,
     SetLock,
     StartTransaction,
@@ -31,6 +30,7 @@ from agent.controller import (
     route_id_tag,
 )
 from hal.interfaces import CpState, IndicatorState
+from tests.test_controller import Bench
 
 STEP = 0.010  # s, the agent's control period
 
@@ -39,24 +39,14 @@ def of(commands, kind):
     return [c for c in commands if isinstance(c, kind)]
 
 
-class LockBench:
+class LockBench(Bench):
     """A controller on an outlet with a lock whose feedback follows the command one control step later,
     unless `jammed`; the contactor's mirror contact follows likewise."""
 
     def __init__(self, **settings):
-        self.now = 0.0
+        super().__init__(has_lock=True, **settings)
         self.jammed = False
-        self.c = ConnectorController(
-            settings=SessionSettings(**{"min_close_interval_s": 0.0, **settings}), has_lock=True)
-        self.log: list[tuple[float, object]] = []
         self.send(Tick())
-
-    def send(self, event, at: float | None = None):
-        if at is not None:
-            self.now = at
-        commands = self.c.handle(event, self.now)
-        self.log += [(self.now, c) for c in commands]
-        return commands
 
     def step(self, seconds: float = STEP):
         """One control step: the devices' feedback as the station would read it, then a Tick."""
