@@ -108,6 +108,12 @@ class Agent:
             await asyncio.sleep(0.05)
         raise TimeoutError(f"timed out waiting for {what}; last: {last}\n{self.log_tail()}")
 
+    def cleanup(self) -> None:
+        """Test clean-up: SIGKILL the process if it still runs, and reap it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
     def kill9(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)

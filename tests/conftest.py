@@ -34,6 +34,4 @@ async def run_agent(tmp_path):
 
     yield factory
     for agent in agents:
-        if agent.proc is not None and agent.proc.poll() is None:
-            agent.proc.kill()
-            agent.proc.wait(5)
+        agent.cleanup()

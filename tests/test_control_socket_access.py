@@ -97,9 +97,7 @@ async def agent_with_group(csms, shared_dir):
         await agent.ready()
         yield agent, group.gr_gid
     finally:
-        if agent.proc.poll() is None:
-            agent.proc.kill()
-            agent.proc.wait(5)
+        agent.cleanup()
 
 
 async def test_socket_is_0660_and_belongs_to_the_configured_group(agent_with_group):

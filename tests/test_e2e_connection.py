@@ -100,9 +100,7 @@ async def cleanup():
     yield things
     for thing in reversed(things):
         if isinstance(thing, Agent):
-            if thing.proc is not None and thing.proc.poll() is None:
-                thing.proc.kill()
-                thing.proc.wait(5)
+            thing.cleanup()
         else:
             try:
                 await thing.stop()

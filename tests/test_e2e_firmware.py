@@ -219,9 +219,7 @@ async def start(tmp_path):
 
     yield factory
     for agent in agents:
-        if agent.proc is not None and agent.proc.poll() is None:
-            agent.proc.kill()
-            agent.proc.wait(5)
+        agent.cleanup()
 
 
 @pytest.fixture(autouse=True)

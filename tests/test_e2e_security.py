@@ -67,9 +67,7 @@ def agents():
 
     yield start
     for agent in started:
-        if agent.proc is not None and agent.proc.poll() is None:
-            agent.proc.kill()
-            agent.proc.wait(5)
+        agent.cleanup()
 
 
 @pytest.fixture

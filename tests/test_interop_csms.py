@@ -294,9 +294,7 @@ async def agent(third_party, tmp_path):
         await process.ready()
         yield process
     finally:
-        if process.proc is not None and process.proc.poll() is None:
-            process.proc.kill()
-            process.proc.wait(5)
+        process.cleanup()
 
 
 def explained(test):
@@ -475,6 +473,4 @@ async def test_arthexis_refuses_the_ocpp_j_url_and_the_agent_keeps_retrying(thir
         assert refusals >= 2, f"{refusals} handshake(s) seen by arthexis"
         assert (await third_party.snapshot())["connection"] is None
     finally:
-        if process.proc.poll() is None:
-            process.proc.kill()
-            process.proc.wait(5)
+        process.cleanup()

@@ -136,9 +136,7 @@ async def agent(strict_csms, tmp_path):
         await process.ready()
         yield process
     finally:
-        if process.proc is not None and process.proc.poll() is None:
-            process.proc.kill()
-            process.proc.wait(5)
+        process.cleanup()
 
 
 def assert_station_frames_valid(csms: StrictCsms, agent: Agent, expected_actions: set[str]) -> None:

@@ -103,9 +103,7 @@ async def test_under_journald_the_agent_logs_with_priorities_and_without_timesta
         await csms.wait_connected(STATION_ID)
         assert await agent.terminate() == 0
     finally:
-        if agent.proc.poll() is None:
-            agent.proc.kill()
-            agent.proc.wait(5)
+        agent.cleanup()
     lines = agent.log_path.read_text().splitlines()
     assert lines and all(line[:3] in ("<2>", "<3>", "<4>", "<6>", "<7>") for line in lines), lines[:5]
     assert any(line.startswith("<6>evse.agent: station CP-T1 up") for line in lines)

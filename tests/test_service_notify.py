@@ -142,9 +142,7 @@ async def test_ready_status_and_watchdog_from_the_agent_and_no_watchdog_while_it
         assert await agent.terminate() == 0
         await notify_socket.wait("STOPPING", since=sent_before_stop, timeout=2)
     finally:
-        if agent.proc.poll() is None:
-            agent.proc.kill()
-            agent.proc.wait(5)
+        agent.cleanup()
 
 
 # ---- in process: the control loop dies, the event loop lives on ---------------------------------------------

@@ -86,9 +86,7 @@ async def test_sighup_applies_log_level_and_max_current_and_keeps_the_old_config
         assert (await agent.connector())["offered_current_a"] == 10.0
         assert await agent.terminate() == 0
     finally:
-        if agent.proc.poll() is None:
-            agent.proc.kill()
-            agent.proc.wait(5)
+        agent.cleanup()
 
 
 async def test_after_sigterm_no_card_remote_start_or_late_authorization_starts_a_session(tmp_path, caplog):
