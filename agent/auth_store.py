@@ -43,10 +43,7 @@ class AuthStore:
         self._journal = journal
         self._db = journal.connection
         self.cache_max_entries = cache_max_entries
-        with journal.write() as db:  # not executescript(): it would commit the open transaction
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
+        journal.ensure_tables(SCHEMA)
 
     # ---- cache -----------------------------------------------------------------------------------
 

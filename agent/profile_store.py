@@ -26,8 +26,7 @@ CREATE TABLE IF NOT EXISTS charging_profiles (
 class ProfileStore:
     def __init__(self, journal: Journal):
         self._journal = journal
-        with journal.write() as db:
-            db.execute(SCHEMA)
+        journal.ensure_tables(SCHEMA)
 
     def load(self) -> tuple[sc.ChargingProfile, ...]:
         """Every stored profile; one that no longer parses (an older agent's) is dropped with a warning."""
