@@ -6,10 +6,10 @@ journal in the same SQLite file and are written with the same durability.
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime
+from datetime import datetime
 
 from agent.authorization import IdTagInfo, ListChange, cache_evictions
+from agent.clock import WallClock, utc_now
 from agent.journal import Journal
 
 SCHEMA = """
@@ -39,8 +39,9 @@ def _info_to_row(info: IdTagInfo) -> tuple[str, str | None, str | None]:
 
 
 class AuthStore:
-    def __init__(self, journal: Journal, cache_max_entries: int = 1000):
+    def __init__(self, journal: Journal, cache_max_entries: int = 1000, wall_clock: WallClock = utc_now):
         self._journal = journal
+        self._wall_clock = wall_clock  # UTC: expiry dates and the cache's least-recently-updated order
         self._db = journal.connection
         self.cache_max_entries = cache_max_entries
         journal.ensure_tables(SCHEMA)
@@ -51,11 +52,11 @@ class AuthStore:
         row = self._db.execute("SELECT status, expiry, parent FROM auth_cache WHERE id_tag = ?", (id_tag,)).fetchone()
         return _row_to_info(*row) if row else None
 
-    def remember(self, id_tag: str, info: IdTagInfo, now: datetime | None = None) -> None:
+    def remember(self, id_tag: str, info: IdTagInfo) -> None:
         """Cache what the CSMS said about a tag (valid or not), unless the tag is in the local list."""
         if self.listed(id_tag) is not None:
             return  # list entries are never cached (§3.5.3)
-        now = now or datetime.now(UTC)
+        now = self._wall_clock()
         entries = [
             (tag, _row_to_info(status, expiry, parent), updated)
             for tag, status, expiry, parent, updated in self._db.execute(
@@ -68,7 +69,7 @@ class AuthStore:
                 "INSERT INTO auth_cache (id_tag, status, expiry, parent, updated_at) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT(id_tag) DO UPDATE SET status = excluded.status, expiry = excluded.expiry,"
                 " parent = excluded.parent, updated_at = excluded.updated_at",
-                (id_tag, *_info_to_row(info), time.time()),
+                (id_tag, *_info_to_row(info), now.timestamp()),
             )
 
     def clear_cache(self) -> None:

@@ -88,7 +88,7 @@ def test_send_local_list_rules():
 
 def test_store_persists_cache_and_list_and_keeps_list_ids_out_of_the_cache(tmp_path):
     journal = Journal(tmp_path / "j.sqlite")
-    store = AuthStore(journal, cache_max_entries=2)
+    store = AuthStore(journal, cache_max_entries=2, wall_clock=lambda: NOW)
     store.remember("C1", IdTagInfo("Accepted", NOW + timedelta(days=1), "P"))
     store.remember("C2", BLOCKED)
     store.remember("C3", ACCEPTED)  # evicts the blocked one
@@ -100,7 +100,7 @@ def test_store_persists_cache_and_list_and_keeps_list_ids_out_of_the_cache(tmp_p
     assert store.cached("C1") is None, "listed ids are never cached"
     journal.close()
 
-    reopened = AuthStore(Journal(tmp_path / "j.sqlite"))
+    reopened = AuthStore(Journal(tmp_path / "j.sqlite"), wall_clock=lambda: NOW)
     assert reopened.list_version() == 7 and reopened.listed("C1") == ACCEPTED
     assert reopened.cached("C3") == ACCEPTED
     assert reopened.cached("C1") is None
