@@ -96,6 +96,9 @@ class SessionSettings:
     meter_failure_stops: bool = True  # False: a dead meter is reported (warning) but charging goes on
     min_close_interval_s: float = 1.0  # protects the contactor from chattering EVs
     ev_response_grace_s: float = 3.0  # IEC 61851-1: the EV answers a pilot change within 3 s
+    # IEC 61851-1:2017 Annex A, Table A.6 sequence 10.2: after an orderly stop switched the PWM off (x1), an EV
+    # still in C gets this long to open S2 before the contactor opens under load (EVerest uses 6 s too)
+    stop_under_load_timeout_s: float = 6.0
     lock_timeout_s: float = 1.0  # the lock's feedback must follow a command within this time
     unlock_on_ev_side_disconnect: bool = True  # OCPP UnlockConnectorOnEVSideDisconnect
 
@@ -172,6 +175,13 @@ class StopRequested:
 
 
 @dataclass(frozen=True)
+class TransactionRecorded:
+    """The station committed the transaction's start to the journal. Until then the transaction offers no
+    energy (no PWM, no close): a start that is not durable must not charge (a journal failure arrives as
+    FaultChanged(STORAGE) instead and stops it)."""
+
+
+@dataclass(frozen=True)
 class TransactionConfirmed:
     """The CSMS answered StartTransaction; `accepted` is its idTagInfo verdict."""
 
@@ -242,6 +252,7 @@ Event = (
     | RemoteStart
     | ResumeTransaction
     | StopRequested
+    | TransactionRecorded
     | TransactionConfirmed
     | AvailabilityChanged
     | ReservationMade
@@ -342,6 +353,7 @@ class _Transaction:
     parent_id_tag: str | None
     started_at: float
     energy_blocked: bool = False  # CSMS said the id is invalid and StopTransactionOnInvalidId is false
+    recorded: bool = False  # the journal holds its start (TransactionRecorded): only then may energy flow
 
 
 @dataclass
@@ -398,6 +410,10 @@ class ConnectorController:
     _pilot_out: SetPilot = field(default_factory=lambda: SetPilot(PilotMode.X1))
     _pwm_since: float | None = None
     _ev_answered_pwm: bool = False  # the EV went to C/D since the PWM started
+    # the diode is unknown until a pilot sample taken while the PWM runs says so: no close before that
+    _diode_verified: bool = False
+    _pilot_seen: bool = False  # no lock command before the first pilot reading (a resumed session keeps it)
+    _wind_down_since: float | None = None  # orderly stop under load: x1 sent, waiting for the EV to leave C
     _lock_cmd: bool = False
     _lock_cmd_at: float = -math.inf  # never commanded: the first step commands the lock open
     lock_feedback: bool = False
@@ -487,6 +503,17 @@ class ConnectorController:
         return self._contactor_cmd
 
     @property
+    def awaiting_diode_check(self) -> bool:
+        """The PWM runs but no pilot sample taken since has told the diode: the control loop reports the next
+        one (DiodeChecked) even if it did not change."""
+        return self._pilot_out.mode is PilotMode.PWM and not self._diode_verified
+
+    @property
+    def awaiting_record(self) -> bool:
+        """A transaction started whose start the journal has not confirmed yet (TransactionRecorded)."""
+        return self._tx is not None and not self._tx.recorded
+
+    @property
     def lock_held_for(self) -> str | None:
         """The id whose card releases a cable held locked after an EV-side disconnect."""
         return self._lock_hold.id_tag if self._lock_hold else None
@@ -538,6 +565,8 @@ class ConnectorController:
                 self._on_pilot(state, out)
             case DiodeChecked(ok):
                 self.diode_ok = ok
+                if self._pilot_out.mode is PilotMode.PWM:  # a sample under PWM: the diode is known now
+                    self._diode_verified = True
                 if not ok and self._pilot_out.mode is PilotMode.PWM and self.plugged:
                     self._raise_fault(Fault.DIODE, out)
             case ContactorFeedback(closed):
@@ -560,13 +589,16 @@ class ConnectorController:
             case RemoteStart(id_tag):
                 self._on_remote_start(id_tag, out)
             case ResumeTransaction(id_tag):
-                if self._tx is None:
-                    self._tx = _Transaction(id_tag, None, self._now)  # already journaled: no StartTransaction
+                if self._tx is None:  # already journaled: no StartTransaction, and recorded
+                    self._tx = _Transaction(id_tag, None, self._now, recorded=True)
             case StopRequested(reason, id_tag):
                 if self._tx is not None:
                     self._stop(reason, id_tag, out)
                 elif reason in (StopReason.SOFT_RESET, StopReason.HARD_RESET):
                     self._auth = None
+            case TransactionRecorded():
+                if self._tx is not None:
+                    self._tx.recorded = True
             case TransactionConfirmed(accepted, parent):
                 self._on_transaction_confirmed(accepted, parent, out)
             case AvailabilityChanged(operative):
@@ -593,6 +625,7 @@ class ConnectorController:
     def _on_pilot(self, state: CpState, out: list[Command]) -> None:
         was_plugged = self.plugged
         self.cp_state = state
+        self._pilot_seen = True
         if state in (CpState.C, CpState.D) and self._pilot_out.mode is PilotMode.PWM:
             self._ev_answered_pwm = True
         if state is CpState.A:
@@ -832,7 +865,8 @@ class ConnectorController:
             or self._lock_hold is not None
             or (self._tx is not None and (self.plugged or not self.settings.unlock_on_ev_side_disconnect))
         )
-        if want_lock != self._lock_cmd or (self.has_lock and self._lock_cmd_at == -math.inf):
+        first_lock_command = self.has_lock and self._lock_cmd_at == -math.inf
+        if self._pilot_seen and (want_lock != self._lock_cmd or first_lock_command):
             self._lock_cmd = want_lock
             self._lock_cmd_at = self._now
             out.append(SetLock(want_lock))
@@ -844,10 +878,15 @@ class ConnectorController:
             elif self._pilot_out.mode is not PilotMode.PWM:
                 self._pwm_since = self._now
                 self._ev_answered_pwm = self._ev_requests_power()
+                self._diode_verified = False  # known only from a sample taken under this PWM
             self._pilot_out = pilot
             out.append(pilot)
 
         want_closed = self._may_close()
+        if want_closed or not self._contactor_cmd:
+            self._wind_down_since = None
+        elif self._may_finish_under_load():
+            want_closed = True  # orderly stop: x1 is out, the EV gets its time to open S2 first
         if want_closed != self._contactor_cmd:
             if want_closed and self._now - self._last_close_at < self.settings.min_close_interval_s:
                 pass  # closes on a later Tick
@@ -869,6 +908,7 @@ class ConnectorController:
     def _energy_allowed(self) -> bool:
         return (
             self._tx is not None
+            and self._tx.recorded
             and not self._tx.energy_blocked
             and not self.blocking_faults
             and self.operative
@@ -890,12 +930,26 @@ class ConnectorController:
             self.cp_state is CpState.D and self.settings.ventilation_available
         )
 
+    def _may_finish_under_load(self) -> bool:
+        """Whether a closed contactor may stay closed a little longer although energy is no longer granted:
+        only for an orderly stop (remote/local stop, reset, deauthorization, a limit below 6 A, unavailable),
+        only while the EV still draws (C, or D with ventilation) and for at most stop_under_load_timeout_s
+        (IEC 61851-1:2017 Annex A, Table A.6 seq. 10.2). Safety causes never wait: a blocking fault, an
+        unplug, C->B, E/F, a lock that reads open all open the contactor in the same step."""
+        if (self.blocking_faults or not self.plugged or not self._ev_requests_power()
+                or (self.has_lock and not (self._lock_cmd and self.lock_feedback))):
+            return False
+        if self._wind_down_since is None:
+            self._wind_down_since = self._now
+        return self._now - self._wind_down_since < self.settings.stop_under_load_timeout_s
+
     def _may_close(self) -> bool:
         return (
             self._energy_allowed()
             and self._pilot_out.mode is PilotMode.PWM
             and self._ev_requests_power()
             and self.diode_ok
+            and self._diode_verified  # checked under this PWM before the first close (never in its step)
             # on an outlet with a lock, only while its feedback confirms the plug locked
             and (not self.has_lock or (self._lock_cmd and self.lock_feedback))
             # a closed mirror contact while commanded open means welded contacts
@@ -915,6 +969,8 @@ class ConnectorController:
 
     def _operational_status(self) -> StatusChanged:
         if self._tx is not None:
+            if not self._tx.recorded and self.plugged:
+                return StatusChanged(ConnectorStatus.PREPARING)  # until the journal holds the start
             if not self.plugged:
                 return StatusChanged(ConnectorStatus.SUSPENDED_EV, info="EV side disconnected")
             if not self._energy_allowed():
