@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 import time
 import tomllib
 from collections.abc import Callable
@@ -291,9 +293,12 @@ def load_board(
     return board
 
 
+MAX_BOARD_FILE_BYTES = 1024 * 1024  # a board config is a few kB; anything near this is the wrong file
+
+
 def _read_toml(path: Path) -> dict:
     try:
-        raw = path.read_bytes()
+        raw = _read_config_bytes(path, MAX_BOARD_FILE_BYTES)
     except OSError as exc:
         raise BoardConfigError(f"{path}: cannot read board config: {exc.strerror or exc}") from exc
     try:
@@ -302,6 +307,37 @@ def _read_toml(path: Path) -> dict:
         raise BoardConfigError(f"{path}: not UTF-8 text: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise BoardConfigError(f"{path}: TOML syntax error: {exc}") from exc
+
+
+def _read_config_bytes(path: Path, limit: int) -> bytes:
+    """The file's bytes, refusing anything but a regular file of at most `limit` bytes.
+
+    /dev/zero never ends and a FIFO blocks its reader until a writer comes: opened non-blocking and
+    checked on the open descriptor (no window between a stat and the open), neither can hang the loader."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise BoardConfigError(f"{path}: not a regular file ({_file_kind(info.st_mode)}): "
+                                   "give the path of a board config TOML file")
+        if info.st_size > limit:
+            raise BoardConfigError(f"{path}: {info.st_size} bytes is too large for a board config "
+                                   f"(at most {limit // 1024} KiB): wrong file?")
+        chunks, size = [], 0
+        while chunk := os.read(fd, 65536):
+            size += len(chunk)
+            if size > limit:  # it grew after the fstat
+                raise BoardConfigError(f"{path}: more than {limit // 1024} KiB: too large for a board config")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
 def _validate(raw: dict, path: Path) -> dict:

@@ -1,6 +1,9 @@
 """Board configs: the shipped ones load, and every kind of mistake is reported with file and key."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -118,6 +121,51 @@ def test_missing_file(tmp_path):
     path = tmp_path / "nope.toml"
     with pytest.raises(BoardConfigError, match="nope.toml: cannot read"):
         load_board(path)
+
+
+def load_in_subprocess(path: Path) -> subprocess.CompletedProcess:
+    """load_board in a child: a reader that hangs or reads /dev/zero forever is killed, not the suite."""
+    code = ("import sys\nfrom hal.board import BoardConfigError, load_board\n"
+            "try:\n    load_board(sys.argv[1])\nexcept BoardConfigError as exc:\n    print(exc)\n    sys.exit(2)\n")
+    return subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                          timeout=60, cwd=CONFIG_DIR.parent)
+
+
+def test_board_file_dev_zero_is_refused_in_one_line_instead_of_read_forever():
+    result = load_in_subprocess(Path("/dev/zero"))
+    assert result.returncode == 2, result.stderr
+    assert result.stdout.strip() == "/dev/zero: not a regular file (a character device): give the path of a " \
+                                    "board config TOML file"
+
+
+def test_board_file_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
+    fifo = tmp_path / "board.toml"
+    os.mkfifo(fifo)
+    result = load_in_subprocess(fifo)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout.strip().startswith(f"{fifo}: not a regular file (a FIFO)")
+
+
+def test_board_file_directory_is_refused_naming_it(tmp_path):
+    with pytest.raises(BoardConfigError, match=r"board-configs: not a regular file \(a directory\)") as info:
+        load_board(CONFIG_DIR)
+    assert "\n" not in str(info.value)
+
+
+def test_board_file_over_one_mib_is_refused_naming_file_and_size(tmp_path):
+    path = write(tmp_path, GOOD + "#" * (1024 * 1024) + "\n")
+    with pytest.raises(BoardConfigError) as info:
+        load_board(path)
+    assert str(info.value) == (f"{path}: {path.stat().st_size} bytes is too large for a board config "
+                               "(at most 1024 KiB): wrong file?")
+
+
+def test_board_file_just_under_the_limit_still_loads(tmp_path):
+    path = write(tmp_path, GOOD)
+    with path.open("a") as extra:
+        extra.write("#" * (1024 * 1024 - path.stat().st_size - 1) + "\n")
+    assert path.stat().st_size == 1024 * 1024
+    assert len(load_board(path).connectors) == 1
 
 
 def test_toml_syntax_error(tmp_path):
