@@ -324,10 +324,52 @@ async def test_infinite_voltage_is_an_error(serve):
         await served.meter.read()
 
 
-async def test_abb_not_available_sentinel_is_an_error(serve):
+async def test_abb_not_available_marker_on_unused_phases_keeps_energy_and_the_used_phase(serve):
+    """A B23 on a single-phase outlet answers 0xFFFFFFFF for L2/L3 voltage and current: the reading is good,
+    those values are absent, the energy and L1 are the meter's."""
     served = await serve("abb-b23")
-    served.hook.set_registers("holding", 0x5B02, [0xFFFF, 0xFFFF])
-    with pytest.raises(MeterError, match=r"voltage L2 \(holding register 0x5B02\).*not available"):
+    for address in (0x5B02, 0x5B04, 0x5B0E, 0x5B10):  # voltage L2, L3; current L2, L3 (UINT32)
+        served.hook.set_registers("holding", address, [0xFFFF, 0xFFFF])
+    reading = await served.meter.read()
+    assert reading.energy_wh == pytest.approx(1234560, abs=1)
+    assert reading.power_w == pytest.approx(11040.5)
+    assert reading.voltage_v[0] == pytest.approx(230.1) and reading.voltage_v[1:] == (None, None)
+    assert reading.current_a[0] == pytest.approx(16.01) and reading.current_a[1:] == (None, None)
+    assert served.meter.error_count == 0 and served.meter.consecutive_errors == 0
+    assert served.meter.last_reading == reading
+
+
+async def test_abb_signed_not_available_marker_leaves_power_absent(serve):
+    served = await serve("abb-b23")
+    served.hook.set_registers("holding", 0x5B14, [0x7FFF, 0xFFFF])  # INT32 total power: 0x7FFFFFFF
+    reading = await served.meter.read()
+    assert reading.power_w is None and reading.energy_wh == pytest.approx(1234560, abs=1)
+
+
+async def test_abb_not_available_energy_is_a_failed_read_naming_the_marker(serve):
+    served = await serve("abb-b23")
+    served.hook.set_registers("holding", 0x5000, [0xFFFF] * 4)  # UINT64 import energy
+    with pytest.raises(MeterError, match=r"energy import \(holding register 0x5000\): not available "
+                                         r"\(the meter answered its 'not available' marker 0xFFFFFFFFFFFFFFFF\)"):
+        await served.meter.read()
+    assert served.meter.last_reading is None and served.meter.error_count == 1
+
+
+async def test_eastron_nan_voltage_of_an_unused_phase_is_absent_not_a_failed_read(serve):
+    served = await serve("sdm630")
+    served.hook.set_registers("input", 0x0004, words(math.nan, "float32"))  # voltage L3
+    served.hook.set_registers("input", 0x000A, words(math.nan, "float32"))  # current L3
+    reading = await served.meter.read()
+    assert reading.energy_wh == pytest.approx(1234567, abs=1)
+    assert reading.voltage_v[:2] == pytest.approx((230.1, 231.2), abs=1e-3) and reading.voltage_v[2] is None
+    assert reading.current_a[2] is None and served.meter.error_count == 0
+
+
+async def test_a_value_that_is_not_the_marker_is_read_as_a_value(serve):
+    """0xFFFFFFFE is a (large) number, not the marker: the plausibility check still catches it."""
+    served = await serve("abb-b23")
+    served.hook.set_registers("holding", 0x5B02, [0xFFFF, 0xFFFE])
+    with pytest.raises(MeterError, match=r"voltage L2 \(holding register 0x5B02\): implausible"):
         await served.meter.read()
 
 

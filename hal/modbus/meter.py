@@ -1,8 +1,10 @@
 """An EnergyMeter that reads a MeterProfile over a shared ModbusBus.
 
-A reading is all or nothing: if any register fails or any value is implausible, read() raises MeterError
-and the health counters go up; it never returns zeros or a half-filled reading, because a zero energy
-register would end up in a transaction's meterStop.
+A request that fails, an energy register the meter cannot give, or an implausible value fails the whole
+reading: read() raises MeterError and the health counters go up; it never returns zeros, because a zero
+energy register would end up in a transaction's meterStop. A power, current or voltage the meter marks
+"not available" (NaN, or ABB's 0xFFFF... marker, e.g. for an unused phase) is None in the reading: the
+energy and the other values stay good.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from hal.board import ConfigTable
 from hal.build import BuildContext, Clock, Lifecycle
 from hal.interfaces import EnergyMeter, MeterError, MeterReading
 from hal.modbus.bus import ModbusBus, ModbusBusError, ModbusExceptionResponse, lookup_bus
-from hal.modbus.meter_profiles import PROFILES, MeterProfile, Register, decode
+from hal.modbus.meter_profiles import PROFILES, MeterProfile, Register, decode, marker_description
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,7 @@ class ModbusMeter(EnergyMeter, Lifecycle):
         self.consecutive_errors = 0
         self.error_count = 0
         self.last_error: str | None = None
+        self._absent: list[str] = []  # quantities the meter marked not available in the last reading
 
     @property
     def name(self) -> str:
@@ -109,8 +112,8 @@ class ModbusMeter(EnergyMeter, Lifecycle):
             self.last_reading = reading
             return reading
 
-    async def _read_values(self) -> dict[str, float]:
-        values: dict[str, float] = {}
+    async def _read_values(self) -> dict[str, float | None]:
+        values: dict[str, float | None] = {}
         for request in list(self._requests):
             try:
                 words = await self.bus.read_registers(
@@ -145,8 +148,8 @@ class ModbusMeter(EnergyMeter, Lifecycle):
                 raise MeterError(f"{self.name}: {exc}") from exc
         return words
 
-    def _decode(self, request: ReadRequest, words: list[int]) -> dict[str, float]:
-        values = {}
+    def _decode(self, request: ReadRequest, words: list[int]) -> dict[str, float | None]:
+        values: dict[str, float | None] = {}
         for name, reg in request.items:
             offset = reg.address - request.address
             try:
@@ -154,12 +157,18 @@ class ModbusMeter(EnergyMeter, Lifecycle):
                                integer_sentinels=self.profile.integer_sentinels)
             except ValueError as exc:
                 raise MeterError(self._where(name, reg) + f": {exc}") from exc
-            values[name] = round(value, 3)  # below every meter's resolution; drops float noise
+            # below every meter's resolution; drops float noise. None: the meter marks it not available
+            values[name] = None if value is None else round(value, 3)
         return values
 
-    def _checked_reading(self, values: dict[str, float]) -> MeterReading:
-        energy = values["energy import"]
+    def _checked_reading(self, values: dict[str, float | None]) -> MeterReading:
         energy_reg = self.profile.energy_import
+        energy = values["energy import"]
+        if energy is None:  # without the register there is nothing to bill: the reading failed
+            marker = marker_description(energy_reg, self.profile.integer_sentinels)
+            raise MeterError(self._where("energy import", energy_reg)
+                             + f": not available (the meter answered its 'not available' marker {marker}"
+                             + (", not a number)" if marker == "NaN" else ")"))
         if energy < 0:
             raise MeterError(self._where("energy import", energy_reg) + f": negative energy {_number(energy)} Wh")
         previous = self.last_reading.energy_wh if self.last_reading is not None else None
@@ -171,12 +180,18 @@ class ModbusMeter(EnergyMeter, Lifecycle):
             )
         for n, reg in enumerate(self.profile.voltages, 1):
             volts = values[f"voltage L{n}"]
-            if not 0 <= volts <= MAX_PLAUSIBLE_VOLTAGE_V:
+            if volts is not None and not 0 <= volts <= MAX_PLAUSIBLE_VOLTAGE_V:
                 raise MeterError(self._where(f"voltage L{n}", reg) + f": implausible {_number(volts)} V")
+        absent = sorted(name for name, value in values.items() if value is None)
+        if absent != self._absent:
+            if absent:
+                log.info("%s (device id %d) marks %s not available (unused phase?); the rest of the reading "
+                         "is used", self.name, self.device_id, ", ".join(absent))
+            self._absent = absent
         phases = range(1, self.profile.phases + 1)
         return MeterReading(
             energy_wh=energy,
-            power_w=values["total power"],
+            power_w=values["total power"],  # each of these None where the meter marks it not available
             current_a=tuple(values[f"current L{n}"] for n in phases),
             voltage_v=tuple(values[f"voltage L{n}"] for n in phases),
             taken_at=self._clock(),

@@ -61,7 +61,8 @@ class MeterProfile:
     currents: tuple[Register, ...]  # A, L1..Ln
     voltages: tuple[Register, ...]  # V, L-N, L1..Ln
     max_registers_per_read: int  # longest request the meter accepts (the fallback covers wrong values)
-    integer_sentinels: bool = False  # all-ones (unsigned) or 0x7FFF... (signed) means "not available"
+    # all-ones (unsigned) or 0x7FFF... (signed) means "not available"; floats always use NaN for it
+    integer_sentinels: bool = False
     serial_hint: str = ""  # factory serial settings, for the technician; the [buses] table sets the real ones
 
     def quantities(self) -> list[tuple[str, Register]]:
@@ -72,24 +73,43 @@ class MeterProfile:
         return named
 
 
-def decode(register: Register, words: list[int], *, integer_sentinels: bool = False) -> float:
-    """Registers -> value in the register's unit. Raises ValueError for NaN, infinity and sentinels."""
+def decode(register: Register, words: list[int], *, integer_sentinels: bool = False) -> float | None:
+    """Registers -> value in the register's unit, or None when the meter marks the value "not available".
+
+    The marker depends on the register type: a float is NaN (Eastron answers NaN for a quantity it does
+    not measure); an integer is all ones when unsigned (0xFFFF...) or 0x7FFF... when signed, for meters
+    that use those (`integer_sentinels`, ABB). Whether an absent value is acceptable is the caller's call:
+    an unused phase's voltage is, the energy register never is. Infinity is no marker: ValueError."""
     raw = ModbusClientMixin.convert_from_registers(
         words, _PYMODBUS_TYPES[register.data_type], word_order=register.word_order
     )
     assert isinstance(raw, int | float)
-    if integer_sentinels and isinstance(raw, int) and raw == _sentinel(register.data_type):
-        raise ValueError(f"raw value 0x{raw:X} is the meter's 'not available' marker")
-    if isinstance(raw, float) and not math.isfinite(raw):
-        raise ValueError(f"raw value is {raw} (not a number)")
+    if isinstance(raw, float):
+        if math.isnan(raw):
+            return None
+        if math.isinf(raw):
+            raise ValueError(f"raw value is {raw} (not a finite number)")
+    elif integer_sentinels and raw == not_available_marker(register.data_type):
+        return None
     return raw * register.scale
 
 
-def _sentinel(data_type: DataType) -> int:
+def not_available_marker(data_type: DataType) -> int:
+    """The integer a meter with `integer_sentinels` answers for a quantity it cannot measure."""
     bits = _WIDTH_BITS[data_type]
     if data_type.startswith("u"):
         return (1 << bits) - 1  # 0xFFFF...
     return (1 << (bits - 1)) - 1  # 0x7FFF...
+
+
+def marker_description(register: Register, integer_sentinels: bool) -> str:
+    """How `register` says "not available", for error messages."""
+    if register.data_type == "float32":
+        return "NaN"
+    if integer_sentinels:
+        digits = _WIDTH_BITS[register.data_type] // 4
+        return f"0x{not_available_marker(register.data_type):0{digits}X}"
+    return "none"
 
 
 # ---- models -------------------------------------------------------------------------------------------
