@@ -29,6 +29,7 @@ from agent.controller import (
     StopTransaction,
     Tick,
     TransactionConfirmed,
+    TransactionRecorded,
     route_id_tag,
 )
 from hal.interfaces import CpState, PilotMode
@@ -37,27 +38,38 @@ CONTROL_PERIOD = 0.010  # s, the agent's default control step
 
 
 class Bench:
-    """A controller wired to an ideal contactor: feedback follows the command one step later."""
+    """A controller wired to an ideal station: the journal commits every StartTransaction at once and says so
+    (TransactionRecorded, unless `records_starts` is False), the pilot's next sample under a new PWM tells the
+    EV's diode (`ev_diode_ok`), and the contactor's mirror contact follows the command one step later."""
 
-    def __init__(self, *, has_lock: bool = False, **settings):
+    def __init__(self, *, has_lock: bool = False, records_starts: bool = True, **settings):
         self.now = 0.0
         self.c = ConnectorController(settings=SessionSettings(**{"min_close_interval_s": 0.0, **settings}),
                                      has_lock=has_lock)
+        self.records_starts = records_starts
+        self.ev_diode_ok = True
         self.log: list[tuple[float, object]] = []
 
     def send(self, event, at: float | None = None):
+        """One event; then, as the station does, TransactionRecorded once the journal holds a start it caused.
+        Returns the commands of both, in order."""
         if at is not None:
             self.now = at
         commands = self.c.handle(event, self.now)
         self.log += [(self.now, c) for c in commands]
+        if self.records_starts and any(isinstance(c, StartTransaction) for c in commands):
+            commands += self.send(TransactionRecorded())
         return commands
 
     def step(self, seconds: float = CONTROL_PERIOD):
-        """Advance one control step; the contactor's mirror contact follows the command."""
+        """Advance one control step: the contactor's mirror contact follows the command, a pilot sample
+        under a PWM that started since tells the diode, then a Tick."""
         self.now += seconds
         out = []
         if self.c.feedback_closed != self.c.view().contactor_closed:
             out += self.send(ContactorFeedback(self.c.view().contactor_closed))
+        if self.c.awaiting_diode_check:
+            out += self.send(DiodeChecked(self.ev_diode_ok))
         out += self.send(Tick())
         return out
 
@@ -69,7 +81,8 @@ class Bench:
         self.send(IdTagPresented(tag))
         self.send(AuthorizationResult(tag, True))
         self.send(PilotChanged(CpState.C))
-        self.step()
+        self.step()  # the diode is checked under the PWM: the contactor closes
+        self.step()  # its mirror contact follows
         assert self.c.view().contactor_closed and self.c.feedback_closed
 
 
@@ -77,8 +90,8 @@ def of(commands, kind):
     return [c for c in commands if isinstance(c, kind)]
 
 
-def test_plug_first_session_closes_only_after_authorization_and_state_c():
-    b = Bench()
+def test_plug_first_session_closes_only_after_authorization_recorded_start_diode_check_and_state_c():
+    b = Bench(records_starts=False)
     out = b.send(PilotChanged(CpState.B))
     assert of(out, StatusChanged)[0].status is ConnectorStatus.PREPARING
     assert not of(out, SetContactor)
@@ -91,12 +104,18 @@ def test_plug_first_session_closes_only_after_authorization_and_state_c():
     assert of(out, RequestAuthorization) == [RequestAuthorization("TAG1")]
     out = b.send(AuthorizationResult("TAG1", True))
     assert of(out, StartTransaction) == [StartTransaction("TAG1")]
+    assert not of(out, SetPilot) and not of(out, SetContactor), "no energy before the journal holds the start"
+    assert b.c.view().status is ConnectorStatus.PREPARING
+
+    out = b.send(TransactionRecorded())
     assert of(out, SetPilot) == [SetPilot(PilotMode.PWM, 26.67)]  # 16 A -> 16/0.6 %
     assert not of(out, SetContactor), "EV still in B: no power yet"
 
     out = b.send(PilotChanged(CpState.C))
+    assert not of(out, SetContactor), "the diode is not known yet under this PWM"
+    out = b.send(DiodeChecked(True))
     assert of(out, SetContactor) == [SetContactor(True)]
-    assert of(out, StatusChanged)[0].status is ConnectorStatus.CHARGING
+    assert b.c.view().status is ConnectorStatus.CHARGING
 
 
 def test_authorize_first_then_plug_starts_transaction():
@@ -108,6 +127,8 @@ def test_authorize_first_then_plug_starts_transaction():
     out = b.send(PilotChanged(CpState.B))
     assert of(out, StartTransaction) == [StartTransaction("TAG1")]
     out = b.send(PilotChanged(CpState.C))
+    assert not of(out, SetContactor), "the diode is not known yet under this PWM"
+    out = b.step()
     assert of(out, SetContactor) == [SetContactor(True)]
 
 
@@ -154,12 +175,11 @@ def test_c_to_b_opens_the_contactor_in_the_same_control_step():
 
 @pytest.mark.parametrize("event,reason", [
     (PilotChanged(CpState.A), StopReason.EV_DISCONNECTED),
-    (StopRequested(StopReason.REMOTE), StopReason.REMOTE),
-    (IdTagPresented("TAG1"), StopReason.LOCAL),
     (FaultChanged(Fault.RCD, True), StopReason.OTHER),
-    (StopRequested(StopReason.SOFT_RESET), StopReason.SOFT_RESET),
+    (FaultChanged(Fault.STORAGE, True), StopReason.OTHER),
+    (PilotChanged(CpState.E), StopReason.OTHER),
 ])
-def test_every_stop_cause_opens_at_once_and_stops_the_transaction(event, reason):
+def test_every_safety_stop_cause_opens_at_once_and_stops_the_transaction(event, reason):
     b = Bench()
     b.charging_session()
     out = b.send(event)
@@ -167,6 +187,27 @@ def test_every_stop_cause_opens_at_once_and_stops_the_transaction(event, reason)
     stops = of(out, StopTransaction)
     assert len(stops) == 1 and stops[0].reason is reason
     assert b.c.view().pilot_mode is not PilotMode.PWM
+
+
+@pytest.mark.parametrize("event,reason", [
+    (StopRequested(StopReason.REMOTE), StopReason.REMOTE),
+    (IdTagPresented("TAG1"), StopReason.LOCAL),
+    (StopRequested(StopReason.SOFT_RESET), StopReason.SOFT_RESET),
+    (StopRequested(StopReason.HARD_RESET), StopReason.HARD_RESET),
+    (TransactionConfirmed(False), StopReason.DEAUTHORIZED),
+])
+def test_every_orderly_stop_drops_the_pwm_at_once_and_opens_when_the_ev_leaves_c(event, reason):
+    """IEC 61851-1 Annex A, Table A.6 seq. 10.2: x1 first, the contactor opens once the EV stops drawing (C->B)
+    rather than breaking its current (the 6 s bound: tests/test_controller_orderly_stop.py)."""
+    b = Bench()
+    b.charging_session()
+    out = b.send(event)
+    stops = of(out, StopTransaction)
+    assert len(stops) == 1 and stops[0].reason is reason
+    assert of(out, SetPilot) == [SetPilot(PilotMode.X1, 100.0)] and not of(out, SetContactor)
+    assert b.c.contactor_commanded, "the EV is still in C: it gets its time to open S2 first"
+    out = b.send(PilotChanged(CpState.B), at=b.now + 0.5)
+    assert out[0] == SetContactor(False)
 
 
 def test_unplug_keeps_transaction_when_stop_on_ev_side_disconnect_is_false():
@@ -185,7 +226,7 @@ def test_finishing_after_local_stop_then_available_on_unplug():
     b.send(IdTagPresented("TAG1"))
     assert b.c.view().status is ConnectorStatus.FINISHING
     out = b.send(PilotChanged(CpState.B))
-    assert not of(out, SetContactor)
+    assert out[0] == SetContactor(False), "the EV answered the x1: the contactor opens without load"
     out = b.send(PilotChanged(CpState.A))
     assert of(out, StatusChanged)[0].status is ConnectorStatus.AVAILABLE
 
@@ -218,7 +259,8 @@ def test_contactor_that_does_not_close_is_a_fault():
     b.send(PilotChanged(CpState.B))
     b.send(IdTagPresented("T"))
     b.send(AuthorizationResult("T", True))
-    out = b.send(PilotChanged(CpState.C), at=1.0)
+    b.send(PilotChanged(CpState.C), at=1.0)
+    out = b.send(DiodeChecked(True), at=1.0)
     assert of(out, SetContactor) == [SetContactor(True)]
     out = b.send(Tick(), at=1.25)  # no feedback arrived
     assert out[0] == SetContactor(False)
@@ -241,12 +283,16 @@ def test_state_d_charges_only_with_ventilation():
     b.send(PilotChanged(CpState.B))
     b.send(IdTagPresented("T"))
     b.send(AuthorizationResult("T", True))
-    assert not of(b.send(PilotChanged(CpState.D)), SetContactor)
+    out = b.send(PilotChanged(CpState.D))
+    for _ in range(10):
+        out += b.step()
+    assert not of(out, SetContactor)
     b2 = Bench(ventilation_available=True)
     b2.send(PilotChanged(CpState.B))
     b2.send(IdTagPresented("T"))
     b2.send(AuthorizationResult("T", True))
-    assert of(b2.send(PilotChanged(CpState.D)), SetContactor) == [SetContactor(True)]
+    assert not of(b2.send(PilotChanged(CpState.D)), SetContactor)  # the diode is checked first
+    assert of(b2.step(), SetContactor) == [SetContactor(True)]
 
 
 def test_cable_ampacity_and_configured_limit_cap_the_offered_current():
@@ -299,19 +345,24 @@ def test_meter_failure_stops_charging_and_is_reported():
 
 
 def test_invalid_id_in_start_transaction_conf():
+    """A refused id is an orderly stop: x1 at once, the contactor opens when the EV leaves C (or after
+    stop_under_load_timeout_s)."""
     stop = Bench(stop_on_invalid_id=True)
     stop.charging_session()
     out = stop.send(TransactionConfirmed(False))
-    assert out[0] == SetContactor(False)
+    assert of(out, SetPilot) == [SetPilot(PilotMode.X1, 100.0)] and not of(out, SetContactor)
     assert of(out, StopTransaction) == [StopTransaction(StopReason.DEAUTHORIZED)]
+    assert stop.send(PilotChanged(CpState.B))[0] == SetContactor(False)
 
     keep = Bench(stop_on_invalid_id=False)
     keep.charging_session()
     out = keep.send(TransactionConfirmed(False))
-    assert out[0] == SetContactor(False)
+    assert of(out, SetPilot) == [SetPilot(PilotMode.X1, 100.0)] and not of(out, SetContactor)
     assert not of(out, StopTransaction)
     assert keep.c.view().status is ConnectorStatus.SUSPENDED_EVSE
     assert keep.c.view().pilot_mode is PilotMode.X1
+    out = keep.send(Tick(), at=keep.now + 6.0)  # the EV ignores the x1: opened under load after 6 s
+    assert out[0] == SetContactor(False) and keep.c.transaction_active
 
 
 def test_remote_start_authorizes_when_configured():

@@ -11,6 +11,7 @@ from agent.controller import (
     ConnectorController,
     ConnectorStatus,
     ContactorFeedback,
+    DiodeChecked,
     Fault,
     IdTagPresented,
     LockFeedback,
@@ -20,6 +21,7 @@ from agent.controller import (
     ResetLatchedFaults,
     SetContactor,
     SetLock,
+    SetPilot,
     StartTransaction,
     StatusChanged,
     StopReason,
@@ -29,7 +31,7 @@ from agent.controller import (
     indicator_for,
     route_id_tag,
 )
-from hal.interfaces import CpState, IndicatorState
+from hal.interfaces import CpState, IndicatorState, PilotMode
 from tests.test_controller import Bench
 
 STEP = 0.010  # s, the agent's control period
@@ -41,11 +43,13 @@ def of(commands, kind):
 
 class LockBench(Bench):
     """A controller on an outlet with a lock whose feedback follows the command one control step later,
-    unless `jammed`; the contactor's mirror contact follows likewise."""
+    unless `jammed`; the contactor's mirror contact follows likewise. It starts with the station's first
+    control step: the first pilot sample (nothing plugged in), then a Tick."""
 
     def __init__(self, **settings):
         super().__init__(has_lock=True, **settings)
         self.jammed = False
+        self.send(PilotChanged(CpState.A))
         self.send(Tick())
 
     def step(self, seconds: float = STEP):
@@ -57,6 +61,8 @@ class LockBench(Bench):
             out += self.send(ContactorFeedback(view.contactor_closed))
         if not self.jammed and self.c.lock_feedback != view.lock_commanded:
             out += self.send(LockFeedback(view.lock_commanded))
+        if self.c.awaiting_diode_check:
+            out += self.send(DiodeChecked(self.ev_diode_ok))
         out += self.send(Tick())
         return out
 
@@ -76,10 +82,13 @@ class LockBench(Bench):
         return self.send(AuthorizationResult(tag, True, parent))
 
 
-def test_first_step_commands_the_lock_open():
-    """After a restart the controller does not know where a motor lock stands: it commands it open."""
-    b = LockBench()
-    assert [c for _, c in b.log if isinstance(c, SetLock)] == [SetLock(False)]
+def test_first_pilot_reading_commands_the_lock_open_and_nothing_before_it():
+    """After a restart the controller does not know where a motor lock stands: once the first pilot reading
+    says nothing is plugged in, it commands it open; before that reading it commands nothing."""
+    c = ConnectorController(has_lock=True)
+    assert not of(c.handle(Tick(), 0.0), SetLock), "no lock command before the pilot is seen"
+    assert of(c.handle(PilotChanged(CpState.A), 0.01), SetLock) == [SetLock(False)]
+    assert [c for _, c in LockBench().log if isinstance(c, SetLock)] == [SetLock(False)]
 
 
 def test_transaction_starts_only_once_the_lock_confirms():
@@ -156,16 +165,23 @@ def test_lock_failure_is_not_raised_while_the_lock_moves():
 
 
 def test_unlock_command_stops_the_transaction_and_commands_the_lock_open():
-    """TC_018_1_CS in the controller: UnlockCommand; the contactor opens at once, the lock is released
-    once the mirror contact reads open (never while the outlet may carry mains)."""
+    """TC_018_1_CS in the controller: UnlockCommand is an orderly stop (x1 at once, the contactor opens when
+    the EV leaves C); the lock is released once the mirror contact reads open (never while the outlet may
+    carry mains)."""
     b = LockBench()
     b.start()
     b.step()
     b.send(PilotChanged(CpState.C))
-    b.step()
+    b.run(0.02)
+    assert b.c.view().contactor_closed and b.c.feedback_closed
     out = b.send(UnlockRequested())
     assert of(out, StopTransaction) == [StopTransaction(StopReason.UNLOCK_COMMAND)]
-    assert SetContactor(False) in out and SetLock(False) not in out  # contacts not yet read open
+    assert of(out, SetPilot) == [SetPilot(PilotMode.X1, 100.0)]
+    assert SetContactor(False) not in out and SetLock(False) not in out  # the EV still draws
+    out = b.step()
+    assert SetLock(False) not in out and b.c.view().lock_commanded
+    out = b.send(PilotChanged(CpState.B))  # the EV answers the x1
+    assert out[0] == SetContactor(False) and SetLock(False) not in out  # contacts not yet read open
     out += b.step()  # the mirror contact reads open
     assert out.index(SetContactor(False)) < out.index(SetLock(False))
     b.step()
@@ -299,7 +315,9 @@ def test_session_end_with_welded_contactor_keeps_the_plug_locked():
     """A plug is never released while its outlet may carry mains: welded contacts keep it locked, and an
     UnlockConnector then leaves it locked too (the station answers UnlockFailed)."""
     b = _charging_then_weld()
-    out = b.send(IdTagPresented("TAG1"))  # the driver ends the session; the contacts are welded
+    out = b.send(IdTagPresented("TAG1"))  # the driver ends the session
+    out += b.send(PilotChanged(CpState.B))  # the EV answers the x1: open command; the contacts are welded
+    assert SetContactor(False) in out
     out += b.send(ContactorFeedback(True))  # mirror contact still closed
     for _ in range(50):  # 0.5 s: the weld is detected after feedback_timeout_s
         b.now = round(b.now + 0.01, 6)

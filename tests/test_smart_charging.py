@@ -8,9 +8,9 @@ from decimal import Decimal
 import pytest
 
 from agent import smart_charging as sc
-from agent.controller import ChargingLimitChanged, ConnectorStatus, PilotChanged, SetContactor
+from agent.controller import ChargingLimitChanged, ConnectorStatus, PilotChanged, SetContactor, SetPilot
 from hal.interfaces import CpState, PilotMode
-from tests.test_controller import Bench
+from tests.test_controller import Bench, of
 
 T0 = datetime(2025, 3, 10, 12, 0, 0, tzinfo=UTC)  # a Monday
 E3 = sc.Electrical(phases=3, voltage_v=230.0)
@@ -290,19 +290,22 @@ def test_controller_offers_the_lower_of_its_limit_and_the_schedule():
 
 
 def test_controller_suspends_below_6_amps_and_resumes():
+    """Below 6 A nothing can be offered: x1 at once, and the contactor opens when the EV stops drawing (an
+    orderly stop, IEC 61851-1 Table A.6 seq. 10.2), not under its load; the session goes on."""
     b = charging_bench()
     out = b.send(ChargingLimitChanged(5.9))
     view = b.c.view()
-    assert out[0] == SetContactor(False)  # opens first, in the same step
+    assert of(out, SetPilot) == [SetPilot(PilotMode.X1, 100.0)] and not of(out, SetContactor)
     assert view.status is ConnectorStatus.SUSPENDED_EVSE and view.pilot_mode is PilotMode.X1
     assert view.transaction_active and view.offered_current_a == 0
     b.step()
-    b.send(PilotChanged(CpState.B))  # the EV sees no PWM and stops asking
+    out = b.send(PilotChanged(CpState.B))  # the EV sees no PWM and stops asking
+    assert out[0] == SetContactor(False)
     b.step(2.0)
     b.send(ChargingLimitChanged(None))
     assert b.c.view().pilot_mode is PilotMode.PWM
     b.send(PilotChanged(CpState.C))
-    b.step()
+    b.step()  # the diode is checked under the new PWM, then the contactor closes
     assert b.c.view().status is ConnectorStatus.CHARGING and b.c.contactor_commanded
 
 
