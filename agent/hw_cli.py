@@ -1,7 +1,8 @@
 """`evse hw ...`: the technician's hardware checks, with or without a running agent.
 
     evse hw meter  [--connector N] [--watch]     one reading of the energy meter, or one per interval
-    evse hw pilot  [--connector N]               CP state and plateau voltages, diode, PP cable rating
+    evse hw pilot  [--connector N]               CP state, plateau voltages and diode check (where the
+                                                 board measures them), PP cable rating
     evse hw rfid   [--timeout S]                 wait for a card and print its id
     evse hw contactor test [--connector N]       close, check the mirror contact, open, check; timing in ms
     evse hw rcd test [--connector N]             the RCD/RCM self-test, where the back-end has one
@@ -11,6 +12,8 @@ Where the devices are (one of):
                     the agent (which owns the devices); otherwise the devices are opened from its board file
     --board FILE    open the devices of this board config directly (no agent may hold them)
     --socket PATH   only through the agent on this control socket (default /run/evse-agent/control.sock)
+
+--json prints the report as one JSON object instead (a value the board does not report is null).
 
 Exit codes: 0 ok, 1 a device does not answer or fails its test, 2 usage or config error, or the check is
 refused (an EV is plugged in, a transaction runs) or not possible on this board.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 import time
@@ -98,14 +102,18 @@ async def read_meter(hw: ConnectorHardware) -> dict:
 
 
 async def read_pilot(hw: ConnectorHardware) -> dict:
+    """CP state, what is driven, PP; the plateau voltages and the diode check only where the back-end
+    measures them (None otherwise: a board that reports only the vehicle state, like the EVSE-DIN one)."""
     reading = hw.pilot.read()
     output = hw.pilot.output
+    measures_voltages = getattr(hw.pilot, "reports_plateau_voltages", True)
+    checks_diode = getattr(hw.pilot, "reports_diode_check", True)
     result: dict[str, Any] = {
         "connector": hw.connector_id,
         "state": reading.state.value,
-        "high_v": reading.high_v,
-        "low_v": reading.low_v,
-        "diode_ok": reading.diode_ok,
+        "high_v": reading.high_v if measures_voltages else None,
+        "low_v": reading.low_v if measures_voltages else None,
+        "diode_ok": reading.diode_ok if checks_diode else None,
         "output": output.mode.value,
         "duty_percent": output.duty_percent,
         "pp": "none",  # no PP reading on this connector (tethered cable, or a board without one)
@@ -263,15 +271,21 @@ async def read_card(board: Board, timeout_s: float) -> dict:
 # ---- output --------------------------------------------------------------------------------------------
 
 
+def _reported(value: float | None, fmt: str, unit: str) -> str:
+    """A measured value, or "n/a" where the meter marks it not available (an unused phase)."""
+    return "n/a" if value is None else f"{value:{fmt}} {unit}"
+
+
 def format_meter(r: dict, *, line: bool = False) -> str:
-    phases = "  ".join(f"L{n} {v:.1f} V {a:.2f} A" for n, (v, a) in enumerate(zip(r["voltage_v"], r["current_a"],
-                                                                                    strict=True), 1))
+    phases = "  ".join(f"L{n} {_reported(v, '.1f', 'V')} {_reported(a, '.2f', 'A')}"
+                       for n, (v, a) in enumerate(zip(r["voltage_v"], r["current_a"], strict=True), 1))
+    power = _reported(r["power_w"], ".0f", "W")
     if line:
-        return f"{time.strftime('%H:%M:%S')}  {r['energy_wh'] / 1000:.3f} kWh  {r['power_w']:.0f} W  {phases}"
+        return f"{time.strftime('%H:%M:%S')}  {r['energy_wh'] / 1000:.3f} kWh  {power}  {phases}"
     return "\n".join([
         f"connector {r['connector']}: {r['meter']}",
         f"  energy  {r['energy_wh'] / 1000:.3f} kWh ({r['energy_wh']:.0f} Wh)",
-        f"  power   {r['power_w']:.0f} W",
+        f"  power   {power}",
         f"  phases  {phases}",
     ])
 
@@ -280,9 +294,14 @@ def format_pilot(r: dict) -> str:
     output = f"PWM {r['duty_percent']:.2f} %" if r["output"] == "PWM" else r["output"]
     pp = {"none": "no PP reading (tethered cable or none on this board)", "no cable": "no cable plugged",
           "error": "unreadable"}.get(r["pp"]) or f"cable rated {r['pp_ampacity_a']:g} A"
+    if r["high_v"] is None:
+        voltages = "plateau voltages not reported by this board"
+    else:
+        voltages = f"{r['high_v']:+.2f} V / {r['low_v']:+.2f} V"
+    diode = {None: "diode check not reported by this board", True: "diode ok"}.get(r["diode_ok"],
+                                                                                "diode MISSING/SHORTED")
     return "\n".join([
-        f"connector {r['connector']}: CP state {r['state']}  ({r['high_v']:+.2f} V / {r['low_v']:+.2f} V, "
-        f"diode {'ok' if r['diode_ok'] else 'MISSING/SHORTED'})",
+        f"connector {r['connector']}: CP state {r['state']}  ({voltages}, {diode})",
         f"  driving {output}",
         f"  PP      {pp}",
     ])
@@ -314,6 +333,8 @@ def add_parsers(hw: argparse.ArgumentParser) -> None:
         group.add_argument("--socket", help=f"only through the agent on this socket (default {DEFAULT_SOCKET})")
         if connector:
             parser.add_argument("--connector", type=int, default=1, help="connector id (default 1)")
+        parser.add_argument("--json", action="store_true",
+                            help="print the report as one JSON object (a value the device does not report is null)")
         parser.add_argument("-v", "--verbose", action="store_true", help="log what the devices do")
 
     meter = sub.add_parser("meter", help="read the energy meter")
@@ -417,7 +438,7 @@ async def _through_agent(socket: Path, kind: str, args: argparse.Namespace) -> i
 
     if kind == "meter" and args.watch:
         return await _watch(ask, args)
-    return _print_report(kind, await ask())
+    return _print_report(kind, await ask(), args)
 
 
 async def _directly(board_file: Path, kind: str, args: argparse.Namespace, pin_factory: Any) -> int:
@@ -427,21 +448,21 @@ async def _directly(board_file: Path, kind: str, args: argparse.Namespace, pin_f
     try:
         if kind == "rfid":
             await _start(board, [board.rfid])
-            return _print_report(kind, await report(read_card(board, args.timeout)))
+            return _print_report(kind, await report(read_card(board, args.timeout)), args)
         hw = _connector(board, args.connector)
         if kind == "meter":
             await _start(board, [hw.meter])
             if args.watch:
                 return await _watch(lambda: report(read_meter(hw)), args)
-            return _print_report(kind, await report(read_meter(hw)))
+            return _print_report(kind, await report(read_meter(hw)), args)
         if kind == "pilot":
             await _start(board, [hw.pilot, hw.proximity])
             await asyncio.sleep(PILOT_SETTLE_S)
-            return _print_report(kind, await report(read_pilot(hw)))
+            return _print_report(kind, await report(read_pilot(hw)), args)
         await _start(board, [hw.pilot, hw.contactor, hw.rcd])
         if kind == "contactor":
-            return _print_report(kind, await report(contactor_test(hw)))
-        return _print_report(kind, await report(rcd_test(hw, board.extras.get("coprocessor"))))
+            return _print_report(kind, await report(contactor_test(hw)), args)
+        return _print_report(kind, await report(rcd_test(hw, board.extras.get("coprocessor"))), args)
     finally:
         await _release(board)
 
@@ -482,7 +503,10 @@ async def _watch(read: Callable[[], Awaitable[dict]], args: argparse.Namespace) 
     while True:
         result = await read()
         readings += 1
-        if result["ok"]:
+        if getattr(args, "json", False):
+            print(json.dumps(result), flush=True)
+            failures += not result["ok"]
+        elif result["ok"]:
             print(format_meter(result, line=True), flush=True)
         else:
             failures += 1
@@ -492,7 +516,10 @@ async def _watch(read: Callable[[], Awaitable[dict]], args: argparse.Namespace) 
         await asyncio.sleep(args.interval)
 
 
-def _print_report(kind: str, result: dict) -> int:
+def _print_report(kind: str, result: dict, args: argparse.Namespace) -> int:
+    if getattr(args, "json", False):
+        print(json.dumps(result))  # failures too: the exit code and "ok" tell them apart
+        return EXIT_OK if result["ok"] else result["exit_code"]
     if result["ok"]:
         print(format_report(kind, result))
         return EXIT_OK

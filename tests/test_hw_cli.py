@@ -10,6 +10,7 @@ the test's loop keep answering; one check runs it as a process, like a technicia
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import threading
 from pathlib import Path
@@ -23,6 +24,7 @@ from hal.coproc.sim_mcu import SimMcu
 from hal.sim.connector import SimConnectorSpec, SimEvSpec
 from tests.agent_harness import REPO, STATION_ID, TAG_OK, Agent, charge, write_config
 from tests.simulated_devices import (
+    EvseDinSim,
     GpioBench,
     InProcessAgent,
     Pn532Pty,
@@ -159,6 +161,55 @@ async def test_pilot_state_voltages_and_cable_from_the_coprocessor(coproc, hw):
     code, out, _ = await hw("pilot", "--board", str(coproc.board))
     assert code == 0
     assert "CP state B  (+8.79 V / +8.79 V, diode ok)" in out and "cable rated 32 A" in out
+
+
+MODBUS_EVSE = BOARDS / "pi-modbus-evse-sdm120-hid.toml"
+
+
+@pytest.fixture
+async def modbus_evse_board(tmp_path):
+    """The shipped EVSE-DIN board config with its RS-485 line served over TCP: (EvseDinSim, board file)."""
+    evse, meter = EvseDinSim(device_id=1), SimMeter("sdm120", 2)
+    server, port = await start_tcp_server([evse.device, meter.device])
+    board = rewrite_board(MODBUS_EVSE, tmp_path / "board.toml", lambda c: modbus_bus_to_tcp(c, "rs485", port))
+    yield evse, board
+    await server.shutdown()
+
+
+async def test_pilot_on_a_modbus_evse_board_prints_no_invented_voltages_or_diode(modbus_evse_board, hw):
+    """The EVSE-DIN board reports only the vehicle state: no plateau voltages, no diode check."""
+    evse, board = modbus_evse_board
+    evse.plugged = True
+    code, out, err = await hw("pilot", "--board", str(board))
+    assert (code, err) == (0, "")
+    assert out.splitlines()[0] == ("connector 1: CP state B  (plateau voltages not reported by this board, "
+                                   "diode check not reported by this board)")
+    assert " V " not in out and "diode ok" not in out
+
+
+async def test_pilot_json_on_a_modbus_evse_board_has_null_voltages_and_diode(modbus_evse_board, hw):
+    evse, board = modbus_evse_board
+    code, out, _ = await hw("pilot", "--board", str(board), "--json")
+    report = json.loads(out)
+    assert code == 0 and report["ok"] is True and report["state"] == "A"
+    assert (report["high_v"], report["low_v"], report["diode_ok"]) == (None, None, None)
+
+
+async def test_pilot_json_from_a_coprocessor_keeps_the_measured_voltages(coproc, hw):
+    await coproc.start()
+    code, out, _ = await hw("pilot", "--board", str(coproc.board), "--json")
+    report = json.loads(out)
+    assert code == 0 and report["state"] == "A" and report["diode_ok"] is True
+    assert report["high_v"] == pytest.approx(12.0) and report["pp"] == "no cable"
+
+
+def test_meter_report_shows_values_the_meter_marks_not_available_as_n_a():
+    report = {"connector": 1, "meter": "ABB B23 (A/B series) meter", "energy_wh": 1234560.0, "power_w": None,
+              "current_a": [16.01, None, None], "voltage_v": [230.1, None, None]}
+    text = hw_cli.format_meter(report)
+    assert "  power   n/a" in text
+    assert "  phases  L1 230.1 V 16.01 A  L2 n/a n/a  L3 n/a n/a" in text
+    assert "1234.560 kWh  n/a  L1 230.1 V" in hw_cli.format_meter(report, line=True)
 
 
 async def test_pilot_with_a_silent_coprocessor(coproc, hw):

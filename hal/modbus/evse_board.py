@@ -25,8 +25,10 @@ gets power at once, before the agent's set_closed(True), and the agent's minimum
 cannot hold it back.
 
 Vehicle state 5 ("failure") reads as state E, which the agent always treats as a fault (F would not be
-one while the agent itself drives F). The board does its own diode check; it is not reported over Modbus,
-so diode_ok is always True and the plateau voltages are the nominal ones of the state.
+one while the agent itself drives F). The board does its own diode check and measures the CP itself; over
+Modbus it reports neither, so read() fills PilotReading with the state's nominal plateaus and
+diode_ok=True (the interface needs numbers), and `reports_plateau_voltages` / `reports_diode_check` are
+False so that nothing shows them to a person as measured (`evse hw pilot` says "not reported").
 """
 
 from __future__ import annotations
@@ -72,6 +74,10 @@ F_OUTPUT = PilotOutput(PilotMode.F, 0.0)
 
 
 class EvseDinBoard(ControlPilot, Contactor, Lifecycle):
+    # Register 1002 is all the board tells about the CP: the voltages and diode_ok of read() are placeholders
+    reports_plateau_voltages = False
+    reports_diode_check = False
+
     def __init__(self, bus: ModbusBus, device_id: int, *, poll_period_s: float = DEFAULT_POLL_PERIOD_S):
         if not 1 <= device_id <= 247:
             raise ValueError(f"Modbus device id must be 1..247, got {device_id}")
