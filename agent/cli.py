@@ -224,7 +224,7 @@ def format_sim_snapshot(snapshot: dict) -> str:
 def _run(args: argparse.Namespace) -> int:
     from agent.app import run_agent, run_reboot_command
     from agent.control import CommandError
-    from agent.journal import JournalError
+    from agent.journal import JournalError, JournalSetupError
     from agent.logs import setup_logging
     from agent.station import StationCrashed
     from hal.board import BoardConfigError
@@ -238,6 +238,9 @@ def _run(args: argparse.Namespace) -> int:
         restart = asyncio.run(run_agent(config, log_level_override=args.log_level))
     except BoardConfigError as exc:
         print(f"evse: board config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except JournalSetupError as exc:  # a path that can be no journal, or one emptied or replaced: act, then start
+        print(f"evse: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (JournalError, CommandError, HardwareError) as exc:  # HardwareError: a device opened at load
         print(f"evse: {exc}", file=sys.stderr)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.journal import TRANSACTION_ID_UNKNOWN, Journal, JournalError
+from agent.journal import TRANSACTION_ID_UNKNOWN, Journal, JournalError, JournalSetupError, JournalValueError
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = "2025-01-01T10:00:00.000Z"
@@ -419,3 +419,191 @@ def test_at_the_bound_the_oldest_meter_values_go_first_and_start_stop_never(path
     assert registers == [str(n) for n in range(51, 150)]  # the oldest samples went first, order kept
     assert journal.pending_count() == 0
     journal.close()
+
+
+# ---- values the journal cannot store (issue 9 C2) ----------------------------------------------------
+
+
+def test_a_transaction_id_beyond_64_bits_raises_journal_value_error_naming_it_and_writes_nothing(path):
+    journal = Journal(path)
+    local = journal.begin_transaction(1, "TAG-1", 0, T0)
+    start = journal.next_message()
+    with pytest.raises(JournalValueError) as info:
+        journal.message_delivered(start, start_answer(2**64))
+    assert isinstance(info.value, JournalError) and info.value.value == 2**64
+    assert "18446744073709551616" in str(info.value) and str(path) in str(info.value)
+    # nothing half-written: the Start is still queued, its transaction has no CSMS id
+    assert journal.next_message() == start and journal.pending_count() == 1
+    assert journal.transaction(local).csms_id is None
+    assert journal.local_id_for_csms_id(2**64) is None
+    # the journal works on: a failed attempt can be counted, a valid answer applied
+    assert journal.message_failed(start) == 1
+    journal.message_delivered(journal.next_message(), start_answer(2**63 - 1))
+    assert journal.transaction(local).csms_id == 2**63 - 1
+    journal.close()
+    reopened = Journal(path)
+    try:
+        assert reopened.pending_count() == 0 and reopened.transaction(local).csms_id == 2**63 - 1
+    finally:
+        reopened.close()
+
+
+@pytest.mark.parametrize(("what", "store"), [
+    ("lone surrogate id tag", lambda j: j.begin_transaction(1, "TAG-\ud800", 0, T0)),
+    ("NaN meter value", lambda j: j.begin_transaction(1, "TAG-1", float("nan"), T0)),
+    ("lone surrogate setting", lambda j: j.set_setting("ocpp.Key", "\udc80")),
+    ("NaN in a payload", lambda j: j.enqueue("SecurityEventNotification", {"type": "x", "value": float("nan")})),
+    ("object in a payload", lambda j: j.enqueue("SecurityEventNotification", {"type": object()})),
+])
+def test_unstorable_values_raise_journal_value_error_and_leave_the_journal_as_it_was(journal, what, store):
+    with pytest.raises(JournalValueError, match="cannot store"):
+        store(journal)
+    assert journal.pending_count() == 0 and journal.next_message() is None
+    assert journal.running_transactions() == [] and journal.settings() == {}
+    journal.set_setting("ocpp.Key", "still writable")
+    assert journal.settings("ocpp.") == {"Key": "still writable"}
+
+
+# ---- a journal deleted, emptied or replaced (issue 9 C4) ----------------------------------------------
+
+
+def test_a_journal_deleted_while_running_refuses_the_next_commit_and_saves_what_it_held(path):
+    journal = Journal(path)
+    local = one_session(journal)
+    journal.begin_transaction(2, "TAG-2", 0, T0)
+    path.unlink()
+    with pytest.raises(JournalError, match="journal file was deleted or replaced while running"):
+        journal.add_meter_values(local, 1, sample(1400, T3), 1400, T3)
+    with pytest.raises(JournalError, match="deleted or replaced"):  # for good, and reading the queue too
+        journal.next_message()
+    journal.close()
+    rescued = path.with_name(path.name + ".rescued")
+    # at the next start the journal is missing but was created here: refused, nothing created in its place
+    with pytest.raises(JournalSetupError) as info:
+        Journal(path)
+    assert str(path) in str(info.value) and str(rescued) in str(info.value) and not path.exists()
+    rescued.rename(path)  # what the message tells the technician to do
+    restored = Journal(path)
+    try:
+        assert restored.pending_count() == 5 and [r.id_tag for r in restored.running_transactions()] == ["TAG-2"]
+    finally:
+        restored.close()
+
+
+def test_a_journal_replaced_while_running_refuses_the_next_commit(path, tmp_path):
+    journal = Journal(path)
+    journal.begin_transaction(1, "TAG-1", 0, T0)
+    other = tmp_path / "other.sqlite"
+    sqlite3.connect(other).close()
+    other.write_bytes(path.read_bytes())
+    os.replace(other, path)
+    with pytest.raises(JournalError, match="journal file was deleted or replaced while running"):
+        journal.set_setting("a", "b")
+    journal.close()
+
+
+def test_an_emptied_journal_is_refused_at_start_not_taken_for_a_new_one(path):
+    journal = Journal(path)
+    journal.begin_transaction(1, "TAG-1", 0, T0)
+    journal.close()
+    path.write_bytes(b"")
+    with pytest.raises(JournalSetupError, match="empty") as info:
+        Journal(path)
+    assert str(path) in str(info.value)
+    assert path.stat().st_size == 0  # left as found
+
+
+def test_a_journal_replaced_by_an_empty_database_is_refused_at_start(path):
+    journal = Journal(path)
+    journal.begin_transaction(1, "TAG-1", 0, T0)
+    journal.close()
+    path.unlink()
+    sqlite3.connect(path).execute("CREATE TABLE outbox (seq INTEGER PRIMARY KEY)").connection.close()
+    with pytest.raises(JournalSetupError, match="identity") as info:
+        Journal(path)
+    assert str(path) in str(info.value)
+
+
+def test_a_journal_from_another_station_is_refused_at_start(path, tmp_path):
+    Journal(path).close()
+    other = tmp_path / "other" / "journal.sqlite"
+    Journal(other).close()
+    other.replace(path)
+    with pytest.raises(JournalSetupError, match="not the one this station created"):
+        Journal(path)
+
+
+def test_a_new_install_starts_fresh_and_records_the_journal_identity(path):
+    journal = Journal(path)
+    journal.close()
+    marker = path.with_name(path.name + ".id")
+    identity = marker.read_text().strip()
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("SELECT value FROM journal_info WHERE key = 'id'").fetchone() == (identity,)
+    finally:
+        db.close()
+    Journal(path).close()  # and it opens again
+    assert marker.read_text().strip() == identity
+
+
+def test_a_journal_from_before_identities_is_kept_and_given_one(path):
+    path.parent.mkdir(parents=True)
+    db = sqlite3.connect(path)  # the schema of earlier versions, with one queued message
+    db.executescript("""
+        CREATE TABLE transactions (local_id INTEGER PRIMARY KEY AUTOINCREMENT, connector_id INTEGER NOT NULL,
+            id_tag TEXT NOT NULL, meter_start REAL NOT NULL, started_at TEXT NOT NULL, csms_id INTEGER,
+            id_tag_status TEXT, last_meter REAL NOT NULL, last_meter_at TEXT NOT NULL, stopped_at TEXT,
+            meter_stop REAL, stop_reason TEXT);
+        CREATE TABLE outbox (seq INTEGER PRIMARY KEY, local_tx INTEGER REFERENCES transactions(local_id),
+            action TEXT NOT NULL, payload BLOB NOT NULL, attempts INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO settings VALUES ('ocpp.HeartbeatInterval', '90');
+    """)
+    db.close()
+    journal = Journal(path)
+    try:
+        assert journal.settings("ocpp.") == {"HeartbeatInterval": "90"}
+    finally:
+        journal.close()
+    assert path.with_name(path.name + ".id").read_text().strip()
+    Journal(path).close()
+
+
+# ---- file modes (issue 9 C11: the AuthorizationKey is in the journal) -----------------------------
+
+
+def test_journal_files_are_0600_whatever_the_umask(path):
+    old = os.umask(0o002)
+    try:
+        journal = Journal(path)
+        journal.set_setting("ocpp.AuthorizationKey", "secret")
+        files = [p for p in path.parent.iterdir() if p.name.startswith(path.name)]
+        assert {p.name for p in files} >= {path.name, path.name + "-wal", path.name + ".id"}
+        assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: "0o600" for p in files}
+        journal.close()
+    finally:
+        os.umask(old)
+
+
+def test_an_existing_world_readable_journal_is_set_to_0600_at_open(path):
+    Journal(path).close()
+    path.chmod(0o644)
+    Journal(path).close()
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+# ---- bad journal paths (issue 9 C11: `evse run` exits 2 for these) ------------------------------------
+
+
+@pytest.mark.parametrize("where", ["a directory", "a character device", "under a regular file",
+                                   "under a directory that cannot be created"])
+def test_a_path_that_can_be_no_journal_raises_journal_setup_error_naming_it(tmp_path, where):
+    bad = {"a directory": tmp_path,
+           "a character device": Path("/dev/zero"),
+           "under a regular file": tmp_path / "file" / "journal.sqlite",
+           "under a directory that cannot be created": Path("/proc/evse-no-such-dir/journal.sqlite")}[where]
+    (tmp_path / "file").write_text("a regular file")
+    with pytest.raises(JournalSetupError) as info:
+        Journal(bad)
+    assert str(bad) in str(info.value) and "\n" not in str(info.value)
