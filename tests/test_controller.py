@@ -8,6 +8,7 @@ from agent.controller import (
     AuthorizationResult,
     AvailabilityChanged,
     CableDetected,
+    ChargingLimitChanged,
     ConnectorController,
     ConnectorStatus,
     ContactorFeedback,
@@ -477,3 +478,86 @@ def test_dead_meter_with_continue_policy_keeps_charging_and_warns():
     assert not of(out, RequestAuthorization)  # no new session without a meter
     out = b.send(FaultChanged(Fault.METER, False))
     assert of(out, StatusChanged)[0] == StatusChanged(ConnectorStatus.PREPARING)
+
+
+# ---- energy only after the journal recorded the start, the diode checked under the PWM (issue 9 B.2, B.4) ----
+
+
+def test_no_pwm_nor_close_before_the_journal_records_the_start():
+    """The EV waits in C with a started transaction whose start the journal has not committed: no PWM, no
+    close, Preparing, however long it takes; the PWM comes in the call that brings TransactionRecorded."""
+    b = Bench(records_starts=False)
+    b.send(PilotChanged(CpState.C), at=0.0)
+    b.send(IdTagPresented("TAG1"), at=0.5)
+    out = b.send(AuthorizationResult("TAG1", True), at=1.0)
+    assert of(out, StartTransaction) == [StartTransaction("TAG1")] and b.c.awaiting_record
+    while b.now < 4.0:
+        out += b.step()
+    assert not of(out, SetPilot) and not of(out, SetContactor)
+    assert b.c.view().pilot_mode is PilotMode.X1 and b.c.view().status is ConnectorStatus.PREPARING
+    assert not b.c.awaiting_diode_check
+
+    out = b.send(TransactionRecorded(), at=4.005)
+    assert of(out, SetPilot) == [SetPilot(PilotMode.PWM, 26.67)]
+    assert not of(out, SetContactor) and not b.c.awaiting_record
+
+
+def test_storage_fault_before_the_start_is_recorded_means_no_energy_ever_for_that_transaction():
+    """The journal cannot commit the start: the transaction ends, and neither a late TransactionRecorded nor
+    the journal recovering brings energy back to it."""
+    b = Bench(records_starts=False)
+    b.send(PilotChanged(CpState.C), at=0.0)
+    b.send(IdTagPresented("TAG1"))
+    b.send(AuthorizationResult("TAG1", True), at=0.1)
+    out = b.send(FaultChanged(Fault.STORAGE, True), at=0.15)
+    assert of(out, StopTransaction) == [StopTransaction(StopReason.OTHER)]
+    assert b.c.view().status is ConnectorStatus.FAULTED
+    b.send(TransactionRecorded(), at=0.2)  # a commit that lands after all
+    b.send(FaultChanged(Fault.STORAGE, False), at=1.0)
+    while b.now < 10.0:
+        b.step()
+    energy = [c for _, c in b.log if c == SetContactor(True) or (isinstance(c, SetPilot) and c.mode is PilotMode.PWM)]
+    assert energy == [] and not b.c.transaction_active
+    assert b.c.view().status is ConnectorStatus.FINISHING
+
+
+def test_ev_already_in_c_gets_no_close_with_the_first_pwm_and_a_close_with_the_next_diode_check():
+    b = Bench(records_starts=False)
+    b.send(PilotChanged(CpState.C), at=0.0)
+    b.send(IdTagPresented("TAG1"))
+    b.send(AuthorizationResult("TAG1", True), at=0.5)
+    b.send(DiodeChecked(True), at=0.6)  # a sample under x1 says nothing about the diode under PWM
+    out = b.send(TransactionRecorded(), at=1.000)
+    assert of(out, SetPilot) == [SetPilot(PilotMode.PWM, 26.67)] and not of(out, SetContactor)
+    assert b.c.awaiting_diode_check
+    assert not of(b.send(Tick(), at=1.005), SetContactor), "no sample under the PWM yet"
+    out = b.send(DiodeChecked(True), at=1.010)
+    assert of(out, SetContactor) == [SetContactor(True)] and not b.c.awaiting_diode_check
+
+
+def test_pwm_that_starts_again_needs_a_new_diode_check_before_the_contactor_closes_again():
+    b = Bench(max_current_a=16.0)
+    b.charging_session()
+    b.send(ChargingLimitChanged(5.0), at=1.0)
+    b.send(PilotChanged(CpState.B), at=1.5)  # the EV stops drawing: open
+    b.step()
+    b.send(ChargingLimitChanged(None), at=3.0)
+    assert b.c.view().pilot_mode is PilotMode.PWM and b.c.awaiting_diode_check
+    assert not of(b.send(PilotChanged(CpState.C), at=3.1), SetContactor)
+    assert of(b.send(DiodeChecked(True), at=3.11), SetContactor) == [SetContactor(True)]
+
+
+def test_diode_missing_under_the_first_pwm_is_a_fault_and_the_contactor_never_closes():
+    b = Bench()
+    b.ev_diode_ok = False
+    b.send(PilotChanged(CpState.C), at=0.0)
+    b.send(IdTagPresented("TAG1"))
+    b.send(AuthorizationResult("TAG1", True), at=0.5)
+    assert b.c.view().pilot_mode is PilotMode.PWM
+    out = b.step()  # the next sample: no diode
+    assert Fault.DIODE in b.c.faults
+    assert of(out, StopTransaction) == [StopTransaction(StopReason.OTHER)]
+    assert b.c.view().status is ConnectorStatus.FAULTED and b.c.view().pilot_mode is not PilotMode.PWM
+    while b.now < 5.0:
+        b.step()
+    assert SetContactor(True) not in [c for _, c in b.log]
