@@ -120,7 +120,7 @@ class QueuedMessage:
     seq: int
     local_tx: int | None
     action: str
-    payload: dict  # camelCase OCPP payload, transactionId filled in
+    payload: dict[str, Any]  # camelCase OCPP payload, transactionId filled in
     attempts: int
 
 
@@ -177,13 +177,13 @@ class Journal:
             raise JournalError(f"journal {self.path}: corrupt: {detail[:200]}")
         for companion in ("-wal", "-journal", "-shm"):  # SQLite gives them the database's mode
             _restrict_mode(self.path.with_name(self.path.name + companion))
-        if marker != identity:
+        if identity is not None and marker != identity:  # not None here: given one above if it had none
             if marker is None and created is None:
                 log.warning("journal %s: its identity file %s was missing: written again", self.path,
                             self.marker_path)
             self._write_marker(identity)
         self._note_wal()
-        self._pending = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        self._pending: int = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
 
     # ---- opening: the path, the journal's identity ----------------------------------------------
 
@@ -420,7 +420,8 @@ class Journal:
                 (connector_id, id_tag, meter_wh, timestamp, meter_wh, timestamp),
             )
             local_id = cur.lastrowid
-            payload = {
+            assert local_id is not None  # set by every INSERT
+            payload: dict[str, Any] = {
                 "connectorId": connector_id,
                 "idTag": id_tag,
                 "meterStart": round(meter_wh),
@@ -434,7 +435,8 @@ class Journal:
         return local_id
 
     def add_meter_values(
-        self, local_id: int, connector_id: int, meter_value: list[dict], meter_wh: float, timestamp: str
+        self, local_id: int, connector_id: int, meter_value: list[dict[str, Any]], meter_wh: float,
+        timestamp: str,
     ) -> None:
         """Queue a transaction's MeterValues and remember the register for a PowerLoss stop."""
         with self.write(durable=False) as db:
@@ -449,7 +451,7 @@ class Journal:
         self._pending += 1 - dropped
         self.dropped_for_space += dropped
 
-    def end_transaction(self, local_id: int, payload: dict) -> None:
+    def end_transaction(self, local_id: int, payload: dict[str, Any]) -> None:
         """Mark the transaction stopped and queue its StopTransaction (payload without transactionId)."""
         with self.write() as db:
             db.execute(
@@ -467,7 +469,7 @@ class Journal:
             self._enqueue(db, local_id, "StopTransaction", payload)
         self._pending += 1
 
-    def enqueue(self, action: str, payload: dict) -> None:
+    def enqueue(self, action: str, payload: dict[str, Any]) -> None:
         """Queue a message that belongs to no transaction but must survive an outage or a power cut
         (SecurityEventNotification); it is sent in order with the transaction messages."""
         with self.write() as db:
@@ -479,7 +481,7 @@ class Journal:
             "SELECT local_id, connector_id, id_tag, meter_start, started_at, csms_id, last_meter,"
             " last_meter_at, stopped_at IS NOT NULL FROM transactions WHERE stopped_at IS NULL ORDER BY local_id"
         ).fetchall()
-        return [TransactionRecord(*row[:8], stopped=bool(row[8])) for row in rows]
+        return [_transaction_record(row) for row in rows]
 
     def transaction(self, local_id: int) -> TransactionRecord | None:
         row = self._db.execute(
@@ -487,7 +489,7 @@ class Journal:
             " last_meter_at, stopped_at IS NOT NULL FROM transactions WHERE local_id = ?",
             (local_id,),
         ).fetchone()
-        return TransactionRecord(*row[:8], stopped=bool(row[8])) if row else None
+        return _transaction_record(row) if row else None
 
     def local_id_for_csms_id(self, csms_id: int) -> int | None:
         if not SQLITE_INTEGER_MIN <= csms_id <= SQLITE_INTEGER_MAX:
@@ -499,7 +501,8 @@ class Journal:
 
     # ---- outbox --------------------------------------------------------------------------------
 
-    def _enqueue(self, db: sqlite3.Connection, local_id: int | None, action: str, payload: dict) -> None:
+    def _enqueue(self, db: sqlite3.Connection, local_id: int | None, action: str,
+                 payload: dict[str, Any]) -> None:
         db.execute(
             "INSERT INTO outbox (local_tx, action, payload) VALUES (?, ?, ?)",
             (local_id, action, zlib.compress(_payload_json(self.path, action, payload).encode())),
@@ -536,7 +539,7 @@ class Journal:
             log.warning("journal full (%d messages): dropping the oldest queued MeterValues", self._pending)
         return 1
 
-    def message_delivered(self, message: QueuedMessage, response: dict) -> None:
+    def message_delivered(self, message: QueuedMessage, response: dict[str, Any]) -> None:
         """The CSMS answered: drop the message and apply what the answer tells us, in one commit."""
         with self.write(durable=message.action != "MeterValues") as db:
             deleted = db.execute("DELETE FROM outbox WHERE seq = ?", (message.seq,)).rowcount
@@ -652,7 +655,12 @@ def _check_storable(path: Path, value: object) -> None:
         raise JournalValueError(f"journal {path}: cannot store the value {_excerpt(value)}: {reason}", value)
 
 
-def _payload_json(path: Path, action: str, payload: dict) -> str:
+def _transaction_record(row: tuple[Any, ...]) -> TransactionRecord:
+    """A row of the transaction SELECTs: the record's fields in order, the last `stopped_at IS NOT NULL`."""
+    return TransactionRecord(*(*row[:8], bool(row[8])))  # one tuple: mypy cannot count a starred slice
+
+
+def _payload_json(path: Path, action: str, payload: dict[str, Any]) -> str:
     try:
         return json.dumps(payload, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
