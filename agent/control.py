@@ -12,6 +12,15 @@ not be set. Members of the group may use every command: the read-only ones (stat
 sim.snapshot) and the ones that change state (stop, availability, fault.reset, swipe, hw.contactor_test,
 hw.rcd_test, sim.*); the latter are logged with the caller's identity. A read-only monitoring account
 therefore needs no socket access at all: `evse status` output is also in `systemctl status` (STATUS=).
+
+Bounds, so that a caller cannot starve the agent of file descriptors or memory: at most
+MAX_CONNECTIONS connections at once (one more gets an error line and is closed at once), a connection
+idle for IDLE_TIMEOUT_S is closed, a request line is at most MAX_REQUEST_BYTES, and a request nested
+too deeply for the JSON parser gets an error line like any other bad request.
+
+The socket path: a stale socket (nothing answers a connect) is removed and created again; a live one
+means another agent runs (refused); anything else at that path (a file, a directory, a symbolic link) is
+a config error and is never deleted.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import logging
 import os
 import pwd
 import socket
+import stat
 import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -33,6 +43,8 @@ log = logging.getLogger("evse.control")
 
 Handler = Callable[[str, dict], Any | Awaitable[Any]]
 MAX_REQUEST_BYTES = 64 * 1024
+MAX_CONNECTIONS = 32  # the CLI uses one at a time; a monitoring script a few
+IDLE_TIMEOUT_S = 30.0  # no request (or a reply not read) for this long: the connection is closed
 READ_ONLY_COMMANDS = frozenset({"status", "hw.meter", "hw.pilot", "sim.snapshot"})  # all others change state
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux >= 4.13; 59 on the asm-generic ABIs (ARM, x86)
 
@@ -82,21 +94,46 @@ def _peer_groups(sock, pid: int) -> set[int]:
 
 
 class ControlServer:
-    def __init__(self, path: Path, handler: Handler, group: str | None = None):
+    def __init__(self, path: Path, handler: Handler, group: str | None = None, *,
+                 max_connections: int = MAX_CONNECTIONS, idle_timeout_s: float = IDLE_TIMEOUT_S):
         self.path = Path(path)
         self._handler = handler
         self._server: asyncio.base_events.Server | None = None
         self.group = group or None
         self._gid: int | None = None
+        self.max_connections = max_connections
+        self.idle_timeout_s = idle_timeout_s
+        self.connections = 0
+        self._inode: tuple[int, int] | None = None
 
     async def start(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists() or self.path.is_symlink():
+        """Create the socket. ConfigError (exit 2) for a path that is no socket; CommandError if another
+        agent answers on it."""
+        from agent.config import ConfigError  # agent.config does not import this module: no cycle
+
+        where = f"[control] socket {self.path}"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            existing = os.lstat(self.path)
+        except FileNotFoundError:
+            existing = None
+        except OSError as exc:
+            raise ConfigError(f"{where}: {exc.strerror or exc}") from None
+        if existing is not None:
+            if not stat.S_ISSOCK(existing.st_mode):
+                raise ConfigError(f"{where}: {_kind(existing.st_mode)} is there, not a socket; nothing was "
+                                  "deleted: set [control] socket to a path of its own")
             if _socket_in_use(self.path):
                 raise CommandError(f"control socket {self.path} is in use: is another agent running?")
             self.path.unlink()  # stale socket from a process that died
-        self._server = await asyncio.start_unix_server(self._serve, path=str(self.path), limit=MAX_REQUEST_BYTES)
-        os.chmod(self.path, 0o660)
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path),
+                                                           limit=MAX_REQUEST_BYTES)
+            os.chmod(self.path, 0o660)
+            created = os.lstat(self.path)
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot create it: {exc.strerror or exc}") from None
+        self._inode = (created.st_dev, created.st_ino)
         self._give_to_group()
 
     def _give_to_group(self) -> None:
@@ -131,33 +168,61 @@ class ControlServer:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
             self._server = None
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        with contextlib.suppress(OSError):  # only our own socket: never a file put there since
+            now = os.lstat(self.path)
+            if stat.S_ISSOCK(now.st_mode) and (now.st_dev, now.st_ino) == self._inode:
+                self.path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.connections >= self.max_connections:
+            log.warning("control socket: refused a connection: %d already open", self.connections)
+            with contextlib.suppress(Exception):
+                writer.write(json.dumps({"ok": False, "error": f"too many connections to the agent's control "
+                                         f"socket ({self.connections} open): try again later"}).encode() + b"\n")
+            writer.close()  # at once: no drain, a caller that does not read must not hold this either
+            return
+        self.connections += 1
         try:
             peer = Peer.of(writer.get_extra_info("socket"))
             while True:
                 try:
-                    line = await reader.readline()
+                    line = await asyncio.wait_for(reader.readline(), self.idle_timeout_s)
+                except TimeoutError:
+                    await self._reply(writer, {"ok": False, "error": f"no request for {self.idle_timeout_s:g} s: "
+                                                                     "closing the connection"})
+                    break
                 except (ValueError, asyncio.LimitOverrunError):
-                    await _reply(writer, {"ok": False, "error": "request too long"})
+                    await self._reply(writer, {"ok": False, "error": f"request too long (more than "
+                                                                     f"{MAX_REQUEST_BYTES} bytes)"})
                     break
                 if not line:
                     break
                 if not self.allowed(peer):
                     log.warning("control socket: refused %s", peer)
-                    await _reply(writer, {"ok": False, "error": self._refusal(peer)})
+                    await self._reply(writer, {"ok": False, "error": self._refusal(peer)})
                     break
-                await _reply(writer, await self._answer(line, peer))
-        except (ConnectionError, asyncio.CancelledError):
+                await self._reply(writer, await self._answer(line, peer))
+        except (ConnectionError, TimeoutError, asyncio.CancelledError):
             pass
         finally:
+            self.connections -= 1
             writer.close()
+
+    async def _reply(self, writer: asyncio.StreamWriter, reply: dict) -> None:
+        """Send one reply line; a caller that does not read it within the idle timeout is dropped."""
+        try:
+            line = json.dumps(reply).encode() + b"\n"
+        except (TypeError, ValueError, RecursionError) as exc:
+            line = json.dumps({"ok": False, "error": f"internal error: the reply cannot be encoded: {exc}"}).encode() \
+                + b"\n"
+        writer.write(line)
+        await asyncio.wait_for(writer.drain(), self.idle_timeout_s)
 
     async def _answer(self, line: bytes, peer: Peer | None = None) -> dict:
         try:
             request = json.loads(line)
+        except RecursionError:
+            return {"ok": False, "error": "request is nested too deeply"}
         except ValueError:
             return {"ok": False, "error": "request is not valid JSON"}
         if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
@@ -166,7 +231,11 @@ class ControlServer:
         if not isinstance(args, dict):
             return {"ok": False, "error": '"args" must be an object'}
         if request["cmd"] not in READ_ONLY_COMMANDS:
-            log.info("control: %s %s by %s", request["cmd"], json.dumps(args)[:200], peer or "?")
+            try:
+                shown = json.dumps(args)[:200]
+            except (TypeError, ValueError, RecursionError):
+                return {"ok": False, "error": '"args" is nested too deeply'}
+            log.info("control: %s %s by %s", request["cmd"], shown, peer or "?")
         try:
             result = self._handler(request["cmd"], args)
             if asyncio.iscoroutine(result):
@@ -180,9 +249,12 @@ class ControlServer:
         return {"ok": True, "result": result}
 
 
-async def _reply(writer: asyncio.StreamWriter, reply: dict) -> None:
-    writer.write(json.dumps(reply).encode() + b"\n")
-    await writer.drain()
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISLNK, "a symbolic link"), (stat.S_ISFIFO, "a FIFO")):
+        if test(mode):
+            return name
+    return "a device or other special file"
 
 
 def _socket_in_use(path: Path) -> bool:
