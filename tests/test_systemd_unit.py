@@ -103,6 +103,8 @@ def test_the_unit_has_the_directives_issue_5_asks_for():
     # group evse must be able to reach /run/evse-agent/control.sock: traverse, but not list
     assert int(one("RuntimeDirectoryMode"), 8) & 0o001 and not int(one("RuntimeDirectoryMode"), 8) & 0o004
     assert one("UMask") == "0027"
+    # issue 9 C8: 1,024 descriptors were exhausted by idle control-socket connections (now at most 32)
+    assert int(one("LimitNOFILE")) >= 4096
     # hardening that keeps GPIO, SPI, I2C, serial, HID input and CAN reachable
     assert one("ProtectSystem") == "strict" and one("ProtectHome") == "yes"
     assert one("NoNewPrivileges") == "yes"
