@@ -119,7 +119,7 @@ def manufacturer_roots(journal_dir: Path) -> list:
     return certificate_store(journal_dir).root_certificates(MANUFACTURER_ROOT)
 
 
-def verify_signing_certificate(pem: str, roots: list, now: datetime | None = None):
+def verify_signing_certificate(pem: str, roots: list, now: datetime):
     """The signing certificate (the first of `pem`, which may carry intermediates after it), once its
     chain leads to one of the trusted `roots`, every certificate valid now. Raises
     agent.security_certs.CertificateError (a ValueError; its message is safe to log)."""
@@ -251,9 +251,9 @@ def parse_time(text: Any) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-async def sleep_until(when: datetime) -> None:
+async def sleep_until(when: datetime, wall_clock: Callable[[], datetime]) -> None:
     """Sleep until the wall clock reaches `when`; re-checked every minute, so a clock set by the CSMS counts."""
-    while (remaining := (when - datetime.now(UTC)).total_seconds()) > 0:
+    while (remaining := (when - wall_clock()).total_seconds()) > 0:
         await asyncio.sleep(min(remaining, 60.0))
 
 
@@ -409,7 +409,8 @@ class FirmwareManager:
             return "Rejected"
         try:
             certificate = verify_signing_certificate(firmware.get("signing_certificate", ""),
-                                                     manufacturer_roots(self.journal_dir))
+                                                     manufacturer_roots(self.journal_dir),
+                                                     self.station.wall_clock())
         except ImportError:
             log.error("SignedUpdateFirmware rejected: the cryptography package is not installed")
             return "Rejected"
@@ -561,7 +562,8 @@ class FirmwareManager:
         try:
             self.station.journal.enqueue(
                 "SecurityEventNotification",
-                {"type": kind, "timestamp": ocpp_timestamp(), "techInfo": tech_info[:255]})
+                {"type": kind, "timestamp": ocpp_timestamp(self.station.wall_clock()),
+                 "techInfo": tech_info[:255]})
         except JournalError as exc:
             log.error("security event %s cannot be queued: %s", kind, exc)
             return
@@ -593,11 +595,11 @@ class FirmwareManager:
         signed = op.kind == SIGNED_UPDATE_FIRMWARE
         path: Path | None = None
         try:
-            if retrieve_at > datetime.now(UTC):
+            if retrieve_at > self.station.wall_clock():
                 if signed:
                     self._set(op, "DownloadScheduled")
                 log.info("firmware download scheduled for %s", retrieve_at.isoformat())
-                await sleep_until(retrieve_at)
+                await sleep_until(retrieve_at, self.station.wall_clock)
             path = self._firmware_path(op, location)
             self._set(op, "Downloading")
             digest = await self._download(op, location, path, attempts, interval)
@@ -614,9 +616,9 @@ class FirmwareManager:
                     return
                 security_log.info("firmware signature verified (request %s, SHA-256 %s)", op.request_id, digest)
                 self._set(op, "SignatureVerified")
-                if install_at is not None and install_at > datetime.now(UTC):
+                if install_at is not None and install_at > self.station.wall_clock():
                     self._set(op, "InstallScheduled")
-                    await sleep_until(install_at)
+                    await sleep_until(install_at, self.station.wall_clock)
             await self._wait_for_no_transaction()
             await _delivery(self._set(op, "Installing"))  # the hook may reboot the board right away
             outcome = await self._install(op, path, digest, signed)
@@ -727,7 +729,7 @@ class FirmwareManager:
 
     def _archive_name(self, what: str) -> str:
         station = _safe_name(self.station.config.station.id, "station")
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        stamp = self.station.wall_clock().strftime("%Y%m%dT%H%M%SZ")
         return f"{station}-{what}-{stamp}.zip"[-255:]
 
     async def _run_upload(self, op: Operation, location: str, attempts: int, interval: float,
@@ -772,7 +774,8 @@ class FirmwareManager:
 
     def _diagnostics_files(self, since: datetime | None, until: datetime | None, security: bool) -> dict[str, str]:
         """The archive's contents. Never a secret: no config file, no passwords, keys or certificates."""
-        span = {"from": since.isoformat() if since else None, "to": until.isoformat() if until else None}
+        span = {"from": since.isoformat() if since else None, "to": until.isoformat() if until else None,
+                "created": ocpp_timestamp(self.station.wall_clock())}
         if security:
             lines = self._security_log_lines(since, until)
             return {"security.log": "\n".join(lines) + "\n",
@@ -830,7 +833,7 @@ def _write_archive(path: Path, files: dict[str, str]) -> None:
 
 
 def _readme(what: str, span: dict, count: int) -> str:
-    return (f"evse-agent {what}, created {ocpp_timestamp()}\n"
+    return (f"evse-agent {what}, created {span['created']}\n"
             f"requested period: {span['from'] or 'any'} .. {span['to'] or 'any'}\n"
             f"{count} log line(s) of the running agent process (kept in memory; older ones and those of "
             "earlier runs are in the system journal)\n")

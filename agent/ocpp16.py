@@ -28,6 +28,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import websockets
@@ -100,6 +101,7 @@ class StationPort(Protocol):
     configuration: OcppConfiguration
     firmware: FirmwareManager  # firmware updates, diagnostics and log uploads (agent.firmware)
     security: SecurityManager  # security profile, credentials, TLS, certificates, events (agent.security)
+    wall_clock: Callable[[], datetime]  # UTC: the timestamps of the messages it sends
 
     @property
     def connector_ids(self) -> list[int]: ...
@@ -224,7 +226,8 @@ class OcppClient:
         """StatusNotifications are not queued while offline: the current ones go out after reconnect."""
         if self.accepted:
             self._outgoing.put_nowait(
-                _Outgoing(_status_payload(connector_id, status, error_code, info, vendor_error_code))
+                _Outgoing(_status_payload(connector_id, status, error_code, info, vendor_error_code,
+                                          timestamp=ocpp_timestamp(self._station.wall_clock())))
             )
 
     async def authorize(self, id_tag: str) -> dict | None:
@@ -375,7 +378,8 @@ class OcppClient:
             self._registered = True
             # what the CSMS sees first: the current status of the station and every connector
             for status in self._station.statuses():
-                self._outgoing.put_nowait(_Outgoing(_status_payload(**status)))
+                timestamp = ocpp_timestamp(self._station.wall_clock())
+                self._outgoing.put_nowait(_Outgoing(_status_payload(**status, timestamp=timestamp)))
             self._station.firmware.connected()  # the latest firmware/diagnostics status, if the CSMS may lack it
             self._journal_wakeup.set()
             group.create_task(self._send_journal(cp))
@@ -547,12 +551,14 @@ def _status_payload(
     error_code: str = "NoError",
     info: str | None = None,
     vendor_error_code: str | None = None,
+    *,
+    timestamp: str,
 ) -> call.StatusNotification:
     return call.StatusNotification(
         connector_id=connector_id,
         error_code=error_code,
         status=status,
-        timestamp=ocpp_timestamp(),
+        timestamp=timestamp,
         info=info,
         vendor_error_code=vendor_error_code,
     )
@@ -818,7 +824,7 @@ class _ChargePoint(SecurityHandlers, FirmwareHandlers, SmartChargingHandlers, Re
         elif requested_message == "StatusNotification":
             for status in self._station.statuses():
                 if connector_id is None or status["connector_id"] == connector_id:
-                    queue(_status_payload(**status))
+                    queue(_status_payload(**status, timestamp=ocpp_timestamp(self._station.wall_clock())))
         elif requested_message == "MeterValues":
             for cid in self._station.connector_ids:
                 if connector_id in (None, cid):

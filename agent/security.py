@@ -42,7 +42,7 @@ import logging
 import re
 import ssl
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -50,6 +50,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidMessage, InvalidStatus
 
+from agent.clock import WallClock, utc_now
 from agent.journal import JournalError
 from agent.meter_values import ocpp_timestamp
 
@@ -348,9 +349,10 @@ class SecurityManager:
     """Security state of one station: see the module docstring. Create it before the OcppConfiguration
     (apply_local_settings() must run before the stored settings are read), then attach() that."""
 
-    def __init__(self, config: AgentConfig, journal: Journal):
+    def __init__(self, config: AgentConfig, journal: Journal, wall_clock: WallClock = utc_now):
         self._config = config
         self._journal = journal
+        self._wall_clock = wall_clock  # UTC: certificate validity, event timestamps
         state_dir = Path(journal.path).parent
         self._certs_dir = state_dir / "certs"
         self._store = None
@@ -494,7 +496,7 @@ class SecurityManager:
         if not certs.same_public_key(chain[0].public_key(), key.public_key()):
             return "the charge point certificate does not match its key"
         try:
-            certs.check_validity(chain[0])
+            certs.check_validity(chain[0], self._wall_clock())
         except certs.CertificateError as exc:
             return f"the charge point certificate is not valid: {exc}"
         return None
@@ -646,7 +648,7 @@ class SecurityManager:
     def event(self, kind: str, tech_info: str | None = None, *, send: bool = True) -> None:
         """Log a security event and (send=True) queue its SecurityEventNotification in the journal."""
         send = send and self.sends_events
-        timestamp = ocpp_timestamp()
+        timestamp = ocpp_timestamp(self._wall_clock())
         tech_info = _one_line(tech_info)
         self.log.write(timestamp, kind, tech_info)
         (log.warning if send else log.info)("security event %s%s", kind, f": {tech_info}" if tech_info else "")
@@ -679,7 +681,7 @@ class SecurityManager:
             if len(found) != 1:
                 raise certs.CertificateError(f"expected one certificate, got {len(found)}")
             cert = found[0]
-            certs.check_root(cert)
+            certs.check_root(cert, self._wall_clock())
         except certs.CertificateError as exc:
             self._certificate_refused(kind, f"InstallCertificate {kind} rejected: {exc}")
             return "Rejected"
@@ -701,7 +703,8 @@ class SecurityManager:
             self.event(INVALID_CSMS_CERTIFICATE, reason)
         else:
             log.warning("%s", reason)
-            self.log.write(ocpp_timestamp(), "InvalidManufacturerRootCertificate", _one_line(reason))
+            self.log.write(ocpp_timestamp(self._wall_clock()), "InvalidManufacturerRootCertificate",
+                           _one_line(reason))
 
     def delete_certificate(self, wanted: dict) -> str:
         """DeleteCertificate: Accepted, Failed (the CSMS root of the open connection) or NotFound."""
@@ -736,7 +739,7 @@ class SecurityManager:
         chain = self.store.client_chain()
         if not chain:
             return None
-        now = now or datetime.now(UTC)
+        now = now or self._wall_clock()
         expires = chain[0].not_valid_after_utc
         if expires - now > timedelta(days=days):
             return None
@@ -749,7 +752,7 @@ class SecurityManager:
 
     def certificate_renewal_requested(self, now: datetime | None = None) -> None:
         """Remember the renewal request (a restart does not ask again at once). Raises JournalError."""
-        self._journal.set_setting("security.renewal_requested_at", (now or datetime.now(UTC)).isoformat())
+        self._journal.set_setting("security.renewal_requested_at", (now or self._wall_clock()).isoformat())
 
     def new_csr(self) -> str:
         """Generate a key pair (kept on the station) and the CSR for SignCertificate. Raises OSError."""
@@ -759,7 +762,7 @@ class SecurityManager:
         if not organization:
             log.warning("CpoName is not set: the CSR has no organization (O) in its subject")
         identity = self._config.station.serial or self._config.station.id
-        self.log.write(ocpp_timestamp(), "CertificateSigningRequest",
+        self.log.write(ocpp_timestamp(self._wall_clock()), "CertificateSigningRequest",
                        f"new key pair, CSR for CN={identity} O={organization}")
         return certs.make_csr(key, identity, organization)
 
@@ -783,7 +786,7 @@ class SecurityManager:
                 raise certs.CertificateError(f"does not match the key of the last CSR ({certs.describe(leaf)})")
             # checked as of a few minutes ahead: a certificate the CA dated "now" is accepted despite a clock
             # a little behind, one about to expire is not
-            soon = datetime.now(UTC) + CERTIFICATE_CLOCK_LEEWAY
+            soon = self._wall_clock() + CERTIFICATE_CLOCK_LEEWAY
             certs.verify_chain(chain, self.store.root_certificates(certs.CSMS_ROOT), soon)
         except certs.CertificateError as exc:
             self.event(INVALID_CP_CERTIFICATE, f"CertificateSigned rejected: {exc}")

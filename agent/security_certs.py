@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
@@ -100,19 +100,14 @@ def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     return True
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def check_validity(cert: x509.Certificate, now: datetime | None = None) -> None:
-    now = now or _utc_now()
+def check_validity(cert: x509.Certificate, now: datetime) -> None:
     if now > cert.not_valid_after_utc:
         raise CertificateError(f"expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M}Z ({describe(cert)})")
     if now < cert.not_valid_before_utc:
         raise CertificateError(f"not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M}Z ({describe(cert)})")
 
 
-def check_root(cert: x509.Certificate, now: datetime | None = None) -> None:
+def check_root(cert: x509.Certificate, now: datetime) -> None:
     """A certificate installable as a root: a self-signed CA certificate, currently valid."""
     if not is_ca(cert):
         raise CertificateError(f"not a CA certificate ({describe(cert)})")
@@ -122,7 +117,7 @@ def check_root(cert: x509.Certificate, now: datetime | None = None) -> None:
 
 
 def verify_chain(
-    chain: list[x509.Certificate], anchors: list[x509.Certificate], now: datetime | None = None
+    chain: list[x509.Certificate], anchors: list[x509.Certificate], now: datetime
 ) -> None:
     """Check that chain[0] (the leaf) leads, through the other certificates of `chain`, to one of the
     trusted `anchors`, each link signed by the next and every certificate valid now."""

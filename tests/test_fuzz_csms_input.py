@@ -35,6 +35,7 @@ import re
 import string
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import ocpp.messages
@@ -49,6 +50,7 @@ from ocpp.v16.enums import Action
 from agent import controller as ctl
 from agent.config import load_config
 from agent.journal import Journal
+from agent.meter_values import ocpp_timestamp
 from agent.ocpp16 import _ChargePoint
 from agent.ocpp_config import KEYS as CONFIGURATION_KEYS
 from agent.station import Station
@@ -83,7 +85,9 @@ STATE_CHANGING = MAY_END_SESSION | {"ChangeAvailability", "ChangeConfiguration",
 # the library validates these with Decimal floats (multipleOf 0.1); the oracle does the same
 DECIMAL_ACTIONS = frozenset({"SetChargingProfile", "RemoteStartTransaction"})
 
-WHEN = "2030-01-01T00:00:00.000Z"
+# a date years ahead of the real clock, whenever the test runs: schedules, reservations and firmware
+# retrievals in these requests stay in the future (a fixed date would change what they do once it passed)
+WHEN = ocpp_timestamp(datetime.now(UTC).replace(microsecond=0) + timedelta(days=4 * 366))
 PROFILE = {
     "chargingProfileId": 1, "stackLevel": 0, "chargingProfilePurpose": "TxDefaultProfile",
     "chargingProfileKind": "Absolute", "chargingSchedule": {

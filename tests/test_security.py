@@ -92,24 +92,30 @@ def test_hash_data_follows_the_ocsp_definition():
     assert not certs.matches_hash_data(root.cert, root.key.public_key(), {**shouting, "hashAlgorithm": "MD5"})
 
 
-def test_chain_verification():
+def test_chain_verification_checks_links_and_validity_as_of_the_time_given():
+    now = datetime.now(UTC)  # the test certificates are issued relative to the real clock
     root, other = make_ca("Root"), make_ca("Other")
     intermediate = issue(root, "Sub CA", ca_cert=True)
     leaf = issue(intermediate, "CP-1", client=True)
-    certs.verify_chain([leaf.cert, intermediate.cert], [root.cert])
-    certs.verify_chain([leaf.cert, intermediate.cert, root.cert], [root.cert])
+    certs.verify_chain([leaf.cert, intermediate.cert], [root.cert], now)
+    certs.verify_chain([leaf.cert, intermediate.cert, root.cert], [root.cert], now)
     with pytest.raises(certs.CertificateError, match="does not chain"):
-        certs.verify_chain([leaf.cert], [root.cert])  # intermediate missing
+        certs.verify_chain([leaf.cert], [root.cert], now)  # intermediate missing
     with pytest.raises(certs.CertificateError, match="does not chain"):
-        certs.verify_chain([leaf.cert, intermediate.cert], [other.cert])
-    expired = issue(root, "CP-1", client=True, not_before=datetime.now(UTC) - timedelta(days=10), days=1)
+        certs.verify_chain([leaf.cert, intermediate.cert], [other.cert], now)
+    expired = issue(root, "CP-1", client=True, not_before=now - timedelta(days=10), days=1)
     with pytest.raises(certs.CertificateError, match="expired"):
-        certs.verify_chain([expired.cert], [root.cert])
+        certs.verify_chain([expired.cert], [root.cert], now)
+    with pytest.raises(certs.CertificateError, match="expired"):  # the time given counts, not the real clock
+        after_expiry = leaf.cert.not_valid_after_utc + timedelta(days=1)
+        certs.verify_chain([leaf.cert, intermediate.cert], [root.cert], after_expiry)
+    with pytest.raises(certs.CertificateError, match="not valid before"):
+        certs.check_root(root.cert, root.cert.not_valid_before_utc - timedelta(seconds=1))
     with pytest.raises(certs.CertificateError, match="not a CA"):
-        certs.check_root(leaf.cert)
+        certs.check_root(leaf.cert, now)
     with pytest.raises(certs.CertificateError, match="self-signed"):
-        certs.check_root(intermediate.cert)
-    certs.check_root(root.cert)
+        certs.check_root(intermediate.cert, now)
+    certs.check_root(root.cert, now)
 
 
 def test_csr_subject_and_key():
