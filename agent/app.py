@@ -19,21 +19,27 @@ from pathlib import Path
 import ocpp.messages
 
 from agent import logs
+from agent.channel import RequestFailed
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.control import CommandError, ControlServer
+from agent.control_link import ControlLost, ProcessLink
 from agent.journal import Journal
-from agent.service import ServiceNotifier
+from agent.service import ServiceNotifier, watchdog_interval_s
 from agent.station import RestartRequested, Station
 from hal.board import load_board
+from hal.interfaces import HardwareError
 
 log = logging.getLogger("evse.agent")
 
 
-def _sim(station: Station):
-    simulator = station.board.simulator
-    if simulator is None:
+async def _sim(station: Station, method: str, **params):
+    """A simulator command, carried out where the simulated board lives: in the control loop."""
+    if not station.info.simulated:
         raise CommandError("this board is not simulated: sim commands only work with a sim board")
-    return simulator
+    try:
+        return await station.link.request("sim", method=method, params=params)
+    except (RequestFailed, ControlLost) as exc:
+        raise CommandError(str(exc)) from exc
 
 
 def _connector(station: Station, args: dict) -> int:
@@ -53,7 +59,7 @@ def command_handler(station: Station):
             case "stop":
                 return {"stopped": station.stop_transaction(_connector(station, args))}
             case "fault.reset":
-                return {"faults": station.reset_faults(_connector(station, args))}
+                return _faults(station.reset_faults(_connector(station, args)))
             case "availability":
                 operative = args.get("operative")
                 if not isinstance(operative, bool):
@@ -71,24 +77,39 @@ def command_handler(station: Station):
             case "hw.rcd_test":
                 return station.hw_rcd_test(_connector(station, args))
             case "sim.plug":
-                _sim(station).plug(_connector(station, args))
+                return _done(cmd, _sim(station, "plug", connector=_connector(station, args)))
             case "sim.unplug":
-                _sim(station).unplug(_connector(station, args))
+                return _done(cmd, _sim(station, "unplug", connector=_connector(station, args)))
             case "sim.ev_state":
-                _sim(station).set_ev_state(args.get("state"), _connector(station, args))
+                return _done(cmd, _sim(station, "set_ev_state", state=args.get("state"),
+                                       connector=_connector(station, args)))
             case "sim.swipe":
-                _sim(station).swipe(str(args.get("tag", "")))
+                return _done(cmd, _sim(station, "swipe", tag=str(args.get("tag", ""))))
             case "sim.fault":
-                _sim(station).set_fault(str(args.get("kind")), bool(args.get("on")), _connector(station, args))
+                return _done(cmd, _sim(station, "set_fault", kind=str(args.get("kind")), on=bool(args.get("on")),
+                                       connector=_connector(station, args)))
             case "sim.snapshot":
-                return _sim(station).snapshot()
+                return _sim(station, "snapshot")
             case "sim.stall":  # a stuck device read, for the watchdog test (hal.sim SimBoard.stall_pilot)
-                _sim(station).stall_pilot(args.get("seconds"), _connector(station, args))
+                return _done(cmd, _sim(station, "stall_pilot", seconds=args.get("seconds"),
+                                       connector=_connector(station, args)))
             case _:
                 raise CommandError(f"unknown command {cmd!r}")
         return {"done": cmd}
 
     return handle
+
+
+async def _faults(request) -> dict:
+    try:
+        return {"faults": await request}
+    except (RequestFailed, ControlLost) as exc:
+        raise CommandError(str(exc)) from exc
+
+
+async def _done(cmd: str, request) -> dict:
+    await request
+    return {"done": cmd}
 
 
 # Settings a SIGHUP applies while running; every other difference waits for a restart.
@@ -163,9 +184,17 @@ async def run_agent(config: AgentConfig, log_level_override: str | None = None) 
     logs.add_basic_auth_secret(config.station.id, config.ocpp.password)  # before anything could log it
     # the simulated EV and meter outlive the agent process, like real ones: their state sits in the
     # runtime directory (tmpfs on a station), next to the control socket, not on the flash
-    board = load_board(config.board.file, state_dir=config.control.socket.parent)
+    load_board(config.board.file, dry_run=True)  # a bad board file: one line and exit 2, before anything runs
     journal = Journal(config.journal.path)
-    station = Station(config, board, journal)
+    # the safety path in its own process: devices, controllers, control loop (agent.control_process)
+    link = ProcessLink(config.board.file, state_dir=config.control.socket.parent,
+                       log_level=log_level_override or config.log.level, watchdog_s=watchdog_interval_s())
+    try:
+        await link.start()
+    except ControlLost as exc:
+        journal.close()
+        raise HardwareError(str(exc)) from exc
+    station = Station(config, link, journal)
     _register_secrets(station)
     notifier = ServiceNotifier(station)
     station.after_control_step = notifier.control_step_done  # READY, WATCHDOG, STATUS: agent.service
@@ -176,8 +205,8 @@ async def run_agent(config: AgentConfig, log_level_override: str | None = None) 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda s=sig: _on_signal(station, notifier, s))
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(station, notifier, log_level_override))
-    log.info("station %s up: %d connector(s), board %s, journal %s", config.station.id,
-             len(board.connectors), board.name, config.journal.path)
+    log.info("station %s up: %d connector(s), board %s, journal %s, control process %s", config.station.id,
+             len(station.info.connectors), station.info.name, config.journal.path, link.pid)
     try:
         await station.run()
         return None

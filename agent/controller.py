@@ -50,6 +50,7 @@ class Fault(StrEnum):
     DEVICE = "device"  # another device (pilot link, PP, RCD input, mirror contact) cannot be read
     STORAGE = "storage"  # the journal cannot be written: no session may run unrecorded
     LOCK = "lock"  # lock feedback did not follow a lock/unlock command in time (until unplugged and agreeing)
+    SUPERVISION = "supervision"  # the agent process is gone or stalled: nothing may charge unrecorded
 
 
 # Fault -> (OCPP ChargePointErrorCode, vendorErrorCode)
@@ -63,6 +64,7 @@ FAULT_ERROR_CODES: dict[Fault, tuple[str, str]] = {
     Fault.DEVICE: ("InternalError", "DeviceNotAnswering"),
     Fault.STORAGE: ("InternalError", "JournalNotWritable"),
     Fault.LOCK: ("ConnectorLockFailure", "LockFeedbackTimeout"),
+    Fault.SUPERVISION: ("InternalError", "AgentNotResponding"),
 }
 LATCHED_FAULTS = frozenset({Fault.WELD, Fault.CONTACTOR})
 
@@ -999,7 +1001,7 @@ class ConnectorController:
 
 
 _FAULT_SEVERITY = [
-    Fault.WELD, Fault.RCD, Fault.CONTACTOR, Fault.LOCK, Fault.STORAGE, Fault.DEVICE, Fault.PILOT, Fault.DIODE,
+    Fault.WELD, Fault.RCD, Fault.CONTACTOR, Fault.LOCK, Fault.STORAGE, Fault.SUPERVISION, Fault.DEVICE, Fault.PILOT, Fault.DIODE,
     Fault.METER,
 ]
 

@@ -1,9 +1,12 @@
-"""The station: the thin shell that wires hardware, session controllers, journal and OCPP together.
+"""The station: the agent-side shell that wires the control loop, journal and OCPP together.
 
-* The control loop reads the HAL every `control_period_s`, turns changes into controller events and
-  carries out the commands that come back (contactor, pilot, lock) in the same step.
-* Transaction bookkeeping for a connector runs in one ordered worker per connector: the meter is
-  read, the journal written (the commit is on disk), then the OCPP sender is woken.
+* The control loop (devices, session controllers) runs behind a ControlLink (agent.control_link): in its
+  own process on a real station, in this event loop for tests. Events go down to it; the commands that are
+  not hardware (StartTransaction, StatusChanged, ...) come back up with each controller's state, of which
+  `rt.controller` is a read-only replica here (its handle() is never called on this side).
+* Transaction bookkeeping for a connector runs in one ordered worker per connector: the meter is read,
+  the journal written (the commit is on disk), then TransactionRecorded goes down (only then may energy
+  flow) and the OCPP sender is woken.
 * The OCPP client asks for things through the StationPort methods below and never sees a device.
 """
 
@@ -19,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from agent import channel, hw_cli, logs
 from agent import controller as ctl
-from agent import hw_cli, logs
 from agent.auth_store import AuthStore
 from agent.authorization import (
     AuthSettings,
@@ -33,6 +36,7 @@ from agent.authorization import (
 )
 from agent.charging_limits import ChargingLimits
 from agent.config import AgentConfig
+from agent.control_link import ControlLink, ControlLost, InProcessLink
 from agent.firmware import FirmwareManager
 from agent.journal import Journal, JournalError, QueuedMessage
 from agent.meter_values import meter_value, ocpp_timestamp, register_value
@@ -40,22 +44,13 @@ from agent.ocpp16 import OcppClient
 from agent.ocpp_config import OcppConfiguration
 from agent.reservations import Reservations
 from agent.security import RESET_OR_REBOOT, STARTUP, SecurityManager
-from hal.interfaces import (
-    Board,
-    ConnectorHardware,
-    CpState,
-    HardwareError,
-    IndicatorState,
-    MeterError,
-    MeterReading,
-    PilotMode,
-)
+from hal.interfaces import Board, CpState, MeterReading
 
 log = logging.getLogger("evse.station")
 
 METER_FAILURES_FOR_FAULT = 3  # consecutive failed polls before a meter counts as dead (one glitch is not)
-METER_READ_TIMEOUT_S = 2.0
-IDLE_CONTROL_PERIOD_S = 0.1  # poll period while no EV is plugged in and every contactor is open
+CHARGING_LIMITS_PERIOD_S = 0.1  # how often schedule period boundaries are looked for
+CONTROL_LOST_REPORT_S = 5.0  # a lost control process: time for the Faulted status to reach the CSMS
 
 
 @dataclass
@@ -71,8 +66,8 @@ class _Op:
 
 @dataclass
 class ConnectorRuntime:
-    hw: ConnectorHardware
-    controller: ctl.ConnectorController
+    hw: channel.ConnectorInfo  # what the board says of the connector; the devices are the control loop's
+    controller: ctl.ConnectorController  # replica of the control loop's controller (read-only here)
     ops: asyncio.Queue = field(default_factory=asyncio.Queue)
     local_tx: int | None = None
     tx_begin: tuple[float, str] | None = None  # (meter start Wh, timestamp)
@@ -80,30 +75,13 @@ class ConnectorRuntime:
     next_aligned_at: float | None = None  # wall-clock time of the next clock-aligned sample
     last_reading: MeterReading | None = None
     meter_failures: int = 0
-    unreadable: set[str] = field(default_factory=set)  # devices whose last read failed
+    meter_answered: bool = False  # the meter gave one good reading since the start
     hw_test: str | None = None  # a technician's test that switches devices itself ("contactor test"...)
-    # events raised while this connector's commands are being carried out (a journal failure inside
-    # StartTransaction...): handled right after, never inside the controller's previous decision
-    pending_events: deque = field(default_factory=deque)
-    dispatching: bool = False
+    indicator: str | None = None  # what the status LEDs show (the control loop reports it)
 
     @property
     def id(self) -> int:
         return self.hw.connector_id
-
-
-def _grants_energy(command: ctl.Command) -> bool:
-    return (isinstance(command, ctl.SetContactor) and command.closed) or (
-        isinstance(command, ctl.SetPilot) and command.mode is PilotMode.PWM)
-
-
-def _read(unreadable: dict[str, str], name: str, read):
-    """One device read; a HardwareError is noted in `unreadable` instead of escaping the control step."""
-    try:
-        return read()
-    except HardwareError as exc:
-        unreadable[name] = str(exc)
-        return None
 
 
 class StationCrashed(Exception):
@@ -120,18 +98,28 @@ class RestartRequested(Exception):
 
 
 class Station:
-    def __init__(self, config: AgentConfig, board: Board, journal: Journal,
+    def __init__(self, config: AgentConfig, board: Board | ControlLink, journal: Journal,
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+        """`board`: a started ControlLink (ProcessLink: `evse run`), or a Board, run in this process."""
         self.config = config
-        self.board = board
+        if isinstance(board, ControlLink):
+            self.link, self.board = board, None
+        else:  # the control loop in this process (tests, benchmarks, fleet): same channel, no process
+            self.link, self.board = InProcessLink(board, clock), board
+        self.info = self.link.info
+        self.link.on_output = self._on_output
+        self.link.on_state = self._on_state
+        self.link.on_tag = self.present_id_tag
+        self.link.on_alive = self._control_alive
+        self.link.on_lost = self._control_lost
         self.journal = journal
         self.clock = clock
         self.wall_clock = wall_clock  # UTC: charging schedules are in wall-clock time
         self.security = SecurityManager(config, journal)
         self.security.apply_local_settings()  # config-file edits win over what the CSMS set (agent.security)
         self.configuration = OcppConfiguration(
-            number_of_connectors=len(board.connectors),
+            number_of_connectors=len(self.info.connectors),
             initial={**config.ocpp_configuration, "SecurityProfile": str(config.ocpp.security_profile)},
             stored=journal.settings("ocpp."),
             on_change=self.configuration_changed,
@@ -140,8 +128,8 @@ class Station:
         self.security.attach(self.configuration)
         self.auth = AuthStore(journal)
         self.connectors: dict[int, ConnectorRuntime] = {}
-        for hw in board.connectors:
-            controller = ctl.ConnectorController(settings=self._session_settings(hw), has_lock=hw.lock is not None)
+        for hw in self.info.connectors:
+            controller = ctl.ConnectorController(settings=self._session_settings(hw), has_lock=hw.has_lock)
             self.connectors[hw.connector_id] = ConnectorRuntime(hw, controller)
         self.station_operative = journal.settings("availability.").get("0", "Operative") == "Operative"
         controllers = {cid: rt.controller for cid, rt in self.connectors.items()}
@@ -151,21 +139,25 @@ class Station:
                                               wall_clock, self.journal_failed)
         self.ocpp = OcppClient(config, self, journal)
         self.security.on_event_queued = self.ocpp.journal_changed
-        self.firmware = FirmwareManager(self, install_command=board.firmware_install_command,
-                                        max_download_bytes=board.firmware_max_download_bytes)
+        install = list(self.info.firmware_install_command) if self.info.firmware_install_command else None
+        self.firmware = FirmwareManager(self, install_command=install,
+                                        max_download_bytes=self.info.firmware_max_download_bytes)
         self._tasks: list[asyncio.Task] = []
         self._side_tasks: set[asyncio.Task] = set()
         self._restart: RestartRequested | None = None
         self._shutdown = asyncio.Event()
         self.control_loop_alive_at = 0.0
+        self.control_lost: str | None = None
         self.storage_error: str | None = None
-        # called after every completed control step: the systemd watchdog and status (agent.service)
+        # called when the control loop reports a completed step: systemd READY and STATUS (agent.service)
         self.after_control_step: Callable[[], None] | None = None
+        self._outputs: deque[tuple[ConnectorRuntime, ctl.Command]] = deque()
+        self._executing = False
         self.closing = False  # SIGTERM: no new session starts (cards, remote starts) while shutting down
 
     # ---- settings -------------------------------------------------------------------------------
 
-    def _session_settings(self, hw: ConnectorHardware) -> ctl.SessionSettings:
+    def _session_settings(self, hw: channel.ConnectorInfo) -> ctl.SessionSettings:
         cfg = self.configuration
         return ctl.SessionSettings(
             max_current_a=min(self.config.charging.max_current_a, hw.max_current_a),
@@ -173,10 +165,10 @@ class Station:
             stop_on_ev_side_disconnect=cfg.get_bool("StopTransactionOnEVSideDisconnect"),
             stop_on_invalid_id=cfg.get_bool("StopTransactionOnInvalidId"),
             authorize_remote_tx=cfg.get_bool("AuthorizeRemoteTxRequests"),
-            feedback_supervised=hw.contactor.has_mirror_contact,
+            feedback_supervised=hw.has_mirror_contact,
             meter_failure_stops=self.config.charging.meter_failure == "stop",
             unlock_on_ev_side_disconnect=cfg.get_bool("UnlockConnectorOnEVSideDisconnect"),
-            lock_timeout_s=hw.lock.travel_timeout_s if hw.lock is not None else ctl.SessionSettings.lock_timeout_s,
+            lock_timeout_s=hw.lock_timeout_s,
         )
 
     def configuration_changed(self, key: str, value: str) -> None:
@@ -192,6 +184,7 @@ class Station:
         [charging] limits reach the controllers at once, the reconnect back-off the OCPP client."""
         self.config = config
         self.ocpp.apply_config(config)
+        self.link.set_period(config.charging.control_period_s)
         for rt in self.connectors.values():
             self._dispatch(rt, ctl.SettingsChanged(self._session_settings(rt.hw)))
 
@@ -230,10 +223,7 @@ class Station:
         rt = self.connectors.get(tx.connector_id)
         if not self.config.charging.resume_after_power_loss or rt is None or rt.local_tx is not None:
             return False
-        try:
-            plugged = rt.hw.pilot.read().state in (CpState.B, CpState.C, CpState.D)
-        except HardwareError:
-            return False
+        plugged = self.info.pilot_states.get(rt.id) in (CpState.B, CpState.C, CpState.D)
         if not plugged:
             return False
         rt.local_tx = tx.local_id
@@ -246,19 +236,24 @@ class Station:
                     tx.csms_id or f"local-{tx.local_id}", rt.id)
         return True
 
+    async def start_control(self) -> None:
+        """Start the control loop's side: every contactor open, the pilots read once (for a resume), the
+        controllers built with this configuration's settings."""
+        self.info = await self.link.start()
+        await self.link.setup({rt.id: self._session_settings(rt.hw) for rt in self.connectors.values()},
+                              self.config.charging.control_period_s)
+
     async def run(self) -> None:
         """Run until shutdown() or a reset; raises RestartRequested for a reset."""
-        await self.board.start()
+        await self.start_control()
         self.recover()
         self.security.event(STARTUP, f"evse-agent {self.config.station.firmware_version} started")
         self.firmware.recover()
         for rt in self.connectors.values():
-            rt.hw.contactor.set_closed(False)
             self._tasks.append(asyncio.create_task(self._transaction_worker(rt), name=f"tx-{rt.id}"))
             self._tasks.append(asyncio.create_task(self._meter_loop(rt), name=f"meter-{rt.id}"))
-        self._tasks.append(asyncio.create_task(self._control_loop(), name="control"))
-        if self.board.rfid is not None:
-            self._tasks.append(asyncio.create_task(self._rfid_loop(), name="rfid"))
+        self._tasks.append(asyncio.create_task(self._control_link(), name="control"))
+        self._tasks.append(asyncio.create_task(self._charging_limits_loop(), name="charging-limits"))
         self._tasks.append(asyncio.create_task(self.ocpp.run(), name="ocpp"))
         shutdown = asyncio.create_task(self._shutdown.wait(), name="shutdown")
         try:
@@ -269,6 +264,8 @@ class Station:
             shutdown.cancel()
             await self._stop_tasks()
         crashed = [task for task in done if task is not shutdown]
+        if self.control_lost is not None:
+            raise StationCrashed(f"the control loop is gone: {self.control_lost}")
         if crashed:
             task = crashed[0]
             error = task.exception() if not task.cancelled() else None
@@ -296,7 +293,7 @@ class Station:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._side_tasks, return_exceptions=True)
         self._tasks.clear()
-        await self.board.close()  # every contactor open
+        await self.link.close()  # every contactor open
 
     async def _flush_journal(self, timeout: float = 5.0) -> None:
         """Give queued messages (a final StopTransaction) a moment to reach the CSMS; the journal keeps
@@ -313,123 +310,82 @@ class Station:
             async with asyncio.timeout(timeout):
                 await drained()
 
-    # ---- control loop ---------------------------------------------------------------------------
+    # ---- the control loop, behind its link --------------------------------------------------------
 
-    async def _control_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        hardware_changed = asyncio.Event()
-        for rt in self.connectors.values():  # back-ends that can tell wake the loop at once (any thread)
-            rt.hw.pilot.on_change(lambda: loop.call_soon_threadsafe(hardware_changed.set))
+    async def _control_link(self) -> None:
+        """Runs while the control loop does. When it is lost (the control process died or stalls), every
+        connector is reported Faulted to the CSMS, then the station stops: systemd restarts the unit."""
+        try:
+            await self.link.run()
+        except ControlLost as exc:
+            self._control_lost(str(exc))
+        if self.control_lost is None:
+            self._control_lost("the control loop ended")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CONTROL_LOST_REPORT_S):
+                while self.journal.pending_count() and self.ocpp.accepted:
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.5)  # the Faulted StatusNotifications on their way
+
+    def _control_alive(self) -> None:
+        self.control_loop_alive_at = self.clock()
+        if self.after_control_step is not None:
+            self.after_control_step()
+
+    def _control_lost(self, why: str) -> None:
+        if self.control_lost is not None:
+            return
+        self.control_lost = why
+        log.critical("control loop lost: %s; every connector is reported Faulted", why)
+        for rt in self.connectors.values():
+            self.ocpp.send_status(rt.id, ctl.ConnectorStatus.FAULTED.value, "InternalError",
+                                  "control process lost", "ControlLoopLost")
+
+    async def _charging_limits_loop(self) -> None:
+        """Smart-charging schedules change at their period boundaries: look for one every tenth of a second."""
         while True:
-            hardware_changed.clear()  # before the step: a change during it makes the next wait return at once
-            self.control_step()
-            self.control_loop_alive_at = self.clock()
-            if self.after_control_step is not None:
-                self.after_control_step()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._control_period()):
-                    await hardware_changed.wait()
-
-    def _control_period(self) -> float:
-        """The configured period while an EV is plugged in or a contactor is (or reads) closed; a slower
-        poll while every connector is empty and open, where nothing has a deadline (saves CPU on a Pi)."""
-        period = self.config.charging.control_period_s  # read each time: SIGHUP may change it
-        idle = all(not rt.controller.plugged and not rt.controller.contactor_commanded
-                   and not rt.controller.feedback_closed for rt in self.connectors.values())
-        return max(period, IDLE_CONTROL_PERIOD_S) if idle else period
+            for rt in self.connectors.values():
+                self.charging_limits.update(rt)
+            await asyncio.sleep(CHARGING_LIMITS_PERIOD_S)
 
     def control_step(self) -> None:
-        """Read every device once and feed the changes to the controllers."""
+        """One step of an in-process control loop (tests and benchmarks drive it by hand)."""
+        assert isinstance(self.link, InProcessLink), "the control loop runs in its own process"
+        self.link.control.step()
         for rt in self.connectors.values():
-            if rt.hw_test is not None:
-                continue  # the test switches the contactor on purpose; supervision resumes right after it
-            hw, c = rt.hw, rt.controller
-            unreadable: dict[str, str] = {}
-            reading = _read(unreadable, "control pilot", hw.pilot.read)
-            tripped = _read(unreadable, "RCD", hw.rcd.tripped) if hw.rcd is not None else None
-            feedback = _read(unreadable, "contactor mirror contact", hw.contactor.feedback_closed)
-            locked = _read(unreadable, "connector lock", hw.lock.is_locked) if hw.lock is not None else None
-            ampacity = None
-            if hw.proximity is not None and c.plugged:
-                ampacity = _read(unreadable, "proximity pilot", hw.proximity.read_ampacity)
-            self._report_unreadable(rt, unreadable)
-
-            if reading is not None:
-                if reading.state != c.cp_state:
-                    self._dispatch(rt, ctl.PilotChanged(reading.state))
-                if reading.diode_ok != c.diode_ok:
-                    self._dispatch(rt, ctl.DiodeChecked(reading.diode_ok))
-            if tripped is not None and tripped != (ctl.Fault.RCD in c.faults):
-                self._dispatch(rt, ctl.FaultChanged(ctl.Fault.RCD, tripped))
-            if feedback is not None and feedback != c.feedback_closed:
-                self._dispatch(rt, ctl.ContactorFeedback(feedback))
-            if locked is not None and locked != c.lock_feedback:
-                self._dispatch(rt, ctl.LockFeedback(locked))
-            if "proximity pilot" not in unreadable and ampacity != c.cable_a:
-                self._dispatch(rt, ctl.CableDetected(ampacity))
             self.charging_limits.update(rt)
-            self._dispatch(rt, ctl.Tick())
-
-    def _report_unreadable(self, rt: ConnectorRuntime, unreadable: dict[str, str]) -> None:
-        """A device that cannot be read is a fault until it answers again; logged on change only."""
-        if set(unreadable) == rt.unreadable:
-            return
-        for name in set(unreadable) - rt.unreadable:
-            log.error("connector %d: %s cannot be read: %s", rt.id, name, unreadable[name])
-        for name in rt.unreadable - set(unreadable):
-            log.info("connector %d: %s answers again", rt.id, name)
-        rt.unreadable = set(unreadable)
-        self._dispatch(rt, ctl.FaultChanged(ctl.Fault.DEVICE, bool(unreadable)))
 
     def _dispatch(self, rt: ConnectorRuntime, event: ctl.Event) -> None:
-        """Hand an event to the connector's controller and carry out its commands. An event raised while
-        commands are carried out (a journal failure inside StartTransaction...) is handled after the current
-        list, never inside it; what is left of the list that would grant energy (close the contactor, start
-        the PWM) waits for the newer event's decision and runs only if the controller still wants it then."""
-        rt.pending_events.append(event)
-        if rt.dispatching:
-            return
-        rt.dispatching = True
-        withheld: list[ctl.Command] = []
-        try:
-            while rt.pending_events:
-                for command in rt.controller.handle(rt.pending_events.popleft(), self.clock()):
-                    if rt.pending_events and _grants_energy(command):
-                        withheld.append(command)
-                    else:
-                        self._execute(rt, command)
-            view = rt.controller.view()
-            for command in withheld:
-                if isinstance(command, ctl.SetContactor) and view.contactor_closed:
-                    self._execute(rt, command)
-                elif isinstance(command, ctl.SetPilot) and view.pilot_mode is PilotMode.PWM:
-                    self._execute(rt, ctl.SetPilot(PilotMode.PWM, view.duty_percent))
-                else:
-                    log.warning("connector %d: %s not carried out: a newer event changed the decision",
-                                rt.id, command)
-        finally:
-            rt.dispatching = False
-            rt.pending_events.clear()
+        """Hand an event to the connector's controller, in the control loop."""
+        self.link.send_event(rt.id, event)
 
     def _dispatch_to(self, connector_id: int, event: ctl.Event) -> None:
         self._dispatch(self.connectors[connector_id], event)
 
+    def _on_state(self, connector_id: int, state: dict, indicator: str | None) -> None:
+        rt = self.connectors.get(connector_id)
+        if rt is not None:
+            channel.apply_controller_state(rt.controller, state)
+            rt.indicator = indicator
+
+    def _on_output(self, connector_id: int, commands: list[ctl.Command]) -> None:
+        """Commands from the control loop, carried out in the order they were decided: those that arrive
+        while earlier ones are carried out (an in-process link delivers at once) wait for them."""
+        rt = self.connectors.get(connector_id)
+        if rt is None:
+            return
+        self._outputs.extend((rt, command) for command in commands)
+        if self._executing:
+            return
+        self._executing = True
+        try:
+            while self._outputs:
+                self._execute(*self._outputs.popleft())
+        finally:
+            self._executing = False
+
     def _execute(self, rt: ConnectorRuntime, command: ctl.Command) -> None:
-        hw = rt.hw
         match command:
-            case ctl.SetContactor(closed):
-                hw.contactor.set_closed(closed)
-                log.info("connector %d: contactor %s", rt.id, "closed" if closed else "opened")
-            case ctl.SetPilot(mode, duty):
-                if mode is PilotMode.PWM:
-                    hw.pilot.set_pwm(duty)
-                elif mode is PilotMode.F:
-                    hw.pilot.set_f()
-                else:
-                    hw.pilot.set_x1()
-            case ctl.SetLock(locked):
-                if hw.lock is not None:
-                    hw.lock.set_locked(locked)
             case ctl.RequestAuthorization(id_tag):
                 self._spawn(self._authorize(rt, id_tag))
             case ctl.StartTransaction(id_tag, reservation_id):
@@ -445,19 +401,10 @@ class Station:
             case ctl.StatusChanged(status, error_code, info, vendor_code):
                 log.info("connector %d: %s%s", rt.id, status.value,
                          "" if error_code == "NoError" else f" ({error_code}/{vendor_code})")
-                self.ocpp.send_status(rt.id, status.value, error_code, info, vendor_code)
-                self._indicate(rt, ctl.indicator_for(status))
+                if self.control_lost is None:
+                    self.ocpp.send_status(rt.id, status.value, error_code, info, vendor_code)
             case ctl.Notice(text):
                 log.info("connector %d: %s", rt.id, text)
-
-    def _indicate(self, rt: ConnectorRuntime, state: IndicatorState) -> None:
-        """Status LEDs follow the connector status; a LED that cannot be driven is logged, never a fault."""
-        if rt.hw.indicator is None:
-            return
-        try:
-            rt.hw.indicator.indicate(state)
-        except Exception as exc:  # gpiozero raises its own errors: a LED must never stop a control step
-            log.warning("connector %d: status indicator cannot show %s: %s", rt.id, state.value, exc)
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
@@ -504,17 +451,6 @@ class Station:
         if self.configuration.get_bool("AuthorizationCacheEnabled"):
             self.auth.remember(id_tag, info)
 
-    async def _rfid_loop(self) -> None:
-        assert self.board.rfid is not None
-        while True:
-            try:
-                tag = await self.board.rfid.next_tag()
-            except HardwareError as exc:
-                log.warning("RFID reader: %s", exc)
-                await asyncio.sleep(1.0)
-                continue
-            self.present_id_tag(tag)
-
     def present_id_tag(self, id_tag: str) -> int | None:
         if self.closing:
             log.info("card %s ignored: the agent is shutting down", id_tag)
@@ -533,9 +469,8 @@ class Station:
         try:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation that
             # arrives as the read completes, and this loop would then outlive the station's shutdown
-            async with asyncio.timeout(METER_READ_TIMEOUT_S):
-                reading = await rt.hw.meter.read()
-        except (MeterError, HardwareError, TimeoutError) as exc:
+            reading = await self.link.read_meter(rt.id)
+        except (channel.RequestFailed, ControlLost, TimeoutError) as exc:
             rt.meter_failures += 1
             if rt.meter_failures == METER_FAILURES_FOR_FAULT:
                 log.error("connector %d: energy meter failed %d times: %s", rt.id, rt.meter_failures, exc)
@@ -545,6 +480,7 @@ class Station:
             log.info("connector %d: energy meter answers again", rt.id)
             self._dispatch(rt, ctl.FaultChanged(ctl.Fault.METER, False))
         rt.meter_failures = 0
+        rt.meter_answered = True
         rt.last_reading = reading
         return reading
 
@@ -625,6 +561,7 @@ class Station:
         timestamp = ocpp_timestamp()
         rt.local_tx = self.journal.begin_transaction(rt.id, op.id_tag or "", energy, timestamp,
                                                      reservation_id=op.reservation_id)
+        self._dispatch(rt, ctl.TransactionRecorded())  # durable now: the controller may offer energy
         rt.tx_begin = (energy, timestamp)
         interval = self.configuration.get_int("MeterValueSampleInterval")
         rt.next_sample_at = self.clock() + interval if interval > 0 else None
@@ -634,7 +571,8 @@ class Station:
     async def _journal_stop(self, rt: ConnectorRuntime, op: _Op) -> None:
         if rt.local_tx is None:
             return
-        reading = await self._read_meter(rt)  # the contactor is already open: this is the final register
+        await self._contactor_opened(rt)
+        reading = await self._read_meter(rt)  # the contactor is open: this is the final register
         energy = self._energy_now(rt, reading)
         timestamp = ocpp_timestamp()
         payload: dict = {"meterStop": round(energy), "timestamp": timestamp, "reason": op.reason}
@@ -651,6 +589,15 @@ class Station:
         rt.local_tx = None
         rt.tx_begin = None
         rt.next_sample_at = None
+
+    async def _contactor_opened(self, rt: ConnectorRuntime) -> None:
+        """An orderly stop keeps the contactor closed until the EV leaves C (at most
+        SessionSettings.stop_under_load_timeout_s): the final meter reading waits for it to open."""
+        limit = rt.controller.settings.stop_under_load_timeout_s + 1.0
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(limit):
+                while rt.controller.contactor_commanded and self.control_lost is None:
+                    await asyncio.sleep(0.02)
 
     def _journal_sample(self, rt: ConnectorRuntime, op: _Op) -> None:
         reading = op.reading
@@ -725,8 +672,9 @@ class Station:
                 self.ocpp.send_status(0, "Available" if operative else "Unavailable")
         scheduled = False
         for rt in targets:
+            # the controller schedules Inoperative while a transaction runs (the replica tells it now)
+            scheduled |= not operative and rt.controller.transaction_active
             self._dispatch(rt, ctl.AvailabilityChanged(operative))
-            scheduled |= rt.controller.view().availability_scheduled
         return "Scheduled" if scheduled else "Accepted"
 
     async def unlock_connector(self, connector_id: int) -> str:
@@ -734,19 +682,16 @@ class Station:
         held cable and commands the lock open; Unlocked once the lock's feedback reads open, UnlockFailed if
         it does not within the lock deadline (the controller then also reports ConnectorLockFailure)."""
         rt = self.connectors[connector_id]
-        lock = rt.hw.lock
-        if lock is None:
+        if not rt.hw.has_lock:
             return "NotSupported"
         self._dispatch(rt, ctl.UnlockRequested())
         loop = asyncio.get_running_loop()  # a real wait for the actuator: the event loop's clock
-        deadline = loop.time() + rt.controller.settings.lock_timeout_s
+        # the lock's feedback as the control loop reads it (a lock that cannot be read is a device fault)
+        deadline = loop.time() + rt.controller.settings.lock_timeout_s + 0.1
+        await asyncio.sleep(0)
         while True:
-            try:
-                locked = lock.is_locked()
-            except HardwareError as exc:
-                log.warning("connector %d: unlock: the lock cannot be read: %s", rt.id, exc)
-                locked = True  # not confirmed open
-            if not locked:
+            locked = rt.controller.lock_feedback or "device" in rt.controller.view().faults
+            if not locked and not rt.controller.view().lock_commanded:
                 log.info("connector %d: unlocked by the CSMS", rt.id)
                 return "Unlocked"
             if loop.time() >= deadline:
@@ -823,9 +768,14 @@ class Station:
             self._dispatch(rt, ctl.StopRequested(reason))
         await self._drain_transaction_ops()
         await self._flush_journal()
-        reboot = self.board.reboot_command if kind == "Hard" else None
+        await self._contactors_opened()
+        reboot = list(self.info.reboot_command) if kind == "Hard" and self.info.reboot_command else None
         self._restart = RestartRequested(kind, reboot)
         self._shutdown.set()
+
+    async def _contactors_opened(self) -> None:
+        """A reset is an orderly stop: the EVs get their time to leave C before the restart opens everything."""
+        await asyncio.gather(*(self._contactor_opened(rt) for rt in self.connectors.values()))
 
     # ---- firmware installation (agent.firmware) ----------------------------------------------------
 
@@ -875,16 +825,17 @@ class Station:
                 "energy_wh": reading.energy_wh if reading else None,
                 "power_w": reading.power_w if reading else None,
                 "session_energy_wh": (reading.energy_wh - record.meter_start) if reading and record else None,
-                "meter_ok": rt.meter_failures < METER_FAILURES_FOR_FAULT,
+                "meter_ok": rt.meter_answered and rt.meter_failures < METER_FAILURES_FOR_FAULT,
                 "charging_limit_a": rt.controller.charging_limit_a,  # Smart Charging; None: no limit
-                "lock": None if rt.hw.lock is None else {
+                "lock": None if not rt.hw.has_lock else {
                     "commanded": view.lock_commanded, "locked": view.lock_feedback,
                     "held_for": view.lock_held_for},
-                "indicator": rt.hw.indicator.shown.value if rt.hw.indicator is not None else None,
+                "indicator": rt.indicator if rt.hw.has_indicator else None,
             })
         return {
             "station": {"id": self.config.station.id, "pid": os.getpid(),
-                        "operative": self.station_operative},
+                        "control_pid": getattr(self.link, "pid", None), "operative": self.station_operative,
+                        "control_loop": "lost: " + self.control_lost if self.control_lost else "running"},
             "ocpp": {"connected": self.ocpp.connected,
                      "registration": self.ocpp.registration,
                      "url": self.security.endpoint,
@@ -910,10 +861,18 @@ class Station:
     # Each returns a report dict of agent.hw_cli: {"ok": true, ...} or {"ok": false, "exit_code", "error"}.
 
     async def hw_meter(self, connector_id: int) -> dict:
-        return self._hw_starting() or await hw_cli.report(hw_cli.read_meter(self.connectors[connector_id].hw))
+        return self._hw_starting() or await self._hw_request("hw_meter", connector_id)
 
     async def hw_pilot(self, connector_id: int) -> dict:
-        return self._hw_starting() or await hw_cli.report(hw_cli.read_pilot(self.connectors[connector_id].hw))
+        return self._hw_starting() or await self._hw_request("hw_pilot", connector_id)
+
+    async def _hw_request(self, op: str, connector_id: int) -> dict:
+        try:
+            result = await self.link.request(op, connector=connector_id)
+        except (channel.RequestFailed, ControlLost, TimeoutError) as exc:
+            return {"ok": False, "exit_code": 1, "error": f"the control loop could not run it: {exc}"}
+        assert isinstance(result, dict)
+        return result
 
     def _hw_starting(self) -> dict | None:
         """A refusal while the board is still being started (the control loop has not run yet)."""
@@ -927,13 +886,12 @@ class Station:
         loop leaves the connector alone meanwhile, so the controller neither takes the closed contactor for
         a fault nor acts on it; the test always opens it again, then supervision resumes (a contactor that
         stayed closed is then a weld fault, as it should be)."""
-        return await self._hw_test(connector_id, "contactor test", hw_cli.contactor_test)
+        return await self._hw_test(connector_id, "contactor test", "hw_contactor_test")
 
     async def hw_rcd_test(self, connector_id: int) -> dict:
-        link = self.board.extras.get("coprocessor")
-        return await self._hw_test(connector_id, "RCD self-test", lambda hw: hw_cli.rcd_test(hw, link))
+        return await self._hw_test(connector_id, "RCD self-test", "hw_rcd_test")
 
-    async def _hw_test(self, connector_id: int, name: str, test) -> dict:
+    async def _hw_test(self, connector_id: int, name: str, op: str) -> dict:
         rt = self.connectors[connector_id]
         refusal = self._hw_starting()
         if refusal is not None:
@@ -942,13 +900,10 @@ class Station:
         if refusal is not None:
             return {"ok": False, "exit_code": hw_cli.EXIT_USAGE, "error": refusal}
         rt.hw_test = name
-        log.warning("connector %d: %s requested by a technician", rt.id, name)
         try:
-            result = await hw_cli.report(test(rt.hw))
+            return await self._hw_request(op, connector_id)
         finally:
             rt.hw_test = None
-        log.warning("connector %d: %s: %s", rt.id, name, "passed" if result["ok"] else result["error"])
-        return result
 
     def _hw_test_refusal(self, rt: ConnectorRuntime, name: str) -> str | None:
         view = rt.controller.view()
@@ -966,12 +921,8 @@ class Station:
             return f"{where}: fault(s) {', '.join(blocking)} active: clear the cause and run evse fault reset"
         return None
 
-    def reset_faults(self, connector_id: int) -> list[str]:
-        rt = self.connectors[connector_id]
-        if rt.hw.rcd is not None and rt.hw.rcd.tripped():
-            rt.hw.rcd.reset()
-        reset_hardware = getattr(rt.hw.contactor, "reset_fault", None)  # boards that latch faults themselves
-        if reset_hardware is not None:
-            reset_hardware()
-        self._dispatch(rt, ctl.ResetLatchedFaults())
-        return list(rt.controller.view().faults)
+    async def reset_faults(self, connector_id: int) -> list[str]:
+        """`evse fault reset`: the RCD and a board's own latch are reset, then the controller's latched
+        faults whose cause is gone; answers the faults still active."""
+        faults = await self.link.request("reset_faults", connector=connector_id)
+        return [str(f) for f in faults]

@@ -25,7 +25,9 @@ async def sim_station(tmp_path, *, connectors: int = 1, clock: Callable[[], floa
     prepare(board)
     clock_args = {} if clock is None else {"clock": clock}
     station = Station(config, board, Journal(config.journal.path), **clock_args)
-    await board.start()
+    await station.start_control()
+    for rt in station.connectors.values():  # journal writes (TransactionRecorded), as Station.run() has them
+        station._tasks.append(asyncio.create_task(station._transaction_worker(rt)))
     return station, board
 
 

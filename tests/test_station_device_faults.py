@@ -14,21 +14,21 @@ async def test_unreadable_pilot_faults_the_connector_opens_the_contactor_and_rec
     await steps(station, 5)
     authorize(station, rt)
     await steps(station)
-    assert rt.controller.contactor_commanded and rt.hw.contactor.feedback_closed()
+    assert rt.controller.contactor_commanded and board.connectors[0].contactor.feedback_closed()
 
-    read = rt.hw.pilot.read
+    read = board.connectors[0].pilot.read
 
     def link_down():
         raise HardwareError("co-processor silent for 1.2 s")
 
-    rt.hw.pilot.read = link_down  # the pilot's back-end stops answering
+    board.connectors[0].pilot.read = link_down  # the pilot's back-end stops answering
     station.control_step()
     view = rt.controller.view()
     assert not view.contactor_closed and "device" in view.faults
     assert view.status.value == "Faulted" and view.error_code == "InternalError"
     assert not rt.controller.transaction_active  # the session ended on the fault
 
-    rt.hw.pilot.read = read  # it answers again
+    board.connectors[0].pilot.read = read  # it answers again
     await steps(station, 3)
     assert "device" not in rt.controller.view().faults
     assert rt.controller.view().status.value == "Finishing"  # EV still plugged, session over

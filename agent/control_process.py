@@ -1,0 +1,193 @@
+"""The control process: `python -m agent.control_process --board FILE --fd N` (started by `evse run`).
+
+It holds the safety path and nothing else: the board's devices, the session controllers and the control
+loop (agent.control_loop), talking to the agent process over the socket `--fd` (agent.channel). It imports
+no OCPP library, no SQLite, no cryptography, and never waits on the network or the disk: the agent may be
+flooded, stalled or dead, and a contactor here still opens within its deadline.
+
+* It opens every contactor as the board starts, says hello, and waits for the agent's setup.
+* It pings the systemd watchdog from its control loop (the agent gives it the interval), and only while
+  the agent answers: a stalled agent faults every connector and lets systemd restart the unit.
+* When the channel closes (the agent exited or was killed) every contactor opens at once and the process
+  exits; the unit restarts as a whole.
+* Garbage collection: the objects made while starting are frozen (gc.freeze) and the youngest generation
+  is collected less often, so a collection never walks the board's objects in the middle of a step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import logging
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+from agent import channel
+from agent.control_loop import AGENT_DEADLINE_S, ControlLoop, describe
+from agent.logs import setup_logging
+from hal.board import load_board
+
+log = logging.getLogger("evse.control_loop")
+
+
+class _Watchdog:
+    """WATCHDOG=1 to systemd at most every `interval_s`, from the control loop only."""
+
+    def __init__(self, interval_s: float | None):
+        self.interval_s = interval_s
+        self._next = 0.0
+        self._notifier = None
+        if interval_s:
+            import sdnotify  # small, pure Python: only when systemd asked for pings
+
+            self._notifier = sdnotify.SystemdNotifier()
+
+    def step_done(self, agent_ok: bool) -> None:
+        if self._notifier is None or not agent_ok:
+            return
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + (self.interval_s or 0.0)
+            self._notifier.notify("WATCHDOG=1")
+
+
+class _Heartbeat:
+    """ALIVE up to the agent at most every HEARTBEAT_S, from the control loop: its steps are the sign of life."""
+
+    HEARTBEAT_S = 0.1
+
+    def __init__(self, emit, control: ControlLoop):
+        self.emit, self.control, self._next = emit, control, 0.0
+
+    def step_done(self) -> None:
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self.HEARTBEAT_S
+            self.emit(channel.message(channel.ALIVE, steps=self.control.steps))
+
+
+async def serve(board_file: Path, state_dir: Path, sock: socket.socket, watchdog_s: float | None,
+                agent_deadline_s: float) -> int:
+    reader, writer = await asyncio.open_unix_connection(sock=sock, limit=channel.MAX_LINE_BYTES)
+
+    def emit(msg: dict) -> None:
+        if not writer.is_closing():
+            writer.write(channel.dumps(msg))
+
+    try:
+        board = load_board(board_file, state_dir=state_dir)
+        await board.start()
+    except Exception as exc:  # the agent prints it and exits 2/1: the board file or its devices
+        log.critical("the board cannot be started: %s", exc)
+        emit(channel.message("error", error=f"the board cannot be started: {exc}"))
+        await writer.drain()
+        return 1
+    for hw in board.connectors:
+        hw.contactor.set_closed(False)
+    control = ControlLoop(board, emit)
+    control.agent_deadline_s = agent_deadline_s
+    watchdog = _Watchdog(watchdog_s)
+    alive = _Heartbeat(emit, control)
+    control.after_step = lambda: (watchdog.step_done(not control.agent_lost), alive.step_done())
+    emit(channel.message(channel.HELLO, board=describe(board).to_json()))
+    tasks: list[asyncio.Task] = []
+    try:
+        while True:  # the setup comes first; anything else before it is a broken agent
+            line = await reader.readline()
+            if not line:
+                return 0
+            msg = channel.loads(line)
+            if msg["kind"] == channel.SETUP:
+                settings = {int(cid): channel.decode(s) for cid, s in msg["settings"].items()}
+                control.setup(settings, float(msg["period_s"]))
+                break
+            if msg["kind"] == channel.STOP:
+                return 0
+        control.supervise_agent = True
+        control.agent_alive()
+        gc.collect()
+        gc.freeze()  # what start-up made is never scanned again
+        gc.set_threshold(10_000, 20, 20)
+        tasks = [asyncio.create_task(control.run(), name="control"),
+                 asyncio.create_task(control.rfid_loop(), name="rfid")]
+        reading = asyncio.create_task(_read_agent(reader, control, emit), name="channel")
+        done, _ = await asyncio.wait([reading, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        if reading not in done:
+            crashed = next(iter(done))
+            log.critical("control process task %s ended: %r", crashed.get_name(), crashed.exception())
+            return 1
+        return 0 if reading.result() else 1
+    finally:
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await board.close()  # every contactor open, devices released, the sim state saved
+        log.info("control process stopped; every contactor is open")
+
+
+async def _read_agent(reader: asyncio.StreamReader, control: ControlLoop, emit) -> bool:
+    """Down-messages until STOP (True) or the agent is gone (False: contactors opened at once)."""
+    while True:
+        try:
+            line = await reader.readline()
+        except (ConnectionError, ValueError) as exc:  # ValueError: a line over the limit
+            control.agent_gone(f"the channel to the agent broke: {exc}")
+            return False
+        if not line:
+            control.agent_gone("the agent process is gone")
+            return False
+        try:
+            msg = channel.loads(line)
+        except channel.ChannelError as exc:
+            control.agent_gone(f"the agent sent garbage: {exc}")
+            return False
+        control.agent_alive()
+        kind = msg["kind"]
+        if kind == channel.EVENT:
+            event = channel.decode(msg["event"])
+            control.handle_event(int(msg["connector"]), event)
+        elif kind == channel.REQUEST:
+            asyncio.create_task(_answer(control, msg, emit))
+        elif kind == channel.SETUP:
+            control.control_period_s = float(msg["period_s"])
+        elif kind == channel.STOP:
+            return True
+
+
+async def _answer(control: ControlLoop, msg: dict, emit) -> None:
+    try:
+        result = await control.request(str(msg["op"]), dict(msg.get("args") or {}))
+        emit(channel.message(channel.REPLY, id=msg["id"], ok=True, result=result))
+    except Exception as exc:  # every failure is an answer: the agent must not wait for nothing
+        emit(channel.message(channel.REPLY, id=msg["id"], ok=False, error=str(exc) or type(exc).__name__))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="evse-control", description=__doc__.splitlines()[0])
+    parser.add_argument("--board", type=Path, required=True)
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--watchdog-s", type=float, default=None)
+    parser.add_argument("--agent-deadline-s", type=float, default=AGENT_DEADLINE_S)
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level, sys.stdout)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        # the agent ends this process (STOP, or its death closes the channel): a signal to the whole unit
+        # or a Ctrl-C in the terminal must not drop the contactors' owner before the agent's orderly stop
+        signal.signal(sig, signal.SIG_IGN)
+    sock = socket.socket(fileno=args.fd)
+    try:
+        return asyncio.run(serve(args.board, args.state_dir, sock, args.watchdog_s, args.agent_deadline_s))
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
