@@ -1,7 +1,7 @@
 """Running the third-party CSMS implementations as subprocesses from their own environments (.interop/).
 
 `tests/interop/setup.sh` installs them; `installed(name)` tells whether that worked and skips the test with
-the concrete reason when it did not. `JsonLinesProcess` runs a driver (a small program that starts or
+the concrete reason when it did not (on CI such a skip is a failure: tests/conftest.py). `JsonLinesProcess` runs a driver (a small program that starts or
 controls a CSMS) which speaks JSON lines: one request per line on its stdin,
 {"id": N, "cmd": "...", ...}, and on its stdout one line per reply, {"reply": N, "ok": true, "result": ...}
 or {"reply": N, "ok": false, "error": "..."}, mixed with event lines {"event": "...", ...}.

@@ -9,8 +9,9 @@
 #
 # Each step that succeeds leaves a stamp (.interop/<name>.ok, holding the versions that step pinned), so a
 # second run costs nothing. A step that fails writes its reason to .interop/<name>.failed and the script
-# goes on: the test for that CSMS then reports SKIPPED with that reason. Exit status is 0 unless called
-# with --strict. redis-server itself comes from Debian (.ci/run installs it with apt-get).
+# goes on: the test for that CSMS then reports SKIPPED with that reason (a failure on CI, where CI=true:
+# tests/conftest.py). Exit status is 0 unless called with --strict. redis-server itself comes from Debian
+# (.ci/run installs it with apt-get).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -88,7 +89,7 @@ step ocpp-rpc "$(sha256sum "$OCPP_RPC_LOCK" | cut -d' ' -f1) node $(node --versi
 if command -v redis-server >/dev/null; then
     echo "interop setup: redis-server: $(redis-server --version | cut -d' ' -f3)"
 else
-    echo "interop setup: redis-server is not installed (apt-get install redis-server): arthexis tests will skip"
+    echo "interop setup: redis-server is not installed (apt-get install redis-server): arthexis tests will skip (fail on CI)"
 fi
 if ((failures && STRICT)); then exit 1; fi
 exit 0
