@@ -308,6 +308,37 @@ class LinkedPin(MockPin):
         return changed
 
 
+class ContactToGround(MockPin):
+    """An input with a contact to GND on it: low while the contact conducts, otherwise the level its pull
+    gives. A LinkedPin moves the contact (drive_low = conducting, drive_high = open). Unlike a plain MockPin,
+    the pull set when a device claims the pin does not override a contact that conducts at rest (NC)."""
+
+    def __init__(self, factory, info, conducting: bool = False):
+        self.conducting = conducting
+        super().__init__(factory, info)
+        self._apply()
+
+    def drive_low(self):
+        self.conducting = True
+        self._apply()
+
+    def drive_high(self):
+        self.conducting = False
+        self._apply()
+
+    def _set_pull(self, value):
+        conducting = self.conducting
+        super()._set_pull(value)  # drives to the pull's level through the methods above
+        self.conducting = conducting
+        self._apply()
+
+    def _apply(self):
+        if self.conducting or self._pull != "up":
+            MockPin.drive_low(self)
+        else:
+            MockPin.drive_high(self)
+
+
 def wire(factory: MockFactory, output: int, target: int, *, when_high: bool, when_low: bool | None) -> None:
     """Make `output` a LinkedPin driving `target` (before any device claims either pin)."""
     factory.pin(output, pin_class=LinkedPin, target=factory.pin(target), when_high=when_high, when_low=when_low)
@@ -511,8 +542,9 @@ class InProcessAgent:
 class GpioBench:
     """The GPIO side of a linux_pilot board config on gpiozero's MockFactory: the relay coil drives the
     contactor's mirror contact, the lock motor its switch, the RCD test output its trip input, and a
-    PilotFrontEnd with a simulated MCP3008 sits behind the CP. `mirror=False` leaves the mirror unwired
-    (a broken coil circuit); `weld=True` lets the mirror close with the coil but never open again.
+    PilotFrontEnd with a simulated MCP3008 sits behind the CP. The mirror is wired as the board's `feedback`
+    says (NC by default: it conducts while the contactor is open). `mirror=False` leaves it unwired (a broken
+    wire: nothing ever conducts); `weld=True` lets the main contacts close with the coil but never open again.
 
     Becomes gpiozero's default factory while it lives (its software SPI needs one); call close()."""
 
@@ -525,9 +557,12 @@ class GpioBench:
         Device.pin_factory = self.factory
         shipped = tomllib.loads(board_config.read_text())["connectors"][connector]
         self.contactor, lock, rcd = shipped["contactor"], shipped.get("lock"), shipped.get("rcd")
-        if mirror:  # an NO mirror contact to GND on a pulled-up input: conducting = low
-            wire(self.factory, self.contactor["pin"], self.contactor["feedback_pin"], when_high=False,
-                 when_low=None if weld else True)
+        if mirror:  # a mirror contact to GND on a pulled-up input: conducting = low
+            nc = self.contactor.get("feedback", "NC") == "NC"  # NC conducts while the main contacts are open
+            self.factory.pin(self.contactor["feedback_pin"], pin_class=ContactToGround, conducting=nc)
+            contacts_open_level = not nc  # the input level while the main contacts are open
+            wire(self.factory, self.contactor["pin"], self.contactor["feedback_pin"], when_high=nc,
+                 when_low=None if weld else contacts_open_level)
         if lock is not None:
             wire(self.factory, lock["lock_pin"], lock["lock_feedback_pin"], when_high=False, when_low=None)
             wire(self.factory, lock["unlock_pin"], lock["lock_feedback_pin"], when_high=True, when_low=None)

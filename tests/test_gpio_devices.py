@@ -92,6 +92,8 @@ def test_debouncer_with_zero_hold_follows_at_once():
 
 def make_contactor(factory, clock, **options) -> GpioContactor:
     options.setdefault("mirror", InputSpec(MIRROR))  # pull-up: a conducting mirror contact pulls the pin low
+    # the input-handling tests below are written for NO wiring; the NC default has tests of its own
+    options.setdefault("mirror_type", "NO")
     return GpioContactor(COIL, clock=clock, pin_factory=factory, **options)
 
 
@@ -143,6 +145,43 @@ def test_contactor_nc_mirror_is_inverted(factory, clock):
     open_mirror(factory)
     clock.advance(0.015)
     assert contactor.feedback_closed() is True
+
+
+def test_contactor_mirror_is_normally_closed_by_default_input_active_means_open(factory, clock):
+    contactor = GpioContactor(COIL, mirror=InputSpec(MIRROR), clock=clock, pin_factory=factory)
+    close_mirror(factory)  # the mirror conducts: the main contacts are open
+    clock.advance(0.015)
+    assert contactor.feedback_closed() is False
+    contactor.set_closed(True)
+    open_mirror(factory)  # pulled in: the mirror contact opens
+    clock.advance(0.015)
+    assert contactor.feedback_closed() is True
+
+
+def test_broken_wire_to_the_default_nc_mirror_reads_closed_so_a_weld_cannot_hide(factory, clock):
+    """Nothing conducts on the feedback input (wire cut, contact lost): with NC wiring that reads "closed"
+    while the coil is off, which the controller treats as a weld; NO wiring would read "open"."""
+    contactor = GpioContactor(COIL, mirror=InputSpec(MIRROR), clock=clock, pin_factory=factory)
+    clock.advance(0.015)  # the pull-up alone holds the input
+    assert contactor.commanded_closed is False and contactor.feedback_closed() is True
+    no_wiring = GpioContactor(6, mirror=InputSpec(12), mirror_type="NO", clock=clock, pin_factory=factory)
+    clock.advance(0.015)
+    assert no_wiring.feedback_closed() is False  # the same broken wire, hidden
+
+
+def test_build_contactor_without_feedback_key_wires_the_mirror_nc(factory, clock):
+    ctx = BuildContext(path=CONFIG, clock=clock, pin_factory=factory)
+    contactor = build_contactor(table({"backend": "gpio", "pin": COIL, "feedback_pin": MIRROR}), ctx)
+    close_mirror(factory)
+    clock.advance(0.015)
+    assert contactor.feedback_closed() is False
+    open_mirror(factory)
+    clock.advance(0.015)
+    assert contactor.feedback_closed() is True
+    explicit_no = build_contactor(table({"backend": "gpio", "pin": 6, "feedback_pin": 12, "feedback": "NO"}), ctx)
+    factory.pin(12).drive_low()
+    clock.advance(0.015)
+    assert explicit_no.feedback_closed() is True
 
 
 def test_contactor_mirror_with_pull_down_is_active_high(factory, clock):
@@ -441,7 +480,7 @@ def test_build_rcd_and_lock_and_leds_from_config(factory, clock):
         (
             build_contactor,
             {"pin": 17, "feedback_pin": 27, "feedback": "closed"},
-            '.feedback: must be one of "NO", "NC"',
+            '.feedback: must be one of "NC", "NO"',
         ),
         (build_contactor, {"pin": 17, "feedback_pin": 17}, ".feedback_pin: pin 17 is already used by pin"),
         (build_contactor, {"pin": True, "feedback_pin": 27}, ".pin: expected a GPIO number"),

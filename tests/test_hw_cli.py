@@ -288,8 +288,12 @@ async def test_rfid_reader_that_cannot_be_opened(coproc, hw, tmp_path):
 def gpio(tmp_path):
     benches = []
 
-    def make(rfid_port: str | None = None, **options) -> tuple[GpioBench, Path]:
-        bench = GpioBench(PI, tmp_path, **options)
+    def make(rfid_port: str | None = None, feedback: str | None = None, **options) -> tuple[GpioBench, Path]:
+        source = PI
+        if feedback is not None:  # the shipped board with its mirror wired the other way
+            source = rewrite_board(PI, tmp_path / "rewired.toml",
+                                   lambda c: c["connectors"][0]["contactor"].update(feedback=feedback))
+        bench = GpioBench(source, tmp_path, **options)
         benches.append(bench)
 
         def edit(c):
@@ -298,7 +302,7 @@ def gpio(tmp_path):
             if rfid_port is not None:
                 c["rfid"]["port"] = rfid_port
 
-        return bench, rewrite_board(PI, tmp_path / "board.toml", edit)
+        return bench, rewrite_board(source, tmp_path / "board.toml", edit)
 
     yield make
     for bench in benches:
@@ -313,8 +317,19 @@ def test_gpio_contactor_test_passes_and_reports_timing(gpio, hw_sync):
     assert [s.state for s in bench.coil.states][-2:] == [True, False]  # closed once, left open
 
 
-def test_gpio_contactor_whose_mirror_never_closes(gpio, hw_sync):
+def test_gpio_contactor_with_a_broken_nc_mirror_wire_is_never_closed(gpio, hw_sync):
+    """The shipped board wires the mirror NC: a broken wire reads "closed" with the coil off, so the test
+    refuses to close at all (NO wiring would have closed first and only then missed the feedback)."""
     bench, board = gpio(mirror=False)
+    code, out, err = hw_sync("contactor", "test", "--board", str(board), pin_factory=bench.factory)
+    assert (code, out) == (1, "")
+    assert ("the mirror contact reports the contactor closed while it is commanded open: welded contacts or "
+            "a mirror wiring fault; not closing it") in err
+    assert [s.state for s in bench.coil.states] == [False]  # never energised
+
+
+def test_gpio_contactor_with_no_wiring_whose_mirror_never_closes(gpio, hw_sync):
+    bench, board = gpio(mirror=False, feedback="NO")
     code, out, err = hw_sync("contactor", "test", "--board", str(board), pin_factory=bench.factory)
     assert (code, out) == (1, "")
     assert "contactor test FAILED: the mirror contact did not report closed within 1000 ms of closing" in err

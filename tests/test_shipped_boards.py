@@ -152,7 +152,7 @@ COPROC = "coproc-uart-b23-rdm6300.toml"
 @pytest.mark.parametrize(
     ("name", "old", "new", "expected"),
     [
-        (PI, 'feedback = "NO"', 'feedback = "NO"\nfeedbak_pull = "up"',
+        (PI, 'feedback = "NC"', 'feedback = "NC"\nfeedbak_pull = "up"',
          r"\[\[connectors\]\]\[0\]\.contactor\.feedbak_pull: unknown key"),
         (PI, 'bus = "rs485"', 'bus = "rs458"',
          r'\[\[connectors\]\]\[0\]\.meter\.bus: no bus named "rs458" \(defined buses: "rs485"\)'),

@@ -4,7 +4,11 @@
     backend = "gpio"                       backend = "gpio"                backend = "gpio"
     pin = 17                               trip_pin = 22                   lock_pin = 5
     feedback_pin = 27                      test_pin = 23                   unlock_pin = 6
-    feedback = "NO"                                                        lock_feedback_pin = 13
+    feedback = "NC"                                                        lock_feedback_pin = 13
+
+The contactor's `feedback` is how its mirror contact is wired: "NC" (the default: a mirror contact per
+IEC 60947-4-1 Annex F, conducting while the contactor is open, so a broken wire reads as closed and is
+caught) or "NO" (conducting while the contactor is closed; a broken wire then looks like "open").
 
 Pins are BCM numbers or gpiozero pin names ("GPIO17", "BOARD11"). Every input has `<name>_pull`
 ("up" | "down" | "none") and `<name>_active_low` (default: true with a pull-up, false with a pull-down;
@@ -20,7 +24,7 @@ from gpiozero.exc import GPIOZeroError
 
 from hal.board import BoardConfigError, ConfigTable
 from hal.build import BuildContext
-from hal.gpio.contactor import MIRROR_TYPES, GpioContactor
+from hal.gpio.contactor import DEFAULT_MIRROR_TYPE, MIRROR_TYPES, GpioContactor
 from hal.gpio.inputs import PULLS, InputSpec
 from hal.gpio.leds import StatusLeds
 from hal.gpio.lock import GpioLock
@@ -115,7 +119,7 @@ def build_contactor(table: ConfigTable, ctx: BuildContext) -> GpioContactor:
     options = dict(
         mirror=mirror,
         mirror_2=mirror_2,
-        mirror_type=table.string("feedback", default="NO", choices=MIRROR_TYPES),
+        mirror_type=table.string("feedback", default=DEFAULT_MIRROR_TYPE, choices=MIRROR_TYPES),
         active_high=table.boolean("active_high", default=True),
         debounce_s=_seconds(table, "debounce_ms", 0.010, minimum_ms=0, maximum_ms=1000),
     )

@@ -2,6 +2,13 @@
 
 The back-end reports debounced truth; the session controller decides what it means (weld, feedback
 timeout, minimum close interval).
+
+Mirror contacts are normally closed by default ("NC"): a mirror contact in the sense of IEC 60947-4-1
+Annex F is an NC auxiliary contact that cannot be closed while a main contact is welded, so the feedback
+input is active (conducting) while the contactor is OPEN. A broken wire or a lost contact then reads
+"closed" and the controller refuses to close and reports a weld or feedback fault, instead of reading
+"open" and hiding a weld, which is what normally-open wiring does. "NO" remains for boards whose feedback
+contact closes with the main contacts (input active = contactor closed).
 """
 
 from __future__ import annotations
@@ -19,14 +26,16 @@ from hal.interfaces import Contactor, HardwareError
 
 log = logging.getLogger(__name__)
 
-MIRROR_TYPES = ("NO", "NC")
+MIRROR_TYPES = ("NC", "NO")
+DEFAULT_MIRROR_TYPE = "NC"  # IEC 60947-4-1 Annex F mirror contact: input active = contactor open
 DEFAULT_DEBOUNCE_S = 0.010  # chargebyte Tarragon's relay feedback debounce
 
 
 class GpioContactor(Contactor, Lifecycle):
     """Coil on `pin`; `mirror` is the L1 mirror contact, `mirror_2` an optional L2/L3 mirror.
 
-    `mirror_type` "NO" closes with the main contacts, "NC" opens with them. When two mirrors disagree,
+    `mirror_type` "NC" (default) conducts while the main contacts are open, "NO" while they are closed;
+    `mirror` says how the input reads a conducting contact (pull, active_low). When two mirrors disagree,
     feedback_closed() reports the opposite of the command: a mirror that stays closed after an open
     command then reads as a weld, and one that stays open after a close as a feedback fault, so the
     controller's existing checks catch a failed pole either way. `mirrors_agree` tells which happened.
@@ -38,7 +47,7 @@ class GpioContactor(Contactor, Lifecycle):
         *,
         mirror: InputSpec,
         mirror_2: InputSpec | None = None,
-        mirror_type: str = "NO",
+        mirror_type: str = DEFAULT_MIRROR_TYPE,
         active_high: bool = True,
         debounce_s: float = DEFAULT_DEBOUNCE_S,
         clock: Callable[[], float] = time.monotonic,
