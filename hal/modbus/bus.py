@@ -8,7 +8,11 @@ Every pymodbus parameter is passed explicitly: its defaults (19200 baud, 3 s tim
 none of our meters and would make a dead device block the bus for 12 s.
 
 Errors are HardwareError subclasses whose message a technician can act on: which port or host, which
-device id, which register, what happened and what to check.
+device id, which register, what happened and what to check. pymodbus drops a reply it cannot use (bad CRC,
+another device id, noise) and then reports only that no response came; so the bus records the bytes that
+did arrive for each request and tells apart: no answer at all (ModbusTimeoutError), a CRC error
+(ModbusCrcError), a garbled or short frame (ModbusGarbledReplyError), a reply from another device id
+(ModbusWrongDeviceError), and a Modbus exception code (ModbusExceptionResponse, named).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.framer import FramerRTU
 
 from hal.board import ConfigTable
 from hal.build import BuildContext, Lifecycle
@@ -46,6 +51,7 @@ EXCEPTION_CODES = {
     4: "device failure",
     5: "acknowledge",
     6: "device busy",
+    8: "memory parity error",
     10: "gateway path unavailable",
     11: "gateway target device failed to respond",
 }
@@ -57,6 +63,22 @@ class ModbusBusError(HardwareError):
 
 class ModbusTimeoutError(ModbusBusError):
     """The device did not answer."""
+
+
+class ModbusCrcError(ModbusBusError):
+    """A frame arrived for the request but its CRC is wrong (noise, termination, a second master)."""
+
+
+class ModbusGarbledReplyError(ModbusBusError):
+    """Bytes arrived that are no complete Modbus reply: noise, wrong baud rate or parity, a cut-off frame."""
+
+
+class ModbusWrongDeviceError(ModbusBusError):
+    """A well-formed reply came from another device id than the one asked (address clash or wrong id)."""
+
+    def __init__(self, message: str, replied_device_id: int):
+        super().__init__(message)
+        self.replied_device_id = replied_device_id
 
 
 class ModbusNotConnectedError(ModbusBusError):
@@ -127,6 +149,8 @@ class ModbusBus(Lifecycle):
         self._client: AsyncModbusSerialClient | AsyncModbusTcpClient | None = None
         self._quiet_since = 0.0  # time.monotonic() when the last frame on the line ended
         self._users = 0
+        self._received = bytearray()  # every byte that arrived during the current request (all its tries)
+        self._receive_buffer_seen = b""  # pymodbus' receive buffer as last traced, to tell the new bytes
         self.requests = 0  # requests sent, for diagnostics
         self.failures = 0  # requests that failed
 
@@ -178,7 +202,8 @@ class ModbusBus(Lifecycle):
         if not 0 <= value <= 0xFFFF:
             raise ValueError(f"register value must be 0..65535, got {value}")
         what = f"write holding register {_register_span(address, 1)} = {value}"
-        await self._request(what, device_id, lambda c: c.write_register(address, value, device_id=device_id))
+        await self._request(what, device_id, 6,
+                            lambda c: c.write_register(address, value, device_id=device_id))
 
     async def _read(self, function_code: int, address: int, count: int, device_id: int) -> list[int]:
         kind = "input" if function_code == 4 else "holding"
@@ -189,7 +214,7 @@ class ModbusBus(Lifecycle):
                 return client.read_input_registers(address, count=count, device_id=device_id)
             return client.read_holding_registers(address, count=count, device_id=device_id)
 
-        response = await self._request(what, device_id, call)
+        response = await self._request(what, device_id, function_code, call)
         registers = list(response.registers)
         if len(registers) != count:
             raise ModbusBusError(
@@ -197,18 +222,20 @@ class ModbusBus(Lifecycle):
             )
         return registers
 
-    async def _request(self, what: str, device_id: int, call):
+    async def _request(self, what: str, device_id: int, function_code: int, call):
         async with self._lock:
             await self._keep_silent_gap()
             try:
                 client = await self._connected_client(what, device_id)
                 self.requests += 1
+                self._received.clear()
+                self._receive_buffer_seen = b""
                 try:
                     response = await call(client)
                 except ConnectionException as exc:
                     raise self._not_connected(what, device_id, f"connection lost ({exc})") from exc
-                except ModbusIOException as exc:  # pymodbus: "no response received after N retries"
-                    raise self._timeout(what, device_id) from exc
+                except ModbusIOException as exc:  # pymodbus: no usable response after N retries
+                    raise self._no_usable_reply(what, device_id, function_code) from exc
                 except ModbusException as exc:
                     raise ModbusBusError(f"{self._where(device_id, what)}: {exc}") from exc
             except ModbusBusError:
@@ -240,6 +267,17 @@ class ModbusBus(Lifecycle):
             log.info("%s: connected", self.describe())
         return self._client
 
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        """pymodbus hook, called with each frame sent and with its whole receive buffer whenever bytes
+        arrive: keep the bytes that arrived, which pymodbus throws away when it cannot use them."""
+        if sending:  # a new try: pymodbus starts with an empty receive buffer
+            self._receive_buffer_seen = b""
+        else:
+            seen = self._receive_buffer_seen
+            self._received += data[len(seen):] if data.startswith(seen) else data
+            self._receive_buffer_seen = data
+        return data
+
     def _make_client(self):
         settings = self.settings
         # reconnect_delay=0: no background reconnect loop; we reconnect on the next request instead.
@@ -253,6 +291,7 @@ class ModbusBus(Lifecycle):
                 timeout=settings.timeout_s,
                 retries=settings.retries,
                 reconnect_delay=0,
+                trace_packet=self._trace_packet,
             )
         return AsyncModbusTcpClient(
             settings.host,
@@ -260,6 +299,7 @@ class ModbusBus(Lifecycle):
             timeout=settings.timeout_s,
             retries=settings.retries,
             reconnect_delay=0,
+            trace_packet=self._trace_packet,
         )
 
     # ---- messages -------------------------------------------------------------------------------
@@ -274,6 +314,39 @@ class ModbusBus(Lifecycle):
 
     def _not_connected(self, what: str, device_id: int, reason: str) -> ModbusNotConnectedError:
         return ModbusNotConnectedError(f"{self._where(device_id, what)}: not connected: {reason}")
+
+    def _no_usable_reply(self, what: str, device_id: int, function_code: int) -> ModbusBusError:
+        """What became of a request that got no reply pymodbus could use, from the bytes that arrived."""
+        received = bytes(self._received)
+        if not received:
+            return self._timeout(what, device_id)
+        where = self._where(device_id, what)
+        diagnose = diagnose_rtu_reply if self.is_rtu else diagnose_tcp_reply
+        problem = diagnose(received, device_id, function_code)
+        excerpt = _hex_excerpt(received)
+        if problem.kind == "wrong device":
+            return ModbusWrongDeviceError(
+                f"{where}: reply from device id {problem.other_device_id} instead of {device_id} ({excerpt}): "
+                "two devices on the line share an address, or the configured device_id is wrong",
+                problem.other_device_id,
+            )
+        if problem.kind == "crc":
+            return ModbusCrcError(
+                f"{where}: CRC error: a {problem.frame_size}-byte reply arrived with a wrong checksum "
+                f"({excerpt}): noise on the line; check the termination (120 Ohm at both ends), the A/B "
+                "wiring and shield, and that no second master talks on the bus"
+            )
+        if problem.kind == "short":
+            return ModbusGarbledReplyError(
+                f"{where}: short frame: {len(received)}{f' of {problem.frame_size}' if problem.frame_size else ''}"
+                f" bytes arrived within {self.settings.timeout_s:g} s ({excerpt}): the reply was cut off; check the "
+                "wiring and termination, or raise timeout_s for a slow device or gateway"
+            )
+        hint = ("check the baud rate, parity and stop bits against the device, and that only one master "
+                "drives the line" if self.is_rtu else "is this port a Modbus TCP server?")
+        return ModbusGarbledReplyError(
+            f"{where}: garbled reply: {len(received)} bytes that are no Modbus reply ({excerpt}): {hint}"
+        )
 
     def _timeout(self, what: str, device_id: int) -> ModbusTimeoutError:
         tries = self.settings.retries + 1
@@ -295,6 +368,67 @@ class ModbusBus(Lifecycle):
             11: ": the gateway got no answer; check the device id and the RS-485 side of the gateway",
         }.get(code, "")
         return f"{self._where(device_id, what)}: exception code {code} ({name}){hint}"
+
+
+@dataclass(frozen=True)
+class ReplyProblem:
+    kind: str  # "wrong device", "crc", "short" or "garbled"
+    other_device_id: int = 0  # "wrong device": who answered
+    frame_size: int = 0  # "crc" and "short": how long the frame should have been
+
+
+def _rtu_reply_size(frame: bytes, function_code: int) -> int | None:
+    """Length of the RTU reply to `function_code` that starts at frame[0] (address), or None when frame[1]
+    is no such reply or its length byte has not arrived yet."""
+    if len(frame) < 2 or frame[1] not in (function_code, function_code | 0x80):
+        return None
+    if frame[1] & 0x80:
+        return 5  # address, function | 0x80, exception code, CRC
+    if function_code in (3, 4):
+        return 5 + frame[2] if len(frame) >= 3 else None  # address, function, byte count, data, CRC
+    if function_code == 6:
+        return 8  # the request echoed: address, function, register, value, CRC
+    return None
+
+
+def _crc_ok(frame: bytes) -> bool:
+    return FramerRTU.compute_CRC(frame[:-2]) == int.from_bytes(frame[-2:], "big")
+
+
+def diagnose_rtu_reply(received: bytes, device_id: int, function_code: int) -> ReplyProblem:
+    """Why the bytes that arrived for a request on an RTU line were no usable reply."""
+    starts = range(len(received) - 1)
+    for start in starts:  # a whole frame with a good CRC, but from another address
+        size = _rtu_reply_size(received[start:], function_code)
+        frame = received[start : start + size] if size else b""
+        if size and len(frame) == size and _crc_ok(frame) and frame[0] != device_id:
+            return ReplyProblem("wrong device", other_device_id=frame[0])
+    for start in starts:  # our address and function code, complete, but the checksum does not match
+        size = _rtu_reply_size(received[start:], function_code)
+        frame = received[start : start + size] if size else b""
+        if size and len(frame) == size and not _crc_ok(frame) and (received[start] == device_id or start == 0):
+            return ReplyProblem("crc", frame_size=size)
+    size = _rtu_reply_size(received, function_code)
+    if received[0] == device_id and (size is None or len(received) < size):
+        return ReplyProblem("short", frame_size=size or 0)
+    return ReplyProblem("garbled")
+
+
+def diagnose_tcp_reply(received: bytes, device_id: int, function_code: int) -> ReplyProblem:
+    """Why the bytes that arrived for a Modbus TCP request were no usable reply."""
+    if len(received) < 8 or received[2:4] != b"\0\0":  # shorter than an MBAP header, or not protocol 0
+        return ReplyProblem("garbled")
+    size = 6 + int.from_bytes(received[4:6], "big")
+    if len(received) < size:
+        return ReplyProblem("short", frame_size=size)
+    if received[6] != device_id and received[7] in (function_code, function_code | 0x80):
+        return ReplyProblem("wrong device", other_device_id=received[6])
+    return ReplyProblem("garbled")
+
+
+def _hex_excerpt(data: bytes, limit: int = 16) -> str:
+    shown = data[:limit].hex(" ")
+    return f"{shown} ..." if len(data) > limit else shown
 
 
 def _register_span(address: int, count: int) -> str:
