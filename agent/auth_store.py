@@ -86,6 +86,9 @@ class AuthStore:
         return _row_to_info(*row) if row else None
 
     def list_version(self) -> int:
+        """0 for an empty list, whatever version emptied it (§5.10: 0 means "no list")."""
+        if self.list_size() == 0:
+            return 0
         return int(self._journal.settings().get(LIST_VERSION_KEY, "0"))
 
     def list_size(self) -> int:
@@ -106,8 +109,9 @@ class AuthStore:
                     (tag, *_info_to_row(info)),
                 )
                 db.execute("DELETE FROM auth_cache WHERE id_tag = ?", (tag,))
+            empty = db.execute("SELECT NOT EXISTS (SELECT 1 FROM local_list)").fetchone()[0]
             db.execute(
                 "INSERT INTO settings (key, value) VALUES (?, ?)"
                 " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (LIST_VERSION_KEY, str(change.version)),
+                (LIST_VERSION_KEY, "0" if empty else str(change.version)),  # an empty list is version 0
             )

@@ -12,6 +12,15 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 VALID_STATUSES = frozenset({"Accepted"})
+ID_TOKEN_MAX_LENGTH = 20  # IdToken is CiString20Type (OCPP 1.6 §7.28)
+
+
+def valid_id_token(id_tag: object) -> bool:
+    """Whether `id_tag` can be sent as an OCPP 1.6 IdToken: 1-20 printable ASCII characters. Anything else
+    fails the schema (too long) or cannot even be encoded (a lone surrogate), so the CSMS can never be
+    asked about it."""
+    return (isinstance(id_tag, str) and 0 < len(id_tag) <= ID_TOKEN_MAX_LENGTH
+            and all(" " <= ch <= "~" for ch in id_tag))
 
 
 @dataclass(frozen=True)
@@ -30,7 +39,9 @@ class IdTagInfo:
                 expiry = parse_timestamp(raw)
             except ValueError:
                 expiry = datetime.min.replace(tzinfo=UTC)
-        return cls(str(info.get("status", "Invalid")), expiry, info.get("parentIdTag"))
+        parent = info.get("parentIdTag")
+        # a parentIdTag that is no IdToken (a lone surrogate cannot even be stored) is no parent at all
+        return cls(str(info.get("status", "Invalid")), expiry, parent if valid_id_token(parent) else None)
 
     def valid_at(self, now: datetime) -> bool:
         return self.status in VALID_STATUSES and (self.expiry is None or self.expiry > now)
@@ -46,6 +57,7 @@ class Source(StrEnum):
     CACHE = "cache"
     CSMS = "CSMS"
     UNKNOWN_OFFLINE = "unknown id, offline"
+    INVALID = "not an OCPP IdToken"
     NONE = "no record"
 
 
@@ -78,7 +90,11 @@ def local_record(id_tag: str, list_entry: IdTagInfo | None, cache_entry: IdTagIn
 
 def decide(id_tag: str, *, online: bool, now: datetime, list_entry: IdTagInfo | None,
            cache_entry: IdTagInfo | None, settings: AuthSettings) -> Decision:
-    """What to do with a presented id tag before (or instead of) asking the CSMS."""
+    """What to do with a presented id tag before (or instead of) asking the CSMS. An id that cannot be sent
+    (see valid_id_token) is refused here, online or offline: the CSMS cannot be asked about it, and the
+    offline rules (AllowOfflineTxForUnknownId) must not let it charge."""
+    if not valid_id_token(id_tag):
+        return Decision(False, Source.INVALID)
     record, source = local_record(id_tag, list_entry, cache_entry, settings)
     locally_valid = record is not None and record.valid_at(now)
     parent = record.parent_id_tag if record else None

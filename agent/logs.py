@@ -11,6 +11,10 @@
   an OCPP frame or a library's repr of one, and every secret value registered with `add_secret()` (the
   [ocpp] password and its Basic-auth token). The OCPP frame log already hides these itself
   (agent.security.redact_frame); this is the net under everything else.
+* `FloodGuard`, after it, keeps a hostile peer from filling the disk through the log: every message is cut
+  to MAX_MESSAGE_CHARS (tracebacks to MAX_TRACEBACK_CHARS) with the full length noted, and a message that
+  repeats (same logger, level and format string) is written at most RATE_LIMIT_COUNT times per
+  RATE_LIMIT_WINDOW_S; then one "suppressed K similar messages" line says how many were left out.
 """
 
 from __future__ import annotations
@@ -20,12 +24,19 @@ import logging
 import os
 import re
 import sys
+import time
+from collections.abc import Callable
 from typing import TextIO
 
 TERMINAL_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 JOURNAL_FORMAT = "%(name)s: %(message)s"
 MIN_SECRET_LENGTH = 4  # shorter values would redact ordinary words; such a password is no secret anyway
 REDACTED = "[redacted]"
+MAX_MESSAGE_CHARS = 2000  # one log line; a frame excerpt (excerpt()) is far shorter
+MAX_TRACEBACK_CHARS = 8000
+RATE_LIMIT_COUNT = 20  # of one kind of message per window, then a summary
+RATE_LIMIT_WINDOW_S = 60.0
+_MAX_TRACKED_KINDS = 1000  # a bound on the guard's own memory
 
 # credentials after "Authorization:" (any scheme), and a bare "Basic <base64 of user:password>"
 _AUTHORIZATION = re.compile(r"""(?i)(authorization['"]?\s*[:=]\s*['"]?\s*[a-z]+\s+)[^\s'",}]+""")
@@ -114,6 +125,89 @@ class RedactSecrets(logging.Filter):
 REDACTOR = RedactSecrets()
 
 
+def excerpt(text: object, limit: int = 200) -> str:
+    """At most `limit` characters of `text` (a frame from the network), with its length if it was cut:
+    a rejected 1 MB frame is logged as 200 characters and "... (1048576 chars)"."""
+    text = text if isinstance(text, str) else repr(text)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
+def _cut(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    head = limit * 3 // 4
+    return f"{text[:head]} ... [{len(text) - limit} of {len(text)} chars left out] ... {text[-(limit - head):]}"
+
+
+class _Kind:
+    __slots__ = ("window_start", "count", "suppressed", "name", "levelno", "template")
+
+    def __init__(self, now: float, record: logging.LogRecord, template: str):
+        self.window_start, self.count, self.suppressed = now, 0, 0
+        self.name, self.levelno, self.template = record.name, record.levelno, template
+
+
+class FloodGuard(logging.Filter):
+    """Bounds what one handler writes (see the module docstring). `handler` receives the summary lines."""
+
+    def __init__(self, handler: logging.Handler | None = None, *, count: int = RATE_LIMIT_COUNT,
+                 window_s: float = RATE_LIMIT_WINDOW_S, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self._handler = handler
+        self._count, self._window_s, self._clock = count, window_s, clock
+        self._kinds: dict[tuple, _Kind] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = self._clock()
+        self._summarize_expired(now)
+        if record.levelno < logging.CRITICAL:
+            template = str(record.msg)[:200]
+            key = (record.name, record.levelno, template)
+            kind = self._kinds.get(key)
+            if kind is None:
+                if len(self._kinds) >= _MAX_TRACKED_KINDS:
+                    self._summarize_expired(now, everything=True)
+                kind = self._kinds[key] = _Kind(now, record, template)
+            kind.count += 1
+            if kind.count > self._count:
+                kind.suppressed += 1
+                return False
+        self._bound(record, note=kind.count == self._count if record.levelno < logging.CRITICAL else False)
+        return True
+
+    def _bound(self, record: logging.LogRecord, note: bool) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:
+            return  # the handler reports a broken format string
+        cut = _cut(message, MAX_MESSAGE_CHARS)
+        if note:
+            cut += f" (more like this in the next {self._window_s:.0f} s are suppressed)"
+        if cut != message:
+            record.msg, record.args = cut, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = _cut(record.exc_text, MAX_TRACEBACK_CHARS)
+
+    def _summarize_expired(self, now: float, everything: bool = False) -> None:
+        expired = [key for key, kind in self._kinds.items()
+                   if everything or now - kind.window_start >= self._window_s]
+        for key in expired:
+            kind = self._kinds.pop(key)
+            if kind.suppressed and self._handler is not None:
+                summary = logging.LogRecord(
+                    kind.name, max(kind.levelno, logging.WARNING), __file__, 0,
+                    "suppressed %d similar messages in %.0f s: %s",
+                    (kind.suppressed, now - kind.window_start, excerpt(kind.template, 120)), None)
+                REDACTOR.filter(summary)
+                self._handler.acquire()
+                try:
+                    self._handler.emit(summary)
+                finally:
+                    self._handler.release()
+
+
 def add_secret(value: str | None) -> None:
     """Never log `value` (a password, a key): the agent's handler replaces it by [redacted]."""
     REDACTOR.add_secret(value)
@@ -150,6 +244,7 @@ def setup_logging(level: str, stream: TextIO = sys.stdout) -> logging.Handler:
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JournalFormatter() if under_journald(stream) else logging.Formatter(TERMINAL_FORMAT))
     handler.addFilter(REDACTOR)
+    handler.addFilter(FloodGuard(handler))  # after redaction: a secret is never cut in half unredacted
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -23,10 +23,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import random
 import time
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -48,8 +50,15 @@ from ocpp.v16 import ChargePoint as _LibChargePoint
 from ocpp.v16 import call, call_result
 from ocpp.v16.enums import Action
 
+from agent.authorization import valid_id_token
 from agent.config import AgentConfig
 from agent.journal import Journal, JournalError, QueuedMessage
+from agent.logs import excerpt
+
+try:
+    from agent.journal import JournalValueError  # a value the journal cannot store (e.g. beyond 64 bits)
+except ImportError:  # journals before it: SQLite's own OverflowError reaches us
+    JournalValueError = OverflowError  # type: ignore[assignment,misc]
 from agent.meter_values import ocpp_timestamp
 from agent.ocpp16_firmware import FirmwareHandlers
 from agent.ocpp16_reservation import ReservationHandlers
@@ -87,6 +96,14 @@ library_log.addFilter(_RedactingFilter())
 
 SUBPROTOCOL = "ocpp1.6"
 CERTIFICATE_RENEWAL_CHECK_S = 3600  # how often the charge point certificate's expiry is looked at
+# a card holder waits at most this long for Authorize.conf; then the offline rules decide (a CSMS that is
+# slow or stuck, or a call ahead of it that waits for its MessageTimeout)
+AUTHORIZE_DEADLINE_S = 5.0
+# non-transaction messages waiting to be sent (statuses, triggered messages, follow-ups); beyond it the
+# oldest is dropped: they describe a present state that a later message describes again
+MAX_PENDING_OUTGOING = 200
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what the journal (SQLite INTEGER) can hold
+MAX_UNREAD_ANSWERS = 16  # CALLRESULT/CALLERROR frames waiting for the call in flight to read them
 
 # OCPP-J 1.6 spellings of the codes the library names differently
 _V16_ERROR_CODES = {
@@ -151,6 +168,97 @@ class StationPort(Protocol):
 class _Outgoing:
     payload: Any
     done: asyncio.Future | None = None
+    key: tuple | None = None  # what it reports on (see _report_key): one triggered message per key waits
+
+
+def _report_key(payload: Any) -> tuple | None:
+    """What a message reports on, so that a trigger for something already waiting to be sent adds nothing:
+    a connector's status or meter values, the heartbeat, the boot, a firmware/diagnostics/log status."""
+    name = type(payload).__name__
+    if isinstance(payload, call.StatusNotification | call.MeterValues):
+        return (name, payload.connector_id)
+    if isinstance(payload, call.Heartbeat | call.BootNotification | call.DiagnosticsStatusNotification
+                  | call.FirmwareStatusNotification | call.LogStatusNotification
+                  | call.SignedFirmwareStatusNotification):
+        return (name,)
+    return None
+
+
+class _OutgoingQueue:
+    """The non-transaction messages waiting for the connection. User-facing calls (Authorize) go first;
+    a triggered message whose subject already waits is not queued again (a CSMS repeating TriggerMessage
+    cannot grow the queue); at MAX_PENDING_OUTGOING the oldest other message is dropped."""
+
+    def __init__(self, limit: int = MAX_PENDING_OUTGOING):
+        self._limit = limit
+        self._urgent: deque[_Outgoing] = deque()
+        self._normal: deque[_Outgoing] = deque()
+        self._waiting_keys: Counter[tuple] = Counter()
+        self._available = asyncio.Event()
+        self.dropped = 0
+
+    def __len__(self) -> int:
+        return len(self._urgent) + len(self._normal)
+
+    def empty(self) -> bool:
+        return not self._urgent and not self._normal
+
+    def put(self, item: _Outgoing, *, urgent: bool = False, triggered: bool = False) -> bool:
+        """Queue `item`; False if it was coalesced (triggered, and its subject already waits)."""
+        item.key = _report_key(item.payload)
+        if triggered and item.done is None and item.key is not None and self._waiting_keys[item.key]:
+            return False
+        if urgent:
+            self._urgent.append(item)
+        else:
+            if len(self._normal) >= self._limit:
+                self._drop(self._normal.popleft())
+            self._normal.append(item)
+        if item.key is not None:
+            self._waiting_keys[item.key] += 1
+        self._available.set()
+        return True
+
+    def _drop(self, item: _Outgoing) -> None:
+        self._forget(item)
+        self.dropped += 1
+        if item.done is not None and not item.done.done():
+            item.done.set_exception(ConnectionError("too many messages waiting to be sent"))
+        log.warning("%d messages wait to be sent: dropped a %s", self._limit, type(item.payload).__name__)
+
+    def _forget(self, item: _Outgoing) -> None:
+        if item.key is not None:
+            self._waiting_keys[item.key] -= 1
+            if self._waiting_keys[item.key] <= 0:
+                del self._waiting_keys[item.key]
+
+    put_nowait = put
+
+    def get_nowait(self) -> _Outgoing:
+        lane = self._urgent or self._normal
+        if not lane:
+            raise asyncio.QueueEmpty
+        item = lane.popleft()
+        self._forget(item)
+        return item
+
+    async def get(self) -> _Outgoing:
+        while self.empty():
+            self._available.clear()
+            await self._available.wait()
+        return self.get_nowait()
+
+    def discard(self, item: _Outgoing) -> None:
+        """Take `item` out if it still waits (an Authorize whose card holder no longer waits)."""
+        for lane in (self._urgent, self._normal):
+            if item in lane:
+                lane.remove(item)
+                self._forget(item)
+                return
+
+
+class _UnusableAnswer(Exception):
+    """A CALLRESULT that passed the schema but holds a value the station cannot store or use."""
 
 
 class _ReRegister(Exception):
@@ -185,7 +293,11 @@ class OcppClient:
         self.connected = False
         self.registration: str | None = None  # last BootNotification answer
         self._accepted_once = False  # Accepted since this process started
-        self._outgoing: asyncio.Queue[_Outgoing] = asyncio.Queue()
+        self._outgoing = _OutgoingQueue()
+        self.authorize_deadline_s = AUTHORIZE_DEADLINE_S
+        self._heartbeat_changed = asyncio.Event()  # HeartbeatInterval changed: the heartbeat task wakes
+        self._security_event_timeouts: dict[str, int] = {}  # event payload -> timeouts (in memory only)
+        self._refused_security_events = False  # logged once per connection
         self._journal_wakeup = asyncio.Event()
         self._last_traffic = time.monotonic()
         self._cp: _ChargePoint | None = None
@@ -231,14 +343,27 @@ class OcppClient:
             )
 
     async def authorize(self, id_tag: str) -> dict | None:
-        """idTagInfo (camelCase dict) from the CSMS, or None when it cannot be asked (offline, error)."""
+        """idTagInfo (camelCase dict) from the CSMS, or None when it cannot be asked (offline, error, no
+        answer within authorize_deadline_s): then the offline rules decide. An id that cannot be sent at
+        all (not an IdToken: more than 20 characters, not printable ASCII) is refused here, never None:
+        it must not reach the offline rules (AllowOfflineTxForUnknownId)."""
+        if not valid_id_token(id_tag):
+            log.warning("card id %.40r cannot be sent to the CSMS (not an OCPP IdToken): refused", id_tag)
+            return {"status": "Invalid"}
         if not self.accepted:
             return None
         item = _Outgoing(call.Authorize(id_tag=id_tag), asyncio.get_running_loop().create_future())
-        self._outgoing.put_nowait(item)
+        self._outgoing.put(item, urgent=True)  # a card holder waits: before statuses and triggered messages
         try:
-            result = await item.done
-        except (TimeoutError, OCPPError, ConnectionError, websockets.ConnectionClosed):
+            async with asyncio.timeout(self.authorize_deadline_s):
+                result = await asyncio.shield(item.done)
+        except TimeoutError:
+            self._outgoing.discard(item)  # not sent yet: nobody waits for its answer any more
+            if not item.done.done():
+                item.done.cancel()
+            log.warning("Authorize: no answer within %ss: the offline rules decide", self.authorize_deadline_s)
+            return None
+        except (OCPPError, ConnectionError, websockets.ConnectionClosed):
             return None
         return snake_to_camel_case(result.id_tag_info) if result else None
 
@@ -408,6 +533,8 @@ class OcppClient:
                 charge_point_vendor=cfg.vendor,
                 charge_point_model=cfg.model,
                 charge_point_serial_number=cfg.serial or None,
+                # deprecated in 1.6, but many central systems read only this one
+                charge_box_serial_number=cfg.serial or None,
                 firmware_version=cfg.firmware_version or None,
             )
             self._boot_now.clear()  # a trigger from now on asks for the next BootNotification
@@ -438,6 +565,8 @@ class OcppClient:
     async def _send_outgoing(self, cp: _ChargePoint) -> None:
         while True:
             item = await self._outgoing.get()
+            if item.done is not None and item.done.done():
+                continue  # nobody waits for it any more (an Authorize past its deadline)
             if isinstance(item.payload, call.BootNotification):  # triggered while Pending
                 self._boot_now.set()  # the registration loop sends it, and acts on its answer
                 if item.done and not item.done.done():
@@ -476,25 +605,68 @@ class OcppClient:
             self._journal_wakeup.clear()
             await self._journal_wakeup.wait()
             return
+        if message.action not in TRANSACTION_ACTIONS:
+            await self._send_journaled_event(cp, message)
+            return
         try:
             result = await cp.call(_journal_payload(message), suppress=False)
         except SecurityError as exc:
             self._registration_lost(exc)  # not the message's fault: no attempt is counted
-        except (OcppNotImplemented, NotSupportedError) as exc:
-            if message.action != "SecurityEventNotification":
-                await self._failed_attempt(message, exc)
-                return
-            # a CSMS without the security extension: retrying would only hold up the messages behind it
-            log.warning("CSMS does not support SecurityEventNotification (%s): event dropped", exc.code)
-            self._journal.drop_message(message)
-            return
         except (TimeoutError, OCPPError) as exc:
             await self._failed_attempt(message, exc)
             return
         response = snake_to_camel_case(dataclasses.asdict(result))
-        self._journal.message_delivered(message, response)
-        self._station.transaction_message_delivered(message, response)
+        try:
+            _check_usable(message, response)
+            self._journal.message_delivered(message, response)
+        except (_UnusableAnswer, OverflowError, JournalValueError) as exc:
+            # an answer the station cannot keep is no answer: an attempt, as for a CALLERROR; after
+            # TransactionMessageAttempts the message is dropped and the rest of the transaction is
+            # sent with transactionId -1 (errata 3.18)
+            log.error("%s (seq %d): unusable answer from the CSMS: %s", message.action, message.seq, exc)
+            await self._failed_attempt(message, exc)
+            return
+        try:
+            self._station.transaction_message_delivered(message, response)
+        except JournalError:
+            raise
+        except Exception:  # delivered and recorded: a station-side failure must not end the session
+            log.exception("%s (seq %d): applying the CSMS's answer failed", message.action, message.seq)
         await asyncio.sleep(0)  # let heartbeats and commands through during a long replay
+
+    async def _send_journaled_event(self, cp: _ChargePoint, message: QueuedMessage) -> None:
+        """A journaled message that is not transaction-related (SecurityEventNotification): sent once per
+        turn, and it never holds up the transaction messages queued behind it. A CALLERROR is final (a
+        CSMS without the security extension answers NotImplemented, NotSupported or InternalError, and
+        would do so forever); after a timeout it goes behind the messages queued meanwhile, and is given
+        up after TransactionMessageAttempts timeouts."""
+        try:
+            await cp.call(_journal_payload(message), suppress=False)
+        except SecurityError as exc:
+            self._registration_lost(exc)
+        except OCPPError as exc:
+            level = logging.INFO if self._refused_security_events else logging.WARNING
+            self._refused_security_events = True  # said once per connection; each event is dropped
+            log.log(level, "CSMS refused %s (%s: %s): dropped, not sent again", message.action, exc.code,
+                    _short(str(exc.description or ""), 100))
+            self._journal.drop_message(message)
+            return
+        except TimeoutError as exc:
+            key = json.dumps(message.payload, sort_keys=True)  # the same event after it was queued again
+            timeouts = self._security_event_timeouts.pop(key, 0) + 1
+            if timeouts >= self._station.configuration.get_int("TransactionMessageAttempts"):
+                log.error("%s (seq %d) dropped after %d timeouts", message.action, message.seq, timeouts)
+                self._journal.drop_message(message)
+                return
+            log.warning("%s (seq %d) not answered (%s): sent again after the queued messages",
+                        message.action, message.seq, exc)
+            self._journal.enqueue(message.action, message.payload)  # first the copy: a crash loses nothing
+            self._journal.drop_message(message)
+            if len(self._security_event_timeouts) < MAX_PENDING_OUTGOING:
+                self._security_event_timeouts[key] = timeouts
+            return
+        self._security_event_timeouts.pop(json.dumps(message.payload, sort_keys=True), None)
+        self._journal.message_delivered(message, {})
 
     def _registration_lost(self, exc: BaseException) -> None:
         """The CSMS no longer knows us as registered (errata 3.8: it answers SecurityError before
@@ -529,20 +701,30 @@ class OcppClient:
             interval = self._station.configuration.get_int("HeartbeatInterval") or 86400
             idle = time.monotonic() - self._last_traffic
             if idle < interval:
-                await asyncio.sleep(interval - idle)
+                # woken at once when the CSMS changes HeartbeatInterval: the new interval applies now
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(interval - idle):
+                        await self._heartbeat_changed.wait()
+                self._heartbeat_changed.clear()
                 continue
-            self._outgoing.put_nowait(_Outgoing(call.Heartbeat()))
+            self._outgoing.put(_Outgoing(call.Heartbeat()), triggered=True)  # one waiting heartbeat is enough
             self._touch()
+
+    def heartbeat_interval_changed(self) -> None:
+        self._heartbeat_changed.set()
 
     def send_meter_values(self, connector_id: int, meter_value: list[dict]) -> None:
         """MeterValues outside a transaction: not transaction-related, so not queued while offline."""
         if self.accepted:
             self._outgoing.put_nowait(_Outgoing(call.MeterValues(connector_id=connector_id, meter_value=meter_value)))
 
-    def queue_follow_up(self, payload: Any, done: asyncio.Future | None = None) -> None:
+    def queue_follow_up(self, payload: Any, done: asyncio.Future | None = None, *, triggered: bool = False) -> None:
         """A message a CSMS command asked for (TriggerMessage, status notifications); sent after the answer.
-        `done`, if given, gets the CSMS's answer or the exception (CALLERROR, timeout, connection lost)."""
-        self._outgoing.put_nowait(_Outgoing(payload, done))
+        `done`, if given, gets the CSMS's answer or the exception (CALLERROR, timeout, connection lost).
+        `triggered`: asked for by (Extended)TriggerMessage; not queued again while one on the same subject
+        (the connector's status, the heartbeat...) still waits, so a CSMS repeating triggers adds nothing."""
+        if not self._outgoing.put(_Outgoing(payload, done), triggered=triggered):
+            log.debug("triggered %s: one already waits to be sent", type(payload).__name__)
 
 
 def _status_payload(
@@ -572,6 +754,18 @@ _JOURNAL_CALLS = {
     "MeterValues": call.MeterValues,
     "SecurityEventNotification": call.SecurityEventNotification,
 }
+
+
+TRANSACTION_ACTIONS = frozenset({"StartTransaction", "StopTransaction", "MeterValues"})  # §3.7, one at a time
+
+
+def _check_usable(message: QueuedMessage, response: dict) -> None:
+    """Raise _UnusableAnswer for an answer the schema allows but the station cannot keep: a transactionId
+    beyond the journal's signed 64-bit integers (the schema's "integer" has no bound)."""
+    if message.action == "StartTransaction":
+        transaction_id = response.get("transactionId")
+        if not isinstance(transaction_id, int) or not INT64_MIN <= transaction_id <= INT64_MAX:
+            raise _UnusableAnswer(f"transactionId {_short(str(transaction_id), 60)} is outside signed 64 bits")
 
 
 # CSMS calls whose payload may hold a secret (AuthorizationKey) or a certificate: never quoted in a log
@@ -649,25 +843,31 @@ class _ChargePoint(SecurityHandlers, FirmwareHandlers, SmartChargingHandlers, Re
                 response = await self._response_queue.get()
             if response.unique_id == unique_id:
                 return response
-            log.info("ignoring an answer to no open call: %.100s", response)
+            log.info("ignoring an answer to no open call: %s", excerpt(str(response), 100))
 
     async def route_message(self, raw_msg) -> None:
         try:
             msg = unpack(raw_msg)
         except OCPPError as error:
             unique_id = _unique_id_of(raw_msg)
-            log.warning("malformed frame from CSMS (%s): %.200s", error.description, redact_frame(raw_msg))
+            log.warning("malformed frame from CSMS (%s): %s", excerpt(error.description, 100),
+                        excerpt(redact_frame(raw_msg)))
             if unique_id is not None and self._client.registration != "Rejected":
                 await self._send(_call_error(unique_id, error))
             return
         except (ValueError, RecursionError) as error:  # JSON beyond the parser: > 4300 digits, deep nesting
-            log.warning("unreadable frame from CSMS (%s): %.200s", type(error).__name__, redact_frame(raw_msg))
+            log.warning("unreadable frame from CSMS (%s): %s", type(error).__name__, excerpt(raw_msg))
             return
         if msg.message_type_id != Call.message_type_id:
-            self._response_queue.put_nowait(msg)
+            # only a call in flight (it holds the lock until its answer or timeout) takes answers: others
+            # would pile up in the queue until the next call (a CSMS flooding CALLRESULTs grew the RSS)
+            if self._call_lock.locked() and self._response_queue.qsize() < MAX_UNREAD_ANSWERS:
+                self._response_queue.put_nowait(msg)
+            else:
+                log.info("ignoring an answer to no open call: %s", excerpt(str(raw_msg), 100))
             return
         if self._client.registration == "Rejected":
-            log.info("ignoring %s: registration was rejected", msg.action)  # OCPP 1.6 §4.2
+            log.info("ignoring %s: registration was rejected", excerpt(msg.action, 60))  # OCPP 1.6 §4.2
             return
         if (
             not isinstance(msg.unique_id, str)
@@ -701,7 +901,10 @@ class _ChargePoint(SecurityHandlers, FirmwareHandlers, SmartChargingHandlers, Re
             await self._handle_call(msg)
         except OCPPError as error:
             # the error's details can quote the payload: not for a key or a certificate
-            shown = f"{error.code}: {error.description}" if msg.action in _SECRET_ACTIONS else error
+            # (and the library's cause can quote all of a 1 MB payload: an excerpt)
+            shown = f"{error.code}: {excerpt(error.description, 100)}"
+            if msg.action not in _SECRET_ACTIONS and isinstance(error.details, dict) and error.details.get("cause"):
+                shown += f" ({excerpt(str(error.details['cause']))})"
             log.warning("rejected %s from CSMS: %s", msg.action, shown)
             await self._send(_call_error(msg.unique_id, error))
         except ArithmeticError:  # the library's Decimal multipleOf check, on a number like 1e300 or 10**30
@@ -767,6 +970,8 @@ class _ChargePoint(SecurityHandlers, FirmwareHandlers, SmartChargingHandlers, Re
     @on(Action.change_configuration)
     def on_change_configuration(self, key: str, value: str, **_):
         status = self._station.configuration.change(key, value)
+        if status == "Accepted" and key.casefold() == "heartbeatinterval":
+            self._client.heartbeat_interval_changed()  # not after the old interval's sleep
         return call_result.ChangeConfiguration(status=status)
 
     @on(Action.unlock_connector)
@@ -815,7 +1020,7 @@ class _ChargePoint(SecurityHandlers, FirmwareHandlers, SmartChargingHandlers, Re
     def after_trigger_message(self, requested_message: str, connector_id: int | None = None, **_):
         if requested_message == "BootNotification" and self._client.registration == "Accepted":
             return
-        queue = self._client.queue_follow_up
+        queue = functools.partial(self._client.queue_follow_up, triggered=True)  # coalesced: see _OutgoingQueue
         if requested_message == "Heartbeat":
             queue(call.Heartbeat())
         elif requested_message == "BootNotification":

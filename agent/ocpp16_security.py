@@ -9,6 +9,7 @@ the library would log the whole request (a key, a certificate) with the exceptio
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 from ocpp.charge_point import camel_to_snake_case, snake_to_camel_case
@@ -71,7 +72,7 @@ class SecurityHandlers:
     def after_extended_trigger_message(self, requested_message: str, connector_id: int | None = None, **_):
         if self._extended_trigger_status(requested_message, connector_id) != "Accepted":
             return
-        queue = self._client.queue_follow_up
+        queue = functools.partial(self._client.queue_follow_up, triggered=True)  # coalesced (agent.ocpp16)
         try:
             if requested_message == "SignChargePointCertificate":
                 self.send_sign_certificate()

@@ -205,7 +205,9 @@ def parse_time(value: Any, name: str) -> datetime:
 
 
 def format_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    """Whole seconds as "...:05Z"; a moment with a fraction keeps its milliseconds ("...:05.250Z")."""
+    timespec = "milliseconds" if moment.microsecond // 1000 else "seconds"
+    return moment.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
 def _int(data: dict, name: str, *, required: bool = True, minimum: int | None = None) -> int | None:
@@ -437,11 +439,17 @@ def _winner(segments: list[_Segment], t: float, rank) -> _Segment | None:
 
 
 def _merge(periods: list[tuple[float, float | None, int | None]], start: float) -> tuple[CompositePeriod, ...]:
+    """Whole-second periods from `start`: a change at a fraction of a second counts from the nearest second
+    (half up); a period that would last no whole second gives way to the one after it (no zero-length
+    period, and no period starts twice)."""
     out: list[CompositePeriod] = []
     for t, limit, phases in periods:
+        offset = math.floor(t - start + 0.5)
+        if out and out[-1].start_period == offset:
+            out.pop()  # shorter than half a second: the later limit holds from here
         if out and out[-1].limit == limit and out[-1].number_phases == phases:
             continue
-        out.append(CompositePeriod(int(round(t - start)), limit, phases))
+        out.append(CompositePeriod(offset, limit, phases))
     return tuple(out) if out else (CompositePeriod(0, None),)
 
 
@@ -449,14 +457,16 @@ def composite(profiles: Iterable[ChargingProfile], connector_id: int, start: dat
               unit: str, electrical: Electrical, transaction: Transaction | None = None,
               cp_max_share: int = 1) -> CompositeSchedule:
     """The composite schedule of a connector over [start, start + duration_s) in `unit` (A or W), from
-    `start`'s whole second: per interval the minimum of the ChargePointMaxProfile (divided by
+    `start` itself, to the millisecond (§5.7: the schedule starts when the request is received; truncating
+    to the second made a zero-length first period and moved every period): per interval the minimum of the ChargePointMaxProfile (divided by
     `cp_max_share`, the connectors that share it) and the TxProfile, or else the TxDefaultProfile (a
     connector's own over connector 0's). Connector 0 gives the ChargePointMaxProfile alone. Intervals no
     profile limits have limit None."""
-    lo = math.floor(_ts(start))
+    start = start.replace(microsecond=start.microsecond // 1000 * 1000)  # what scheduleStart can say
+    lo = _ts(start)
     hi = lo + max(int(duration_s), 0)
     raw = _limits(tuple(profiles), connector_id, lo, hi, unit, electrical, transaction, cp_max_share)
-    return CompositeSchedule(datetime.fromtimestamp(lo, UTC), hi - lo, unit, _merge(raw, lo))
+    return CompositeSchedule(start.astimezone(UTC), max(int(duration_s), 0), unit, _merge(raw, lo))
 
 
 def _limits(profiles: tuple[ChargingProfile, ...], connector_id: int, lo: float, hi: float, unit: str,

@@ -55,6 +55,8 @@ Fault injection (for testing a station's error handling):
                         Basic header (profile 3).
     sign_certificate_status                          attribute, default "Accepted": the answer to
         SignCertificate; the CSR is recorded in `frames`, a test signs it and calls CertificateSigned.
+    unanswered_actions                               attribute, a set of actions, default empty: CALLs of
+        these actions are recorded but never answered (a CSMS that hangs), so the station's call times out.
     refuse_connections                               attribute, default False; while True every new
         WebSocket handshake is answered with HTTP 503 (open connections are not touched), so a
         station stays offline after `disconnect()` until it is set back to False.
@@ -406,6 +408,8 @@ class _StationHandler(ChargePoint):
             error = SecurityError(description="BootNotification not accepted yet")
             await self._connection.send(message.create_call_error(error).to_json())
             return
+        if message.action in self._csms.unanswered_actions:
+            return  # recorded, never answered: the station's call runs into its timeout
         injected = self._csms._take_injected_failure(message.action)
         if injected is not None:
             code, description = injected
@@ -620,6 +624,7 @@ class LocalCsms:
         self._assume_booted = assume_booted
         self._injected_failures: dict[str, list[tuple[str, str]]] = {}  # action -> CALLERRORs to answer
         self.refuse_connections = False
+        self.unanswered_actions: set[str] = set()
         self._ssl_context = ssl_context
         self.basic_auth: dict[str, str | bytes] | None = dict(basic_auth) if basic_auth is not None else None
         self.handshakes: list[Handshake] = []
