@@ -718,3 +718,103 @@ async def test_builder_rejects_bad_config_with_one_line_naming_file_and_key(benc
         bench.pilot(**overrides)
     text = str(err.value)
     assert text.startswith(f"{CONFIG}: [[connectors]][0].pilot") and message in text and "\n" not in text
+
+
+# ---- change notification and the pilot's own sampling thread ---------------------------------------------
+
+
+class TracedInput:
+    """An MCP3008 input that records which thread converted it."""
+
+    def __init__(self, volts: float):
+        self.volts = volts
+        self.threads: set[str] = set()
+
+    def __call__(self) -> float:
+        self.threads.add(threading.current_thread().name)
+        return self.volts
+
+
+async def test_on_change_listeners_are_called_when_the_confirmed_state_or_diode_changes_and_only_then(bench):
+    pilot = bench.pilot()
+    calls: list[str] = []
+    pilot.on_change(lambda: calls.append(threading.current_thread().name))
+    await samples(pilot, 2)
+    assert len(calls) == 1 and pilot.read().state is CpState.A  # the first confirmed state
+    await samples(pilot, 5)
+    assert len(calls) == 1  # nothing changed: nobody is woken
+    bench.ev(9.0, 9.0)
+    await pilot.sample()
+    assert len(calls) == 1  # one sample confirms nothing
+    await pilot.sample()
+    assert len(calls) == 2 and pilot.read().state is CpState.B
+    pilot.set_pwm(50.0)
+    bench.ev(9.0, -9.0)  # the EV's diode is missing: same state, diode result changes
+    await samples(pilot, 2)
+    assert len(calls) == 3 and pilot.read().diode_ok is False
+    assert all(name.startswith("linux-pilot-") for name in calls)  # called from the pilot's own thread
+
+
+async def test_background_sampler_wakes_a_waiting_control_loop_with_the_new_state_already_readable(bench):
+    """As agent.station's control loop does: the listener only sets an event; when it fires, read() already
+    returns the new state, so detection does not wait for the next control period."""
+    pilot = bench.pilot()
+    loop = asyncio.get_running_loop()
+    changed = asyncio.Event()
+    pilot.on_change(lambda: loop.call_soon_threadsafe(changed.set))
+    await pilot.start()
+    assert pilot.read().state is CpState.A
+    changed.clear()
+    bench.ev(9.0, 9.0)  # plugged in
+    await asyncio.wait_for(changed.wait(), 10)  # a deadline, not a timing assertion
+    assert pilot.read().state is CpState.B
+    changed.clear()
+    pilot.set_pwm(26.67)
+    bench.ev(6.0, -12.0)  # the EV asks for power
+    await asyncio.wait_for(changed.wait(), 10)
+    assert pilot.read().state is CpState.C
+
+
+async def test_a_failing_adc_wakes_the_listeners_so_the_error_is_seen_at_once(tmp_path):
+    adc = FlakyAdc()
+    scaling = CpScaling(8.0, -12.0)
+    sampling = PeakDetectorSampling(adc, high_channel=0, low_channel=1, high_scaling=scaling, low_scaling=scaling)
+    pilot = LinuxPilot(SysfsPwm(0, 0, root=tmp_path), adc, sampling)
+    calls = []
+    pilot.on_change(lambda: calls.append(1))
+    await samples(pilot, 2)
+    adc.failing = True
+    with pytest.raises(HardwareError):
+        await pilot.sample()
+    assert len(calls) == 2
+    with pytest.raises(HardwareError):
+        await pilot.sample()
+    assert len(calls) == 2  # still failing: no new wake-up
+    adc.failing = False
+    await pilot.sample()
+    assert len(calls) == 3
+    await pilot.close()
+
+
+async def test_pilot_reads_stay_fresh_while_the_default_executor_is_saturated_with_blocked_tasks(bench):
+    """A trickling download holds the default executor's workers; the pilot samples on its own thread."""
+    loop = asyncio.get_running_loop()
+    release = threading.Event()
+    blocked = [loop.run_in_executor(None, release.wait) for _ in range(64)]  # more than any default pool
+    cp_high = TracedInput(cp_to_adc(12.0))
+    bench.mcp3008.inputs[CP_HIGH] = cp_high
+    try:
+        pilot = bench.pilot(sample_period_s=0.1)  # the slowest allowed: stale only after 1 s without a sample
+        await asyncio.wait_for(pilot.start(), 10)  # opening the PWM does not queue behind the blocked tasks
+        assert pilot.read().state is CpState.A
+        conversions = bench.mcp3008.conversions
+        while bench.mcp3008.conversions < conversions + 3 * 10:  # ten more samples (CP high, CP low, PP)
+            pilot.read()  # raises HardwareError if a reading went stale
+            await asyncio.sleep(0.02)
+        cp_high.volts = cp_to_adc(9.0)
+        assert (await wait_for_state(pilot, CpState.B, timeout=10)).state is CpState.B
+        assert not any(future.done() for future in blocked)  # the executor stayed blocked all along
+        assert cp_high.threads == {"linux-pilot-pwmchip0-pwm0"}
+    finally:
+        release.set()
+        await asyncio.gather(*blocked)
