@@ -82,7 +82,12 @@ def command_handler(station: Station):
                 return _done(cmd, _sim(station, "unplug", connector=_connector(station, args)))
             case "sim.ev_state":
                 return _done(cmd, _sim(station, "set_ev_state", state=args.get("state"),
-                                       connector=_connector(station, args)))
+                                       connector=_connector(station, args), after_s=args.get("after_s")))
+            case "sim.ev_script":  # [[seconds from now, state], ...]: the EV changes state by itself
+                return _sim(station, "schedule_ev_states", steps=args.get("steps"),
+                            connector=_connector(station, args))
+            case "sim.marks":  # the EV's and the contactor's timed changes since the last call (bench)
+                return _sim(station, "timing_marks", connector=_connector(station, args))
             case "sim.swipe":
                 return _done(cmd, _sim(station, "swipe", tag=str(args.get("tag", ""))))
             case "sim.fault":
@@ -196,7 +201,7 @@ async def run_agent(config: AgentConfig, log_level_override: str | None = None) 
         raise HardwareError(str(exc)) from exc
     station = Station(config, link, journal)
     _register_secrets(station)
-    notifier = ServiceNotifier(station)
+    notifier = ServiceNotifier(station, ping_watchdog=False)  # the control process pings
     station.after_control_step = notifier.control_step_done  # READY, WATCHDOG, STATUS: agent.service
     control = ControlServer(config.control.socket, command_handler(station), group=config.control.group)
     await control.start()

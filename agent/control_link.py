@@ -232,11 +232,17 @@ class ProcessLink(ControlLink):
     async def run(self) -> None:
         """Heartbeats down; watches the control process's heartbeats. Raises ControlLost when it is gone."""
         assert self._read_task is not None
-        self.alive_at = time.monotonic()
+        self.alive_at = last_round = time.monotonic()
         while True:
             if self._read_task.done():
                 raise ControlLost(self.lost or "the control process closed the channel")
-            silent = time.monotonic() - self.alive_at
+            now = time.monotonic()
+            if now - last_round > 5 * HEARTBEAT_S:
+                # this process did not run (stopped, swapped out): the peer's heartbeats wait unread in the
+                # socket; silence counts only from now
+                self.alive_at = max(self.alive_at, now)
+            last_round = now
+            silent = now - self.alive_at
             if silent > CONTROL_DEADLINE_S:
                 self._lose(f"the control process sent nothing for {silent:.1f} s")
                 raise ControlLost(self.lost or "")

@@ -348,7 +348,8 @@ class ControlLoop:
         if simulator is None:
             raise channel.RequestFailed("this board is not simulated: sim commands only work with a sim board")
         method, params = args.get("method"), args.get("params", {})
-        if method not in ("plug", "unplug", "set_ev_state", "swipe", "set_fault", "snapshot", "stall_pilot"):
+        if method not in ("plug", "unplug", "set_ev_state", "swipe", "set_fault", "snapshot", "stall_pilot",
+                          "schedule_ev_states", "timing_marks"):
             raise channel.RequestFailed(f"unknown simulator command {method!r}")
         try:
             return getattr(simulator, method)(**params)

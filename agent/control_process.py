@@ -136,7 +136,10 @@ async def _read_agent(reader: asyncio.StreamReader, control: ControlLoop, emit) 
     while True:
         try:
             line = await reader.readline()
-        except (ConnectionError, ValueError) as exc:  # ValueError: a line over the limit
+        except ConnectionError as exc:  # killed with unread data in its socket: a reset instead of EOF
+            control.agent_gone(f"the agent process is gone ({exc})")
+            return False
+        except ValueError as exc:  # a line over the limit: that agent is broken
             control.agent_gone(f"the channel to the agent broke: {exc}")
             return False
         if not line:

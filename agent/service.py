@@ -3,14 +3,16 @@
 The messages go to $NOTIFY_SOCKET through the `sdnotify` library (one datagram each); without
 $NOTIFY_SOCKET (not started by systemd) nothing is sent and nothing is computed.
 
-* READY=1 once, after the board started and the first control step has read every connector: every
+* READY=1 once, after the control process started the board and reported its first control step: every
   contactor was commanded open before that step, and the step read its mirror contact where one is fitted.
   A contactor that reads closed then (welded) is a latched fault the station reports (STATUS, OCPP
   StatusNotification Faulted), not a reason to withhold READY: a start timeout would make systemd
   restart the agent over and over, and the CSMS would see an offline station instead of the fault.
-* WATCHDOG=1 only from the control loop (Station.after_control_step runs after each completed step),
-  at most every WatchdogSec/3. No other task pings: a control step that hangs (a stuck device read), or a
-  control loop that died, stops the pings and systemd aborts and restarts the agent after WatchdogSec.
+* WATCHDOG=1 only from the control loop, at most every WatchdogSec/3: in the control process
+  (agent.control_process, which needs NotifyAccess=all) while the agent answers it, or here after each
+  step of an in-process control loop. No other task pings: a control step that hangs (a stuck device
+  read), a control loop that died or a stalled agent stops the pings, and systemd aborts and restarts the
+  unit after WatchdogSec.
 * STATUS=<one line> for `systemctl status`, when it changes and at most once a second, e.g.
   "OCPP connected/Accepted; 1: Charging 11.0 kW; 2: Available; journal 0 pending".
 * RELOADING=1 ... READY=1 around a SIGHUP reload, STOPPING=1 on SIGTERM.
@@ -66,6 +68,8 @@ def status_line(station: Station) -> str:
             text += f" {rt.last_reading.power_w / 1000:.1f} kW"
         parts.append(text)
     parts.append(f"journal {station.journal.pending_count()} pending")
+    if station.control_lost:
+        parts.append("CONTROL LOOP LOST")
     if station.storage_error:
         parts.append("JOURNAL NOT WRITABLE")
     return logs.REDACTOR.redact("; ".join(parts))  # `systemctl status` is readable by every user
@@ -73,12 +77,13 @@ def status_line(station: Station) -> str:
 
 class ServiceNotifier:
     def __init__(self, station: Station, *, environ: Mapping[str, str] = os.environ,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, ping_watchdog: bool = True):
         self.station = station
         self.clock = clock
         self.enabled = bool(environ.get("NOTIFY_SOCKET"))
         self._notifier = sdnotify.SystemdNotifier() if self.enabled else None  # connects to $NOTIFY_SOCKET
-        self.watchdog_every_s = watchdog_interval_s(environ) if self.enabled else None
+        # False when the control process pings (agent.app): one pinger, the one with the control loop
+        self.watchdog_every_s = watchdog_interval_s(environ) if self.enabled and ping_watchdog else None
         self.ready = False
         self._next_ping = 0.0
         self._next_status = 0.0

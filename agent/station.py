@@ -35,6 +35,7 @@ from agent.authorization import (
     plan_send_local_list,
 )
 from agent.charging_limits import ChargingLimits
+from agent.clock import utc_now
 from agent.config import AgentConfig
 from agent.control_link import ControlLink, ControlLost, InProcessLink
 from agent.firmware import FirmwareManager
@@ -100,7 +101,7 @@ class RestartRequested(Exception):
 class Station:
     def __init__(self, config: AgentConfig, board: Board | ControlLink, journal: Journal,
                  clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC)):
+                 wall_clock: Callable[[], datetime] = utc_now):
         """`board`: a started ControlLink (ProcessLink: `evse run`), or a Board, run in this process."""
         self.config = config
         if isinstance(board, ControlLink):
@@ -116,7 +117,7 @@ class Station:
         self.journal = journal
         self.clock = clock
         self.wall_clock = wall_clock  # UTC: charging schedules are in wall-clock time
-        self.security = SecurityManager(config, journal)
+        self.security = SecurityManager(config, journal, wall_clock)
         self.security.apply_local_settings()  # config-file edits win over what the CSMS set (agent.security)
         self.configuration = OcppConfiguration(
             number_of_connectors=len(self.info.connectors),
@@ -126,7 +127,7 @@ class Station:
             check_change=self.security.check_change,
         )
         self.security.attach(self.configuration)
-        self.auth = AuthStore(journal)
+        self.auth = AuthStore(journal, wall_clock=wall_clock)
         self.connectors: dict[int, ConnectorRuntime] = {}
         for hw in self.info.connectors:
             controller = ctl.ConnectorController(settings=self._session_settings(hw), has_lock=hw.has_lock)
@@ -425,7 +426,7 @@ class Station:
         )
 
     def _local_decision(self, id_tag: str, online: bool) -> Decision:
-        return decide(id_tag, online=online, now=datetime.now(UTC), list_entry=self.auth.listed(id_tag),
+        return decide(id_tag, online=online, now=self.wall_clock(), list_entry=self.auth.listed(id_tag),
                       cache_entry=self.auth.cached(id_tag), settings=self._auth_settings())
 
     async def _authorize(self, rt: ConnectorRuntime, id_tag: str) -> None:
@@ -505,7 +506,7 @@ class Station:
         if interval <= 0:
             rt.next_aligned_at = None
             return
-        now = time.time()
+        now = self.wall_clock().timestamp()
         if rt.next_aligned_at is None:
             rt.next_aligned_at = (now // interval + 1) * interval
             return
@@ -558,7 +559,7 @@ class Station:
     async def _journal_start(self, rt: ConnectorRuntime, op: _Op) -> None:
         reading = await self._read_meter(rt)
         energy = self._energy_now(rt, reading)
-        timestamp = ocpp_timestamp()
+        timestamp = ocpp_timestamp(self.wall_clock())
         rt.local_tx = self.journal.begin_transaction(rt.id, op.id_tag or "", energy, timestamp,
                                                      reservation_id=op.reservation_id)
         self._dispatch(rt, ctl.TransactionRecorded())  # durable now: the controller may offer energy
@@ -574,7 +575,7 @@ class Station:
         await self._contactor_opened(rt)
         reading = await self._read_meter(rt)  # the contactor is open: this is the final register
         energy = self._energy_now(rt, reading)
-        timestamp = ocpp_timestamp()
+        timestamp = ocpp_timestamp(self.wall_clock())
         payload: dict = {"meterStop": round(energy), "timestamp": timestamp, "reason": op.reason}
         if op.id_tag:
             payload["idTag"] = op.id_tag
@@ -603,7 +604,7 @@ class Station:
         reading = op.reading
         if rt.local_tx is None or reading is None:
             return
-        timestamp = op.timestamp or ocpp_timestamp()
+        timestamp = op.timestamp or ocpp_timestamp(self.wall_clock())
         measurands = self.configuration.get_list(
             "MeterValuesAlignedData" if op.context == "Sample.Clock" else "MeterValuesSampledData")
         value = meter_value(reading, measurands, op.context, timestamp, rt.controller.offered_current_a())
@@ -630,7 +631,7 @@ class Station:
         if rt.last_reading is None:
             return []
         return [meter_value(rt.last_reading, self.configuration.get_list("MeterValuesSampledData"), "Trigger",
-                            ocpp_timestamp(), rt.controller.offered_current_a())]
+                            ocpp_timestamp(self.wall_clock()), rt.controller.offered_current_a())]
 
     def remote_start(self, connector_id: int | None, id_tag: str, charging_profile: dict | None = None) -> bool:
         if self.closing:

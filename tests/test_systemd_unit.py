@@ -82,7 +82,7 @@ def test_the_unit_has_the_directives_issue_5_asks_for():
         return service[key][0]
 
     assert one("Type") == "notify"
-    assert one("NotifyAccess") == "main"
+    assert one("NotifyAccess") == "all"  # the watchdog pings come from the control process, a child
     assert one("WatchdogSec") == "10s"
     assert one("Restart") == "on-failure"
     assert one("TimeoutStopSec") and one("TimeoutStartSec")

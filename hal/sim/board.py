@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -122,10 +123,44 @@ class SimBoard:
         conn.unplug()
         self.state_changed()
 
-    def set_ev_state(self, state: str | None, connector: int = 1) -> None:
-        """Pin the EV to A..F ("A" unplugs), or None/"auto" to let it follow the pilot again."""
+    def set_ev_state(self, state: str | None, connector: int = 1, after_s: float | None = None) -> None:
+        """Pin the EV to A..F ("A" unplugs), or None/"auto" to let it follow the pilot again; `after_s`
+        later if given (on the running event loop: the EV changes state by itself, whoever is busy)."""
         conn = self._connector(connector)
         pinned = _parse_ev_state(state)
+        if after_s is not None:
+            self.schedule_ev_states([[after_s, state]], connector)
+            return
+        self._pin(conn, pinned, time.monotonic())
+
+    def schedule_ev_states(self, steps: list, connector: int = 1) -> int:
+        """A script for the EV: `[[seconds from now, state], ...]`, each pinned at its time by the running
+        event loop, which also wakes the pilot's listeners (the benchmarks' EV going C->B). Each change is
+        marked with the time it was due, so a late callback cannot hide a slow control loop."""
+        conn = self._connector(connector)
+        loop = asyncio.get_running_loop()
+        start = time.monotonic()
+        parsed = []
+        for item in steps:
+            try:
+                delay, state = float(item[0]), item[1]
+            except (TypeError, ValueError, IndexError):
+                raise ValueError(f"an EV script step is [seconds, state], got {item!r}") from None
+            if not 0 <= delay <= 3600:
+                raise ValueError(f"an EV script step must be 0..3600 s ahead, got {delay!r}")
+            parsed.append((delay, _parse_ev_state(state)))
+        for delay, pinned in parsed:
+            loop.call_at(loop.time() + delay, self._pin, conn, pinned, start + delay)
+        return len(parsed)
+
+    def timing_marks(self, connector: int = 1) -> list:
+        """The EV-state pins and contactor commands since the last call, as [time.monotonic(), what, value]."""
+        conn = self._connector(connector)
+        marks = list(conn.marks)
+        conn.marks.clear()
+        return marks
+
+    def _pin(self, conn: SimConnector, pinned: CpState | None, due: float) -> None:
         self.advance()
         if pinned is None:
             conn.pinned = None
@@ -135,6 +170,8 @@ class SimBoard:
             if not conn.plugged:
                 conn.plug()  # pinning a connected state implies a cable and an EV
             conn.pinned = pinned
+        conn.pinned_at = due
+        conn.marks.append([due, "ev", pinned.value if pinned is not None else "auto"])
         self.state_changed()
 
     def swipe(self, tag: str) -> None:
@@ -200,6 +237,8 @@ class SimBoard:
                     "locked": conn.locked,
                     "indicator": conn.indicator,
                     "soc": conn.soc if conn.plugged else None,
+                    "pinned_at": conn.pinned_at,
+                    "contactor_changed_at": conn.contactor_changed_at,
                 }
             )
         return {"name": self.name, "connectors": connectors, "rfid_pending": self._rfid.pending}

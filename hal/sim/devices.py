@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -74,7 +75,11 @@ class SimProximityPilot(_SimDevice, ProximityPilot):
 
 class SimContactor(_SimDevice, Contactor):
     def set_closed(self, closed: bool) -> None:
-        self._now().contactor_commanded = bool(closed)
+        conn = self._now()
+        if conn.contactor_commanded != bool(closed):
+            conn.contactor_changed_at = time.monotonic()  # bench marks (same clock in every process)
+            conn.marks.append([conn.contactor_changed_at, "contactor", bool(closed)])
+        conn.contactor_commanded = bool(closed)
 
     @property
     def commanded_closed(self) -> bool:

@@ -1,0 +1,122 @@
+"""The two processes of `evse run` supervise each other (issue 9 B.1): the control process (devices,
+controllers, control loop) and the agent process (OCPP, journal, CLI).
+
+* The agent is killed (kill -9): the control process opens every contactor and exits.
+* The control process is killed: the agent reports every connector Faulted to the CSMS and exits non-zero,
+  so that systemd restarts the unit.
+* The agent stalls (SIGSTOP: a stuck disk, a flood of frames, a long GC): the EV still gets its contactor
+  opened by the control process while the agent cannot run; a stall past the deadline faults the
+  connectors and stops the session, and the agent carries on when it runs again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+from tests.agent_harness import TAG_OK, charge, online, wait_call
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting for its reaper counts as ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+async def _ended(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        await asyncio.sleep(0.02)
+    return False
+
+
+async def test_killing_the_agent_opens_every_contactor_and_ends_the_control_process(csms, run_agent):
+    agent = await online(run_agent, csms)
+    await charge(agent, csms, TAG_OK)
+    control_pid = (await agent.status())["station"]["control_pid"]
+    assert control_pid and control_pid != agent.proc.pid and _alive(control_pid)
+    log_size = agent.log_path.stat().st_size
+
+    agent.kill9()
+
+    assert await _ended(control_pid), "the control process outlived the agent"
+    after = agent.log_path.read_text()[log_size:]
+    assert "the agent process is gone" in after
+    assert "connector 1: contactor opened" in after
+    assert after.index("the agent process is gone") < after.index("connector 1: contactor opened")
+    assert "every contactor is open" in after
+
+
+async def test_killing_the_control_process_reports_faulted_and_ends_the_agent(csms, run_agent):
+    agent = await online(run_agent, csms)
+    await charge(agent, csms, TAG_OK)
+    control_pid = (await agent.status())["station"]["control_pid"]
+    since = len(csms.frames)
+
+    os.kill(control_pid, signal.SIGKILL)
+
+    faulted = await wait_call(csms, "StatusNotification", since=since,
+                              where=lambda p: p["connectorId"] == 1 and p["status"] == "Faulted")
+    assert faulted.payload["errorCode"] == "InternalError"
+    assert faulted.payload["vendorErrorCode"] == "ControlLoopLost"
+    deadline = time.monotonic() + 15
+    while agent.proc.poll() is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert agent.proc.poll() not in (None, 0), "the agent must exit non-zero so that systemd restarts the unit"
+    assert "control loop lost" in agent.log_tail(200)
+
+
+async def test_the_contactor_opens_while_the_agent_process_is_stopped(csms, run_agent):
+    """A stall shorter than the supervision deadline: the EV leaves C while the agent cannot run at all,
+    and its contactor opens before the agent runs again."""
+    agent = await online(run_agent, csms)
+    await charge(agent, csms, TAG_OK)
+    await agent.cmd("sim.marks")  # forget the marks of the start
+    await agent.cmd("sim.ev_state", state="B", after_s=0.3)  # the EV stops drawing by itself, later
+
+    os.kill(agent.proc.pid, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(1.0)
+    finally:
+        resumed_at = time.monotonic()
+        os.kill(agent.proc.pid, signal.SIGCONT)
+
+    marks = await agent.cmd("sim.marks")
+    ev = [t for t, what, value in marks if what == "ev" and value == "B"]
+    opened = [t for t, what, value in marks if what == "contactor" and value is False]
+    assert ev and opened, marks
+    assert ev[0] <= opened[0] < resumed_at, "the contactor waited for the stopped agent"
+    connector = await agent.wait_connector(lambda c: c["status"] == "SuspendedEV", what="SuspendedEV")
+    assert connector["transaction_active"] and not connector["contactor_closed"]
+
+
+async def test_an_agent_stalled_past_the_deadline_faults_the_connector_and_stops_the_session(csms, run_agent):
+    agent = await online(run_agent, csms)
+    await charge(agent, csms, TAG_OK)
+    await agent.cmd("sim.marks")
+    since = len(csms.frames)
+
+    os.kill(agent.proc.pid, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(3.0)  # the control process's deadline is 2 s
+    finally:
+        resumed_at = time.monotonic()
+        os.kill(agent.proc.pid, signal.SIGCONT)
+
+    marks = await agent.cmd("sim.marks")
+    opened = [t for t, what, value in marks if what == "contactor" and value is False]
+    assert opened and opened[0] < resumed_at, "no contactor opened while the agent was stalled"
+    stop = await wait_call(csms, "StopTransaction", since=since)
+    assert stop.payload["reason"] == "Other"
+    # the agent answers again: the supervision fault clears, the EV is still plugged in (Finishing)
+    connector = await agent.wait_connector(lambda c: "supervision" not in c["faults"], what="fault cleared")
+    assert not connector["transaction_active"] and not connector["contactor_closed"]
+    assert "no message from the agent process" in agent.log_tail(300)
