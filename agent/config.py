@@ -111,6 +111,16 @@ class ChargingConfig:
 
 
 @dataclass(frozen=True)
+class TransferConfig:
+    """Bounds of firmware downloads and diagnostics/log uploads (agent.transfer): each runs in a worker of
+    its own and ends by its total deadline whatever the server does (a trickle cannot hold it)."""
+
+    firmware_deadline_s: float = 0.0  # 0: 10 min, or longer for a large size limit (agent.firmware)
+    upload_deadline_s: float = 300.0
+    read_timeout_s: float = 30.0  # no byte for this long ends a transfer before its deadline
+
+
+@dataclass(frozen=True)
 class LogConfig:
     level: str = "info"
 
@@ -124,6 +134,7 @@ class AgentConfig:
     journal: JournalConfig = field(default_factory=JournalConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     charging: ChargingConfig = field(default_factory=ChargingConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     @property
@@ -137,7 +148,7 @@ class AgentConfig:
         return self.ocpp.url.rstrip("/") + "/" + quote(self.station.id, safe="")
 
 
-_SECTIONS = ("station", "ocpp", "board", "journal", "control", "charging", "log")
+_SECTIONS = ("station", "ocpp", "board", "journal", "control", "charging", "transfer", "log")
 
 
 def load_config(path: Path) -> AgentConfig:
@@ -165,6 +176,7 @@ def load_config(path: Path) -> AgentConfig:
         journal=_read_journal(section("journal", JournalConfig), base_dir),
         control=_read_control(section("control", ControlConfig), base_dir),
         charging=_read_charging(section("charging", ChargingConfig)),
+        transfer=_read_transfer(section("transfer", TransferConfig)),
         log=_read_log(section("log", LogConfig)),
     )
 
@@ -559,6 +571,13 @@ def _read_charging(section: _SectionReader) -> ChargingConfig:
     return ChargingConfig(**section.values)
 
 
+def _read_transfer(section: _SectionReader) -> TransferConfig:
+    section.number("firmware_deadline_s", minimum=0, maximum=24 * 3600)
+    section.number("upload_deadline_s", minimum=1, maximum=24 * 3600)
+    section.number("read_timeout_s", minimum=1, maximum=600)
+    return TransferConfig(**section.values)
+
+
 def _check_meter_failure(value: str) -> str:
     if value not in ("stop", "continue"):
         raise ValueError(f'must be "stop" or "continue", got "{value}"')
@@ -683,6 +702,15 @@ meter_failure = "stop"
 control_period_s = 0.01
 # How often to read the meter, in seconds.
 meter_poll_s = 1.0
+
+[transfer]
+# Firmware downloads, diagnostics and log uploads run in workers of their own, each within a total
+# deadline in seconds, whatever the server does (one that sends a byte now and then cannot hold them).
+# Firmware: 0 = 10 minutes, longer when the board's size limit needs it at 256 KiB/s.
+firmware_deadline_s = 0
+upload_deadline_s = 300
+# No byte received for this long ends a transfer early.
+read_timeout_s = 30
 
 [log]
 # debug, info, warning or error.

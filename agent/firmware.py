@@ -81,7 +81,10 @@ DEFAULT_RETRIES = 1  # "retries" absent: the charge point decides (one more atte
 DEFAULT_RETRY_INTERVAL_S = 30
 MAX_RETRIES = 20
 MAX_RETRY_INTERVAL_S = 24 * 3600
-TRANSFER_TIMEOUT_S = 30.0
+TRANSFER_TIMEOUT_S = 30.0  # read timeout ([transfer] read_timeout_s)
+DOWNLOAD_DEADLINE_S = 600.0  # a firmware download's total deadline at the least ([transfer] firmware_deadline_s)
+MIN_DOWNLOAD_RATE = 256 * 1024  # bytes/s: a larger size limit gets a deadline long enough at this rate
+UPLOAD_DEADLINE_S = 300.0  # diagnostics and logs ([transfer] upload_deadline_s)
 HOOK_TIMEOUT_S = 30 * 60
 EXIT_VERIFICATION_FAILED = 3  # install hook: the image failed its own verification
 DELIVERY_WAIT_S = 5.0  # how long a last status may take to reach the CSMS before a restart
@@ -144,10 +147,12 @@ def verify_signature(certificate, path: Path, signature_b64: str) -> None:
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
-    try:
-        signature = base64.b64decode(signature_b64, validate=True)
-    except (binascii.Error, ValueError):
+    try:  # standard base64, also as `openssl base64` wraps it (64 characters a line)
+        signature = base64.b64decode(re.sub(r"[ \t\r\n\f\v]+", "", signature_b64), validate=True)
+    except (binascii.Error, ValueError, TypeError):
         raise SignatureError("the signature is not base64") from None
+    if not signature:
+        raise SignatureError("the signature is empty")
     digest = file_sha256(path)
     key = certificate.public_key()
     prehashed = utils.Prehashed(hashes.SHA256())
@@ -312,6 +317,14 @@ class FirmwareManager:
         self._prepared: dict[str, Callable[[], None]] = {}  # action -> what its @after hook starts
         self._holding = False
         recent_log()
+
+    def _transfer_bounds(self) -> tuple[float, float, float]:
+        """(read timeout, firmware download deadline, upload deadline) in seconds: [transfer] in the config."""
+        settings = getattr(self.station.config, "transfer", None)
+        read_timeout = getattr(settings, "read_timeout_s", TRANSFER_TIMEOUT_S)
+        download = getattr(settings, "firmware_deadline_s", 0.0) or max(
+            DOWNLOAD_DEADLINE_S, self.max_download_bytes / MIN_DOWNLOAD_RATE)
+        return read_timeout, download, getattr(settings, "upload_deadline_s", UPLOAD_DEADLINE_S)
 
     @property
     def firmware_dir(self) -> Path:
@@ -651,11 +664,12 @@ class FirmwareManager:
         except transfer.TransferError as exc:
             log.error("firmware download from %s impossible: %s", where, exc)
             return None
+        read_timeout, deadline, _ = self._transfer_bounds()
         for attempt in range(1, attempts + 1):
-            try:
-                size, digest = await asyncio.to_thread(
+            try:  # in the transfer workers, never the default executor the devices' reads need
+                size, digest = await transfer.run(
                     transfer.download, location, path, max_bytes=self.max_download_bytes,
-                    timeout=TRANSFER_TIMEOUT_S, cancel=op.cancel)
+                    timeout=read_timeout, deadline_s=deadline, cancel=op.cancel)
             except transfer.TransferError as exc:
                 log.warning("firmware download attempt %d of %d failed: %s", attempt, attempts, exc)
                 if attempt < attempts:
@@ -748,10 +762,11 @@ class FirmwareManager:
             files = self._diagnostics_files(since, until, security)
             self._set(op, "Uploading")
             await asyncio.to_thread(_write_archive, path, files)
+            read_timeout, _, deadline = self._transfer_bounds()
             for attempt in range(1, attempts + 1):
                 try:
-                    await asyncio.to_thread(transfer.upload, location, path, name=file_name,
-                                            timeout=TRANSFER_TIMEOUT_S, cancel=op.cancel)
+                    await transfer.run(transfer.upload, location, path, name=file_name, timeout=read_timeout,
+                                       deadline_s=deadline, cancel=op.cancel)
                 except transfer.TransferError as exc:
                     log.warning("%s upload attempt %d of %d failed: %s", op.kind, attempt, attempts, exc)
                     if attempt < attempts:

@@ -1,8 +1,11 @@
 """File transfers for firmware and diagnostics: download to a file, upload a file; HTTP, HTTPS and FTP.
 
-Blocking functions, meant to run in a worker thread (asyncio.to_thread). Each takes a
-threading.Event that cancels it between two blocks, so an abandoned transfer ends within one
-socket timeout at most.
+Blocking functions, run by `await run(download, ...)` in this module's own worker threads (at most
+TRANSFER_WORKERS, used by nothing else: a transfer never holds a thread of the event loop's default
+executor, which the devices' reads need). Each transfer has a total deadline: when it passes (or the
+threading.Event `cancel` is set) its sockets are shut down, so a blocked read returns at once and the
+transfer fails with TransferError. A server that sends a byte every few seconds defeats a read timeout
+(`timeout`, the longest wait for one byte) but not the deadline.
 
 * download() writes `<dest>.part`, flushes it to disk and renames it to `dest` only when it is
   complete; a failed or cancelled download leaves no file behind. It refuses more than `max_bytes`
@@ -17,25 +20,36 @@ socket timeout at most.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ftplib
+import functools
 import hashlib
+import http.client
 import os
 import posixpath
 import secrets
+import socket
 import ssl
 import threading
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 SUPPORTED_SCHEMES = ("ftp", "http", "https")
 # the OCPP SupportedFileTransferProtocols value (errata 3.x, CSL)
 SUPPORTED_PROTOCOLS = "FTP,HTTP,HTTPS"
 BLOCK_SIZE = 64 * 1024
-DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_TIMEOUT_S = 30.0  # read timeout: the longest wait for one byte
+DEFAULT_DEADLINE_S = 600.0  # total: connecting, every byte, the file flushed
+TRANSFER_WORKERS = 2  # a firmware download and an upload may run at the same time
 USER_AGENT = "evse-agent"
+_T = TypeVar("_T")
 
 
 class TransferError(Exception):
@@ -44,6 +58,132 @@ class TransferError(Exception):
 
 class TransferCancelled(TransferError):
     pass
+
+
+_executor: ThreadPoolExecutor | None = None
+
+
+async def run(func: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+    """Run a blocking transfer function in the transfer workers (never the default executor)."""
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(max_workers=TRANSFER_WORKERS, thread_name_prefix="evse-transfer")
+    return await asyncio.get_running_loop().run_in_executor(_executor, functools.partial(func, *args, **kwargs))
+
+
+class _Deadline:
+    """Shuts the transfer's sockets down when the deadline passes or `cancel` is set, from a watcher
+    thread: a read blocked on a trickling server returns at once. Use as a context manager."""
+
+    POLL_S = 0.25  # how soon a cancel is noticed
+
+    def __init__(self, seconds: float, cancel: threading.Event | None):
+        self.seconds = seconds
+        self.expires_at = time.monotonic() + seconds
+        self.cancel = cancel
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="evse-transfer-deadline", daemon=True)
+
+    def __enter__(self) -> _Deadline:
+        self._watcher.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._done.set()
+        self._watcher.join()
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+            self._sockets.clear()
+
+    def watch(self, sock: socket.socket) -> socket.socket:
+        """Register a socket of this transfer (a duplicate is kept: TLS wrapping detaches the original)."""
+        with self._lock:
+            duplicate = sock.dup()
+            self._sockets.append(duplicate)
+            if self.expired or (self.cancel is not None and self.cancel.is_set()):
+                _shut(duplicate)
+        return sock
+
+    def check(self) -> None:
+        _check(self.cancel)
+        if self.expired or time.monotonic() >= self.expires_at:
+            self.expired = True
+            raise TransferError(self.message())
+
+    def message(self) -> str:
+        return f"not finished within its deadline of {self.seconds:g} s"
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(max(self.expires_at - time.monotonic(), 0.0), self.POLL_S)):
+            expired = time.monotonic() >= self.expires_at
+            if expired or (self.cancel is not None and self.cancel.is_set()):
+                with self._lock:
+                    self.expired = self.expired or expired
+                    for sock in self._sockets:
+                        _shut(sock)
+                self._done.wait()  # a socket registered from now on is shut by watch() itself
+                return
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _watched_connection(base: type[http.client.HTTPConnection], deadline: _Deadline):
+    class Watched(base):  # type: ignore[valid-type,misc]
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            create = self._create_connection
+            self._create_connection = lambda *a, **k: deadline.watch(create(*a, **k))
+
+    return Watched
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, deadline: _Deadline):
+        super().__init__()
+        self._connection = _watched_connection(http.client.HTTPConnection, deadline)
+
+    def http_open(self, req):
+        return self.do_open(self._connection, req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, deadline: _Deadline, context: ssl.SSLContext | None):
+        super().__init__(context=context)
+        self._connection = _watched_connection(http.client.HTTPSConnection, deadline)
+
+    def https_open(self, req):
+        return self.do_open(self._connection, req, context=self._context)
+
+
+class _FTP(ftplib.FTP):
+    """ftplib.FTP whose control and data sockets are registered with the transfer's deadline."""
+
+    def __init__(self, deadline: _Deadline, timeout: float):
+        super().__init__(timeout=timeout)
+        self._deadline = deadline
+
+    def connect(self, host="", port=0, timeout=-999, source_address=None):
+        # ftplib's connect(), with the socket registered before the server's greeting is read
+        self.host, self.port = host, port
+        if timeout != -999:
+            self.timeout = timeout
+        self.sock = self._deadline.watch(socket.create_connection((self.host, self.port), self.timeout))
+        self.af = self.sock.family
+        self.file = self.sock.makefile("r", encoding=self.encoding)
+        self.welcome = self.getresp()
+        return self.welcome
+
+    def ntransfercmd(self, cmd, rest=None):
+        conn, size = super().ntransfercmd(cmd, rest)
+        self._deadline.watch(conn)
+        return conn, size
 
 
 def redact(url: str) -> str:
@@ -73,11 +213,9 @@ def check_url(url: str) -> str:
     return scheme
 
 
-def _opener(ssl_context: ssl.SSLContext | None) -> urllib.request.OpenerDirector:
-    handlers: list = [urllib.request.ProxyHandler({})]
-    if ssl_context is not None:
-        handlers.append(urllib.request.HTTPSHandler(context=ssl_context))
-    return urllib.request.build_opener(*handlers)
+def _opener(ssl_context: ssl.SSLContext | None, deadline: _Deadline) -> urllib.request.OpenerDirector:
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}), _HTTPHandler(deadline),
+                                       _HTTPSHandler(deadline, ssl_context))
 
 
 def _check(cancel: threading.Event | None) -> None:
@@ -89,19 +227,19 @@ def _check(cancel: threading.Event | None) -> None:
 
 
 def download(url: str, dest: Path, *, max_bytes: int, timeout: float = DEFAULT_TIMEOUT_S,
-             cancel: threading.Event | None = None, ssl_context: ssl.SSLContext | None = None
-             ) -> tuple[int, str]:
-    """Fetch `url` into `dest`; returns (size in bytes, SHA-256 hex). Raises TransferError."""
+             deadline_s: float = DEFAULT_DEADLINE_S, cancel: threading.Event | None = None,
+             ssl_context: ssl.SSLContext | None = None) -> tuple[int, str]:
+    """Fetch `url` into `dest` within `deadline_s`; returns (size in bytes, SHA-256 hex). Raises TransferError."""
     scheme = check_url(url)
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with open(part, "wb") as out:
+        with _Deadline(deadline_s, cancel) as deadline, _after_deadline(url, deadline), open(part, "wb") as out:
             if scheme == "ftp":
-                size, digest = _ftp_download(url, out, max_bytes, timeout, cancel)
+                size, digest = _ftp_download(url, out, max_bytes, timeout, deadline)
             else:
-                size, digest = _http_download(url, out, max_bytes, timeout, cancel, ssl_context)
+                size, digest = _http_download(url, out, max_bytes, timeout, deadline, ssl_context)
             out.flush()
             os.fsync(out.fileno())
         os.replace(part, dest)
@@ -117,18 +255,33 @@ def download(url: str, dest: Path, *, max_bytes: int, timeout: float = DEFAULT_T
     return size, digest
 
 
-class _Sink:
-    """Counts, hashes and writes blocks; enforces the size limit and the cancel flag."""
+@contextlib.contextmanager
+def _after_deadline(url: str, deadline: _Deadline):
+    """Whatever a read on a socket shut down by the deadline raised: the deadline is what went wrong."""
+    try:
+        yield
+    except Exception as exc:
+        if isinstance(exc, TransferCancelled):
+            raise
+        if deadline.expired:
+            raise TransferError(f"{redact(url)}: {deadline.message()}") from None
+        if deadline.cancel is not None and deadline.cancel.is_set():
+            raise TransferCancelled("cancelled") from None
+        raise
 
-    def __init__(self, out, max_bytes: int, cancel: threading.Event | None):
+
+class _Sink:
+    """Counts, hashes and writes blocks; enforces the size limit, the deadline and the cancel flag."""
+
+    def __init__(self, out, max_bytes: int, deadline: _Deadline):
         self.out = out
         self.max_bytes = max_bytes
-        self.cancel = cancel
+        self.deadline = deadline
         self.size = 0
         self.sha256 = hashlib.sha256()
 
     def write(self, block: bytes) -> None:
-        _check(self.cancel)
+        self.deadline.check()
         self.size += len(block)
         if self.size > self.max_bytes:
             raise TransferError(f"the file is larger than the limit of {self.max_bytes} bytes")
@@ -145,18 +298,18 @@ def _http_errors(url: str):
         raise TransferError(f"{redact(url)}: HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
         raise TransferError(f"{redact(url)}: {exc.reason}") from None
-    except (TimeoutError, ConnectionError, ssl.SSLError) as exc:
+    except (TimeoutError, ConnectionError, ssl.SSLError, http.client.HTTPException) as exc:
         raise TransferError(f"{redact(url)}: {type(exc).__name__}: {exc}") from None
 
 
-def _http_download(url, out, max_bytes, timeout, cancel, ssl_context) -> tuple[int, str]:
+def _http_download(url, out, max_bytes, timeout, deadline: _Deadline, ssl_context) -> tuple[int, str]:
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-    with _http_errors(url), _opener(ssl_context).open(request, timeout=timeout) as response:
+    with _http_errors(url), _opener(ssl_context, deadline).open(request, timeout=timeout) as response:
         length = response.headers.get("Content-Length")
         if length and length.isdigit() and int(length) > max_bytes:
             raise TransferError(f"{redact(url)} announces {length} bytes, more than the limit of {max_bytes}")
-        sink = _Sink(out, max_bytes, cancel)
-        while block := response.read(BLOCK_SIZE):
+        sink = _Sink(out, max_bytes, deadline)
+        while block := response.read1(BLOCK_SIZE):  # what has arrived: the deadline is checked per read
             sink.write(block)
         if length and length.isdigit() and sink.size != int(length):
             raise TransferError(f"{redact(url)}: got {sink.size} of {length} bytes")
@@ -170,9 +323,9 @@ def _ftp_parts(url: str) -> tuple[str, int, str, str, str]:
     return parts.hostname or "", parts.port or 21, user, password, unquote(parts.path)
 
 
-def _ftp_connect(url: str, timeout: float) -> tuple[ftplib.FTP, str]:
+def _ftp_connect(url: str, timeout: float, deadline: _Deadline) -> tuple[ftplib.FTP, str]:
     host, port, user, password, path = _ftp_parts(url)
-    ftp = ftplib.FTP(timeout=timeout)
+    ftp = _FTP(deadline, timeout)
     try:
         ftp.connect(host, port)
         ftp.login(user, password)
@@ -183,10 +336,10 @@ def _ftp_connect(url: str, timeout: float) -> tuple[ftplib.FTP, str]:
     return ftp, path
 
 
-def _ftp_download(url, out, max_bytes, timeout, cancel) -> tuple[int, str]:
-    sink = _Sink(out, max_bytes, cancel)
+def _ftp_download(url, out, max_bytes, timeout, deadline: _Deadline) -> tuple[int, str]:
+    sink = _Sink(out, max_bytes, deadline)
     try:
-        ftp, path = _ftp_connect(url, timeout)
+        ftp, path = _ftp_connect(url, timeout, deadline)
         try:
             ftp.retrbinary(f"RETR {path}", sink.write, blocksize=BLOCK_SIZE)
         finally:
@@ -202,25 +355,27 @@ def _ftp_download(url, out, max_bytes, timeout, cancel) -> tuple[int, str]:
 
 
 def upload(url: str, path: Path, *, name: str | None = None, timeout: float = DEFAULT_TIMEOUT_S,
-           cancel: threading.Event | None = None, ssl_context: ssl.SSLContext | None = None) -> None:
+           deadline_s: float = DEFAULT_DEADLINE_S, cancel: threading.Event | None = None,
+           ssl_context: ssl.SSLContext | None = None) -> None:
     """Send the file at `path` to the location `url` (a directory, for FTP) under `name` (default: the
-    file's own name). Raises TransferError."""
+    file's own name) within `deadline_s`. Raises TransferError."""
     scheme = check_url(url)
     path = Path(path)
     name = name or path.name
     try:
-        if scheme == "ftp":
-            _ftp_upload(url, path, name, timeout, cancel)
-        else:
-            _http_upload(url, path, name, timeout, cancel, ssl_context)
+        with _Deadline(deadline_s, cancel) as deadline, _after_deadline(url, deadline):
+            if scheme == "ftp":
+                _ftp_upload(url, path, name, timeout, deadline)
+            else:
+                _http_upload(url, path, name, timeout, deadline, ssl_context)
     except TransferError:
         raise
     except OSError as exc:
         raise TransferError(f"upload to {redact(url)} failed: {exc.strerror or exc}") from None
 
 
-def _http_upload(url, path: Path, name: str, timeout, cancel, ssl_context) -> None:
-    _check(cancel)
+def _http_upload(url, path: Path, name: str, timeout, deadline: _Deadline, ssl_context) -> None:
+    deadline.check()
     data = path.read_bytes()  # diagnostics archives are small (bounded log buffer)
     boundary = "evse-" + secrets.token_hex(16)
     body = b"".join([
@@ -232,7 +387,7 @@ def _http_upload(url, path: Path, name: str, timeout, cancel, ssl_context) -> No
     ])
     post = urllib.request.Request(url, data=body, method="POST", headers={
         "User-Agent": USER_AGENT, "Content-Type": f"multipart/form-data; boundary={boundary}"})
-    opener = _opener(ssl_context)
+    opener = _opener(ssl_context, deadline)
     with _http_errors(url):
         try:
             with opener.open(post, timeout=timeout) as response:
@@ -241,7 +396,7 @@ def _http_upload(url, path: Path, name: str, timeout, cancel, ssl_context) -> No
         except urllib.error.HTTPError as exc:
             if exc.code not in (405, 501):
                 raise
-        _check(cancel)
+        deadline.check()
         target = url + name if url.endswith("/") else url
         put = urllib.request.Request(target, data=data, method="PUT", headers={
             "User-Agent": USER_AGENT, "Content-Type": "application/octet-stream"})
@@ -249,12 +404,12 @@ def _http_upload(url, path: Path, name: str, timeout, cancel, ssl_context) -> No
             response.read()
 
 
-def _ftp_upload(url, path: Path, name: str, timeout, cancel) -> None:
+def _ftp_upload(url, path: Path, name: str, timeout, deadline: _Deadline) -> None:
     def progress(_block: bytes) -> None:
-        _check(cancel)
+        deadline.check()
 
     try:
-        ftp, directory = _ftp_connect(url, timeout)
+        ftp, directory = _ftp_connect(url, timeout, deadline)
         try:
             directory = posixpath.normpath(directory) if directory not in ("", "/") else ""
             if directory:

@@ -37,6 +37,7 @@ pytestmark = pytest.mark.slow
 PAST = "2020-01-01T00:00:00.000Z"
 FIRMWARE = b"EVSE-FIRMWARE-IMAGE\x00" + bytes(range(256)) * 64
 OCPP_PASSWORD = "S3cret-Basic-Pass"
+TRICKLE_PAUSE_S = 0.2
 
 
 # ---- a file server ---------------------------------------------------------------------------------
@@ -65,6 +66,8 @@ class FileServer:
     requests: list[tuple[str, str]] = field(default_factory=list)
     uploads: list[Upload] = field(default_factory=list)
     fail_uploads: bool = False
+    trickle: set[str] = field(default_factory=set)  # paths served one byte every TRICKLE_PAUSE_S
+    stopped: threading.Event = field(default_factory=threading.Event)
     port: int = 0
 
     def url(self, path: str) -> str:
@@ -91,7 +94,17 @@ def http_server():
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body)
+            if self.path not in state.trickle:
+                self.wfile.write(body)
+                return
+            for byte in body:  # a server that never stalls long enough for a read timeout
+                try:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                except OSError:
+                    return
+                if state.stopped.wait(TRICKLE_PAUSE_S):
+                    return
 
         def do_POST(self):
             self._upload("POST")
@@ -115,6 +128,7 @@ def http_server():
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield state
+    state.stopped.set()
     server.shutdown()
     server.server_close()
 
@@ -201,9 +215,10 @@ async def start(tmp_path):
     agents: list[Agent] = []
 
     async def factory(csms: LocalCsms, *, hook: list[str] | None = None, connectors: int = 1,
-                      roots: tuple = ()) -> Agent:
+                      roots: tuple = (), config_extra: str = "") -> Agent:
         config = write_config(tmp_path, csms.url, connectors=connectors)
-        config.write_text(config.read_text().replace("[ocpp]\n", f'[ocpp]\npassword = "{OCPP_PASSWORD}"\n', 1))
+        config.write_text(config.read_text().replace("[ocpp]\n", f'[ocpp]\npassword = "{OCPP_PASSWORD}"\n', 1)
+                          + config_extra)
         if hook is not None:
             board = tmp_path / "board.toml"
             board.write_text(board.read_text().replace(
@@ -310,6 +325,24 @@ async def test_download_failures_are_retried_then_reported_download_failed(csms,
     status = await agent.status()
     assert status["firmware"]["firmware"]["status"] == "DownloadFailed"
     assert not status["firmware"]["firmware"]["inProgress"]
+
+
+async def test_a_trickling_firmware_server_fails_the_download_by_its_deadline(csms, start, hook, http_server,
+                                                                             tmp_path):
+    """Issue 9 C6: one byte every 0.2 s never trips the 30 s read timeout; the download's total deadline
+    ([transfer] firmware_deadline_s) ends it: DownloadFailed, no file left, the station serves on."""
+    http_server.files["/slow.bin"] = FIRMWARE
+    http_server.trickle.add("/slow.bin")
+    agent = await start(csms, hook=hook(0), config_extra="[transfer]\nfirmware_deadline_s = 2\n")
+    mark = len(csms.frames)
+    await call(csms, "UpdateFirmware", {"location": http_server.url("/slow.bin"), "retrieveDate": PAST,
+                                        "retries": 0})
+    failed = await final_status(csms, "FirmwareStatusNotification", mark, FIRMWARE_FINAL, timeout=60)
+    assert failed.payload == {"status": "DownloadFailed"}, agent.log_tail()
+    assert "not finished within its deadline of 2 s" in agent.log_path.read_text()
+    assert not (tmp_path / "installed.bin").exists()
+    assert not list((tmp_path / "state" / "firmware").glob("*"))
+    assert (await agent.connector())["status"] == "Available"
 
 
 async def test_a_failing_install_hook_is_reported_installation_failed(csms, start, hook, http_server, tmp_path):
@@ -493,16 +526,27 @@ def signed_request(location: str, certificate: x509.Certificate, signature: str,
         "signingCertificate": pem(certificate), "signature": signature}}
 
 
+def wrapped_like_openssl_base64(text: str) -> str:
+    """`openssl base64` output: 64 characters a line, each line ended by a newline."""
+    return "".join(text[i:i + 64] + "\n" for i in range(0, len(text), 64))
+
+
+@pytest.mark.parametrize("layout", ["one line", "wrapped by openssl base64"])
 async def test_signed_firmware_with_a_valid_signature_is_verified_and_installed(
-        csms, start, hook, http_server, pki, tmp_path):
+        csms, start, hook, http_server, pki, tmp_path, layout):
     """TC_080_CS: Accepted; Downloading, Downloaded, SignatureVerified, Installing, InstallRebooting, then
-    after the restart Installed, every one with the requestId."""
+    after the restart Installed, every one with the requestId. Issue 9 C10: also with the signature as
+    `openssl base64` line-wraps it."""
     http_server.files["/signed.bin"] = FIRMWARE
     agent = await start(csms, hook=hook(0), roots=(pki.root,))
     mark = len(csms.frames)
+    signature = sign(pki.signer_key, FIRMWARE)
+    if layout != "one line":
+        signature = wrapped_like_openssl_base64(signature)
+        assert "\n" in signature.strip()
 
     answer = await call(csms, "SignedUpdateFirmware", signed_request(
-        http_server.url("/signed.bin"), pki.signer, sign(pki.signer_key, FIRMWARE)))
+        http_server.url("/signed.bin"), pki.signer, signature))
 
     assert answer == {"status": "Accepted"}
     installed = await final_status(csms, "SignedFirmwareStatusNotification", mark,
@@ -691,3 +735,23 @@ def test_the_board_config_names_the_install_hook_and_the_download_limit(tmp_path
     board_file.write_text(base.format(extra='firmware_install_command = "/usr/sbin/hook"'))
     with pytest.raises(BoardConfigError, match=r"\[board\]\.firmware_install_command: expected a non-empty array"):
         load_board(board_file)
+
+
+def test_a_signature_is_read_as_standard_base64_with_or_without_line_breaks(pki, tmp_path):
+    """Issue 9 C10: `openssl base64` wraps at 64 characters (CRLF from some tools); anything that is not
+    base64 stays refused, and a wrapped signature of other data still does not match."""
+    from agent.firmware import SignatureError, verify_signature
+
+    image = tmp_path / "fw.bin"
+    image.write_bytes(FIRMWARE)
+    signature = sign(pki.signer_key, FIRMWARE)
+    for layout in (signature, wrapped_like_openssl_base64(signature),
+                   wrapped_like_openssl_base64(signature).replace("\n", "\r\n"), f"  {signature[:40]}\n\t{signature[40:]} "):
+        verify_signature(pki.signer, image, layout)
+    for bad in (signature[:-4] + "!!!!", signature.replace(signature[10], "*"), "\u00e9" + signature):
+        with pytest.raises(SignatureError, match="not base64"):
+            verify_signature(pki.signer, image, bad)
+    with pytest.raises(SignatureError, match="empty"):
+        verify_signature(pki.signer, image, " \n")
+    with pytest.raises(SignatureError, match="does not match"):
+        verify_signature(pki.signer, image, wrapped_like_openssl_base64(sign(pki.signer_key, b"other")))
