@@ -12,8 +12,8 @@
   [ocpp] password and its Basic-auth token). The OCPP frame log already hides these itself
   (agent.security.redact_frame); this is the net under everything else.
 * `FloodGuard`, after it, keeps a hostile peer from filling the disk through the log: every message is cut
-  to MAX_MESSAGE_CHARS (tracebacks to MAX_TRACEBACK_CHARS) with the full length noted, and a message that
-  repeats (same logger, level and format string) is written at most RATE_LIMIT_COUNT times per
+  to MAX_MESSAGE_CHARS (tracebacks to MAX_TRACEBACK_CHARS) with the full length noted, and an info,
+  warning or error that repeats (same logger, level and format string) is written at most RATE_LIMIT_COUNT times per
   RATE_LIMIT_WINDOW_S; then one "suppressed K similar messages" line says how many were left out.
 """
 
@@ -160,7 +160,9 @@ class FloodGuard(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         now = self._clock()
         self._summarize_expired(now)
-        if record.levelno < logging.CRITICAL:
+        # debug (the frame log) is what an operator asked for: cut, never thinned; critical always passes
+        limited = logging.INFO <= record.levelno < logging.CRITICAL
+        if limited:
             template = str(record.msg)[:200]
             key = (record.name, record.levelno, template)
             kind = self._kinds.get(key)
@@ -172,7 +174,7 @@ class FloodGuard(logging.Filter):
             if kind.count > self._count:
                 kind.suppressed += 1
                 return False
-        self._bound(record, note=kind.count == self._count if record.levelno < logging.CRITICAL else False)
+        self._bound(record, note=limited and kind.count == self._count)
         return True
 
     def _bound(self, record: logging.LogRecord, note: bool) -> None:

@@ -314,3 +314,36 @@ async def test_an_unanswered_security_event_waits_behind_the_transaction_message
     again = await wait_call(csms, "SecurityEventNotification", start.index, timeout=20)
     assert json.dumps(again.payload, sort_keys=True) == json.dumps(first[0].payload, sort_keys=True)
     assert agent.proc.poll() is None
+
+
+def test_repeated_warnings_are_rate_limited_with_one_summary_and_long_messages_cut():
+    """The log guard: at most 20 of one kind of warning per minute, then one "suppressed K similar" line;
+    a 440 kB message becomes one bounded line that says how long it was; debug lines are only cut."""
+    import io
+    import logging
+
+    from agent.logs import FloodGuard
+
+    now = [0.0]
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(FloodGuard(handler, clock=lambda: now[0]))
+    logger = logging.getLogger("test.flood")
+    logger.propagate, logger.level = False, logging.DEBUG
+    logger.addHandler(handler)
+    try:
+        for i in range(100):
+            logger.warning("rejected frame %d", i)
+        for i in range(30):
+            logger.debug("< frame %d", i)
+        logger.warning("huge: %s", "x" * 440_000)
+        now[0] = 61.0
+        logger.warning("rejected frame %d", 100)
+    finally:
+        logger.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert sum(line.startswith("rejected frame") for line in lines) == 21
+    assert sum(line.startswith("< frame") for line in lines) == 30
+    assert any("suppressed 80 similar messages" in line for line in lines)
+    huge = next(line for line in lines if line.startswith("huge"))
+    assert len(huge) < 2500 and "440006 chars" in huge
