@@ -212,16 +212,20 @@ async def run_agent(config: AgentConfig, log_level_override: str | None = None) 
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(station, notifier, log_level_override))
     log.info("station %s up: %d connector(s), board %s, journal %s, control process %s", config.station.id,
              len(station.info.connectors), station.info.name, config.journal.path, link.pid)
+    restart: RestartRequested | None = None
     try:
         await station.run()
-        return None
-    except RestartRequested as restart:
-        return restart
+    except RestartRequested as requested:
+        restart = requested
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(sig)
         await control.close()
         journal.close()
+    if restart is not None and station.closing:  # SIGTERM during a reset: systemd wants it stopped
+        log.warning("%s reset not carried out: SIGTERM arrived meanwhile; the agent exits", restart.kind)
+        return None
+    return restart
 
 
 def _on_signal(station: Station, notifier: ServiceNotifier, sig: signal.Signals) -> None:

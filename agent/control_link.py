@@ -74,6 +74,10 @@ class ControlLink:
         """Runs as long as the control side does; returns (or raises ControlLost) when it is gone."""
         raise NotImplementedError
 
+    async def sync(self) -> None:
+        """Returns once the control loop has handled every event sent before, and its commands and state are
+        here (the channel keeps order both ways): a reset drains the transaction work only after that."""
+
     async def close(self) -> None:
         raise NotImplementedError
 
@@ -137,6 +141,9 @@ class InProcessLink(ControlLink):
     async def request(self, op: str, **args: Any) -> Any:
         return await self.control.request(op, args)
 
+    async def sync(self) -> None:
+        return None  # events are handled as they are sent
+
     async def run(self) -> None:
         await asyncio.gather(self.control.run(), self.control.rfid_loop())
 
@@ -172,7 +179,9 @@ class ProcessLink(ControlLink):
         if self.process is not None:
             return self.info
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        argv = [sys.executable, "-m", "agent.control_process", "--board", str(self.board_file),
+        # -S: no site module, so no .pth start-up hooks load what the safety path does not use (about 5 MB);
+        # the agent's own import path is handed over instead, the package's root first (editable installs)
+        argv = [sys.executable, "-S", "-m", "agent.control_process", "--board", str(self.board_file),
                 "--state-dir", str(self.state_dir), "--fd", str(child.fileno()), "--log-level", self.log_level]
         if self.watchdog_s:
             argv += ["--watchdog-s", str(self.watchdog_s)]
@@ -181,6 +190,8 @@ class ProcessLink(ControlLink):
         env = dict(os.environ)
         env.pop("WATCHDOG_PID", None)  # the pings come from the child: it is told the interval itself
         env.pop("WATCHDOG_USEC", None)
+        package_root = str(Path(channel.__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([package_root, *(p for p in sys.path if p)]))
         try:
             self.process = await asyncio.create_subprocess_exec(*argv, pass_fds=(child.fileno(),), env=env)
         finally:
@@ -223,6 +234,10 @@ class ProcessLink(ControlLink):
                 return await future
         finally:
             self._pending.pop(request_id, None)
+
+    async def sync(self) -> None:
+        with contextlib.suppress(ControlLost, TimeoutError):
+            await self.request("sync")
 
     def _send(self, msg: dict[str, Any]) -> None:
         if self._writer is None or self.lost is not None:

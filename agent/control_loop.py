@@ -298,6 +298,8 @@ class ControlLoop:
 
     async def request(self, op: str, args: dict) -> Any:
         """One device operation for the agent; raises channel.RequestFailed with the reason."""
+        if op == "sync":
+            return None  # answered after every earlier message was handled: the agent's barrier
         if op == "sim":
             return self._sim(args)
         conn = self.connectors.get(args.get("connector", 0))

@@ -283,6 +283,7 @@ class Station:
         if stop_transactions:
             for rt in self.connectors.values():
                 self._dispatch(rt, ctl.StopRequested(ctl.StopReason.OTHER))
+        await self.link.sync()
         await self._drain_transaction_ops()
         if stop_transactions:
             await self._flush_journal()
@@ -767,6 +768,7 @@ class Station:
         self.security.event(RESET_OR_REBOOT, f"{kind} reset requested by the CSMS")
         for rt in self.connectors.values():
             self._dispatch(rt, ctl.StopRequested(reason))
+        await self.link.sync()  # the StopTransactions decided by the control loop are queued here now
         await self._drain_transaction_ops()
         await self._flush_journal()
         await self._contactors_opened()
@@ -795,6 +797,7 @@ class Station:
 
     async def restart_for_firmware(self) -> None:
         """After the install hook succeeded: restart in place, the way a Soft reset does."""
+        await self.link.sync()
         await self._drain_transaction_ops()
         await self._flush_journal()
         self._restart = RestartRequested("Firmware update", None)

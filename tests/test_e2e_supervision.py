@@ -120,3 +120,28 @@ async def test_an_agent_stalled_past_the_deadline_faults_the_connector_and_stops
     connector = await agent.wait_connector(lambda c: "supervision" not in c["faults"], what="fault cleared")
     assert not connector["transaction_active"] and not connector["contactor_closed"]
     assert "no message from the agent process" in agent.log_tail(300)
+
+
+async def test_sigterm_during_a_reset_ends_the_agent_instead_of_restarting_it(csms, run_agent):
+    """A stop from systemd wins over a Reset under way: the agent exits 0, no restart in place. The window is
+    held open by stopping the control process once the reset's StopTransaction is out: the agent then
+    waits for it to close while the SIGTERM arrives."""
+    agent = await online(run_agent, csms)
+    await charge(agent, csms, TAG_OK)
+    control_pid = (await agent.status())["station"]["control_pid"]
+    since = len(csms.frames)
+    assert await csms.call("CP-T1", "Reset", {"type": "Soft"}) == {"status": "Accepted"}
+    stop = await wait_call(csms, "StopTransaction", since=since)
+    assert stop.payload["reason"] == "SoftReset"
+    os.kill(control_pid, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(0.3)
+        agent.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+    finally:
+        os.kill(control_pid, signal.SIGCONT)
+    deadline = time.monotonic() + 20
+    while agent.proc.poll() is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert agent.proc.poll() == 0, agent.log_tail()
+    assert [f for f in csms.frames[since:] if f.action == "BootNotification"] == []
