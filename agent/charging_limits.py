@@ -208,7 +208,7 @@ class ChargingLimits:
 
     def _electrical(self, rt: ConnectorRuntime) -> sc.Electrical:
         """W to A with the connector's phases and the measured L-N voltage (nominal 230 V until known)."""
-        volts = [v for v in (rt.last_reading.voltage_v if rt.last_reading else ()) if v > 50.0]
+        volts = [v for v in (rt.last_reading.voltage_v if rt.last_reading else ()) if v is not None and v > 50.0]
         return sc.Electrical(rt.hw.phases, sum(volts) / len(volts) if volts else sc.NOMINAL_VOLTAGE_V)
 
     def _transaction(self, rt: ConnectorRuntime, now: datetime) -> sc.Transaction | None:

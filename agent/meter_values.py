@@ -36,14 +36,18 @@ def sampled_values(
     for measurand in measurands:
         if measurand == "Energy.Active.Import.Register":
             values.append(_value(_fmt(reading.energy_wh, 0), context, measurand, "Wh"))
+        # a value the meter marks "not available" (None: an unused phase) is left out, never sent as 0
         elif measurand == "Power.Active.Import":
-            values.append(_value(_fmt(reading.power_w, 0), context, measurand, "W"))
+            if reading.power_w is not None:
+                values.append(_value(_fmt(reading.power_w, 0), context, measurand, "W"))
         elif measurand == "Current.Import":
             for i, amps in enumerate(reading.current_a, start=1):
-                values.append(_value(_fmt(amps, 2), context, measurand, "A", phase=f"L{i}"))
+                if amps is not None:
+                    values.append(_value(_fmt(amps, 2), context, measurand, "A", phase=f"L{i}"))
         elif measurand == "Voltage":
             for i, volts in enumerate(reading.voltage_v, start=1):
-                values.append(_value(_fmt(volts, 1), context, measurand, "V", phase=f"L{i}-N"))
+                if volts is not None:
+                    values.append(_value(_fmt(volts, 1), context, measurand, "V", phase=f"L{i}-N"))
         elif measurand == "Current.Offered":
             values.append(_value(_fmt(offered_current_a, 1), context, measurand, "A"))
     return values

@@ -52,9 +52,10 @@ class PilotOutput:
 @dataclass(frozen=True)
 class MeterReading:
     energy_wh: float  # active import register, monotonic, never rebased
-    power_w: float  # total active import power
-    current_a: tuple[float, ...]  # per phase, L1..Ln
-    voltage_v: tuple[float, ...]  # per phase, L-N
+    # None where the meter marks the value "not available" (an unused phase of an ABB B23...): left out
+    power_w: float | None  # total active import power
+    current_a: tuple[float | None, ...]  # per phase, L1..Ln
+    voltage_v: tuple[float | None, ...]  # per phase, L-N
     taken_at: float = 0.0  # time.monotonic() of the reading
 
 
