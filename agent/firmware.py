@@ -860,7 +860,7 @@ def _system_info(station: Station) -> str:
     cfg = station.config.station
     return "\n".join([
         f"station id: {cfg.id}", f"vendor/model: {cfg.vendor} / {cfg.model}",
-        f"firmware (agent) version: {cfg.firmware_version}", f"board: {station.board.name}",
+        f"firmware (agent) version: {cfg.firmware_version}", f"board: {station.info.name}",
         f"python: {sys.version.split()[0]}", f"ocpp library: {getattr(ocpp, '__version__', '?')}",
         f"platform: {platform.platform()}", "",
     ])

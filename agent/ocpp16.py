@@ -52,13 +52,8 @@ from ocpp.v16.enums import Action
 
 from agent.authorization import valid_id_token
 from agent.config import AgentConfig
-from agent.journal import Journal, JournalError, QueuedMessage
+from agent.journal import Journal, JournalError, JournalValueError, QueuedMessage
 from agent.logs import excerpt
-
-try:
-    from agent.journal import JournalValueError  # a value the journal cannot store (e.g. beyond 64 bits)
-except ImportError:  # journals before it: SQLite's own OverflowError reaches us
-    JournalValueError = OverflowError  # type: ignore[assignment,misc]
 from agent.meter_values import ocpp_timestamp
 from agent.ocpp16_firmware import FirmwareHandlers
 from agent.ocpp16_reservation import ReservationHandlers

@@ -39,7 +39,7 @@ from agent.clock import utc_now
 from agent.config import AgentConfig
 from agent.control_link import ControlLink, ControlLost, InProcessLink
 from agent.firmware import FirmwareManager
-from agent.journal import Journal, JournalError, QueuedMessage
+from agent.journal import Journal, JournalError, JournalValueError, QueuedMessage
 from agent.meter_values import meter_value, ocpp_timestamp, register_value
 from agent.ocpp16 import OcppClient
 from agent.ocpp_config import OcppConfiguration
@@ -344,10 +344,19 @@ class Station:
                                   "control process lost", "ControlLoopLost")
 
     async def _charging_limits_loop(self) -> None:
-        """Smart-charging schedules change at their period boundaries: look for one every tenth of a second."""
+        """Smart-charging schedules change at their period boundaries: look for one every tenth of a second.
+        Once a second the journal file is checked too: deleted or replaced, it faults every connector even
+        while nothing commits."""
+        rounds = 0
         while True:
             for rt in self.connectors.values():
                 self.charging_limits.update(rt)
+            rounds += 1
+            if rounds % round(1 / CHARGING_LIMITS_PERIOD_S) == 0 and self.storage_error is None:
+                try:
+                    self.journal.check()
+                except JournalError as exc:
+                    self.journal_failed(exc)
             await asyncio.sleep(CHARGING_LIMITS_PERIOD_S)
 
     def control_step(self) -> None:
@@ -535,6 +544,8 @@ class Station:
                 elif op.kind == "sample":
                     self._journal_sample(rt, op)
                 self.ocpp.journal_changed()
+            except JournalValueError as exc:  # one value the journal cannot hold: that write is refused
+                log.error("connector %d: journal %s refused: %s", rt.id, op.kind, exc)
             except JournalError as exc:
                 self.journal_failed(exc)
             except Exception:

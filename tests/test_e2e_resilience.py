@@ -550,8 +550,9 @@ def test_bad_config_exits_2_with_one_line_naming_the_key(tmp_path, name, text, n
     assert not (tmp_path / "state").exists()  # nothing was started
 
 
-@pytest.mark.parametrize("damage", ["garbage", "under a regular file"])
-def test_unusable_journal_exits_1_with_one_line_naming_the_path(tmp_path, damage):
+@pytest.mark.parametrize(("damage", "exit_code"), [("garbage", 1), ("under a regular file", 2)])
+def test_unusable_journal_exits_with_one_line_naming_the_path(tmp_path, damage, exit_code):
+    """A corrupt journal is a failure (1); a path that can be no journal is a configuration error (2)."""
     config = write_config(tmp_path, "ws://127.0.0.1:9/ocpp")
     journal = tmp_path / "state" / "journal.sqlite"
     if damage == "garbage":
@@ -562,7 +563,7 @@ def test_unusable_journal_exits_1_with_one_line_naming_the_path(tmp_path, damage
         config.write_text(config.read_text().replace("state/journal.sqlite", "blocker/journal.sqlite"))
         journal = tmp_path / "blocker" / "journal.sqlite"
     result = run_cli("run", "--config", str(config), cwd=tmp_path)
-    assert result.returncode == 1, result
+    assert result.returncode == exit_code, result
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and str(journal) in lines[0], result.stderr
 

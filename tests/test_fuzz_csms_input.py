@@ -469,14 +469,16 @@ class Rig:
         board = load_board(config.board.file, state_dir=config.journal.path.parent, clock=self.clock)
         self.station = station = Station(config, board, Journal(config.journal.path), clock=self.clock)
         self.sim = board.simulator
-        await board.start()
-        self.step(3)
+        await station.start_control()
+        for rt in station.connectors.values():  # the journal's work (TransactionRecorded), as Station.run() has it
+            station._tasks.append(asyncio.create_task(station._transaction_worker(rt)))
+        await self._steps(3)
         self.sim.plug(1)
-        self.step(5)
+        await self._steps(5)
         assert station.present_id_tag(TAG_OK) == 1
         # the CSMS's answer, given before the Authorize the station asks for could go out
         station._dispatch(station.connectors[1], ctl.AuthorizationResult(TAG_OK, True, None))
-        self.step(20)
+        await self._steps(20)
         assert self.contactors() == (True, False), station.status()
         assert station.connectors[1].controller.view().status.value == "Charging"
         station.ocpp.connected = True
@@ -485,9 +487,14 @@ class Rig:
         self.cp = _ChargePoint(STATION_ID, self.connection, client=station.ocpp, response_timeout=5)
 
     def step(self, n: int = 1) -> None:
+        self.loop.run_until_complete(self._steps(n))
+
+    async def _steps(self, n: int) -> None:
         for _ in range(n):
             self.now += 0.2
             self.station.control_step()
+            for _ in range(5):
+                await asyncio.sleep(0)  # the journal worker records a start (TransactionRecorded)
 
     def contactors(self) -> tuple[bool, bool]:
         snap = self.sim.snapshot()["connectors"]
@@ -526,7 +533,7 @@ class Rig:
         if self.station is None:
             return
         station, self.station = self.station, None
-        for task in list(station._side_tasks):
+        for task in [*station._side_tasks, *station._tasks]:
             task.cancel()
         self.loop.run_until_complete(asyncio.sleep(0))
         station.journal.close()
