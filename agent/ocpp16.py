@@ -856,7 +856,10 @@ class _ChargePoint(SecurityHandlers, FirmwareHandlers, SmartChargingHandlers, Re
         if msg.message_type_id != Call.message_type_id:
             # only a call in flight (it holds the lock until its answer or timeout) takes answers: others
             # would pile up in the queue until the next call (a CSMS flooding CALLRESULTs grew the RSS)
-            if self._call_lock.locked() and self._response_queue.qsize() < MAX_UNREAD_ANSWERS:
+            if self._call_lock.locked():
+                if self._response_queue.qsize() >= MAX_UNREAD_ANSWERS:  # a flood: the oldest goes, so the
+                    dropped = self._response_queue.get_nowait()  # answer that comes after it still gets in
+                    log.info("ignoring an answer to no open call: %s", excerpt(str(dropped), 100))
                 self._response_queue.put_nowait(msg)
             else:
                 log.info("ignoring an answer to no open call: %s", excerpt(str(raw_msg), 100))
