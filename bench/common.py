@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -292,9 +293,7 @@ class AgentProcess:
 
     def cpu_seconds(self) -> float:
         """utime + stime of the process (main thread and every thread), in seconds."""
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2:].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds_of(self.pid)
 
     def io(self) -> dict[str, int]:
         values = {}
@@ -323,6 +322,99 @@ class AgentProcess:
         return "\n".join(line[:300] for line in text.splitlines()[-lines:])
 
 
+def cpu_seconds_of(pid: int | str) -> float:
+    """utime + stime of a process (every thread), in seconds; pid "self" for this one."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_status_of(pid: int | str) -> dict[str, int]:
+    """VmRSS, VmHWM ... of /proc/PID/status, in kB."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if rest.strip().endswith("kB"):
+            values[key] = int(rest.split()[0])
+    return values
+
+
+# ---- the sim board's timing marks (hal.sim: `sim.marks`) -----------------------------------------
+
+
+@dataclass
+class Reactions:
+    """The contactor's reactions to the EV's scripted changes on one connector, from the sim's marks."""
+
+    opens: list[float] = field(default_factory=list)  # EV C->B due -> contactor opened, seconds
+    closes: list[float] = field(default_factory=list)  # EV B->C due -> contactor closed (not held back)
+    held_closes: int = 0  # B->C within min_close_interval_s of the last close: the close waits by policy
+    missed_opens: int = 0  # C->B with the contactor closed and no open before the EV's next change
+    not_closed_at_b: int = 0  # C->B while the contactor was already open (no reaction to measure)
+    unexpected_opens: int = 0  # the contactor opened with no C->B pending (a fault, supervision)
+
+    def add(self, other: Reactions) -> None:
+        for name in ("opens", "closes"):
+            getattr(self, name).extend(getattr(other, name))
+        for name in ("held_closes", "missed_opens", "not_closed_at_b", "unexpected_opens"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def reactions(marks: list, *, closed: bool = True, min_close_interval_s: float = 1.0,
+              last_close: float = -math.inf) -> Reactions:
+    """Pair the sim's marks ([monotonic time, "ev"|"contactor", value]; an "ev" mark carries the time the
+    change was due, a "contactor" mark the time the command reached the sim HAL) into reaction times.
+    `closed`: the contactor's state before the first mark."""
+    found = Reactions()
+    pending_open: float | None = None
+    pending_close: float | None = None
+    for at, what, value in sorted(marks, key=lambda mark: mark[0]):
+        if what == "ev":
+            if pending_open is not None:
+                found.missed_opens += 1
+            pending_open = pending_close = None
+            if value == "B":
+                if closed:
+                    pending_open = at
+                else:
+                    found.not_closed_at_b += 1
+            elif value == "C" and not closed:
+                if at - last_close >= min_close_interval_s:
+                    pending_close = at
+                else:
+                    found.held_closes += 1
+        elif what == "contactor":
+            if value:
+                if pending_close is not None:
+                    found.closes.append(at - pending_close)
+                pending_close = None
+                last_close = at
+            elif pending_open is not None:
+                found.opens.append(at - pending_open)
+                pending_open = None
+            elif closed:
+                found.unexpected_opens += 1
+            closed = bool(value)
+    return found
+
+
+def ev_cycles(start: float, cycles: int, rng, *, c_s: tuple[float, float] = (1.0, 1.2),
+              b_s: float = 0.2) -> tuple[list[list], list[float]]:
+    """A `sim.ev_script` of `cycles` C->B->C cycles from `start` seconds on (the EV charges, C, before it):
+    B for `b_s`, then C for a random time in `c_s` (the controller closes at most once per
+    min_close_interval_s, 1 s, so C must last that long for the next C->B to find the contacts closed).
+    Returns the steps and the offsets (s from now) of the C->B changes."""
+    steps, b_at = [], []
+    at = start
+    for _ in range(cycles):
+        steps.append([round(at, 6), "B"])
+        b_at.append(at)
+        at += b_s
+        steps.append([round(at, 6), "C"])
+        at += rng.uniform(*c_s)
+    return steps, b_at
+
+
 # ---- the bundled CSMS in a process of its own --------------------------------------------------------
 
 
@@ -347,8 +439,15 @@ class CsmsProcess:
 
     def counts(self) -> dict[str, int]:
         """Incoming CALLs by action so far."""
+        return self._ask("counts")
+
+    def attack(self, attack: str, **params: Any) -> dict:
+        """An attack on the connected station (bench/csms_server.py `_attack`); blocks for the answer."""
+        return self._ask(json.dumps({"attack": attack, **params}))
+
+    def _ask(self, line: str) -> Any:
         assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.write("counts\n")
+        self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())
 

@@ -16,10 +16,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 # figure (or baseline) lines each benchmark must print: labels only, never values
 EXPECTED = {
-    "reaction": ["decision: controller.handle(PilotChanged): p50", "detection + decision: event -> command: p50",
-                 "code path once seen"],
-    "c_to_b": ["C->B -> contacts open (sim board): p50"],
-    "idle": ["RSS (VmRSS) =", "CPU while idle ="],
+    "reaction": ["detection + decision: event -> contactor command: p50", "C->B (open) only: p50",
+                 "B->C (close) only: p50"],
+    "isolation": [f"{attack}: C->B -> contactor open: p50" for attack in
+                  ("quiet", "journal stalls", "5 MB frame", "frames", "GC pressure", "trickle download")],
+    "c_to_b": ["C->B -> contactor open (sim marks): p50"],
+    "idle": ["agent process RSS (VmRSS) =", "control process RSS (VmRSS) =", "RSS (VmRSS) = both processes together",
+             "CPU while idle = both processes together", "control process code imports:"],
     "boot": ["run 1:", "median ="],
     "journal": ["MeterValues, write-back commit (add_meter_values) =",
                 "StartTransaction/StopTransaction, fsynced commit ="],
