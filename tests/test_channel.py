@@ -195,8 +195,9 @@ def test_the_control_process_imports_no_protocol_storage_or_crypto_library(tmp_p
     script = (
         "import asyncio, sys\n"
         "import agent.control_process\n"
+        "from pathlib import Path\n"
         "from hal.board import load_board\n"
-        f"board = load_board({str(_board_file())!r}, state_dir={str(tmp_path)!r})\n"
+        f"board = load_board(Path({str(_board_file())!r}), state_dir=Path({str(tmp_path)!r}))\n"
         "asyncio.run(board.start())\n"
         "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
     )
