@@ -32,6 +32,7 @@ IDLE_CONTROL_PERIOD_S = 0.1  # poll period while no EV is plugged in and every c
 AGENT_DEADLINE_S = 2.0  # no message from the agent for this long: it is gone or stalled
 METER_READ_TIMEOUT_S = 2.0
 _HARDWARE_COMMANDS = (ctl.SetContactor, ctl.SetPilot, ctl.SetLock)
+_TICK = ctl.Tick()  # one object for every step's Tick (frozen, carries nothing)
 
 
 @dataclass
@@ -203,7 +204,7 @@ class ControlLoop:
             self._dispatch(conn, ctl.LockFeedback(locked))
         if "proximity pilot" not in unreadable and ampacity != c.cable_a:
             self._dispatch(conn, ctl.CableDetected(ampacity))
-        self._dispatch(conn, ctl.Tick())
+        self._dispatch(conn, _TICK)
 
     def _report_unreadable(self, conn: _Connector, unreadable: dict[str, str]) -> None:
         """A device that cannot be read is a fault until it answers again; logged on change only."""
@@ -229,9 +230,13 @@ class ControlLoop:
         conn.dispatching = True
         withheld: list[ctl.Command] = []
         upward: list[ctl.Command] = []
+        quiet = True  # only Ticks that changed nothing: no state to send (no allocation 100 times a second)
         try:
             while conn.pending_events:
-                for command in conn.controller.handle(conn.pending_events.popleft(), self.clock()):
+                event = conn.pending_events.popleft()
+                commands = conn.controller.handle(event, self.clock())
+                quiet = quiet and not commands and isinstance(event, ctl.Tick)
+                for command in commands:
                     if not isinstance(command, _HARDWARE_COMMANDS):
                         upward.append(command)
                         if isinstance(command, ctl.StatusChanged):
@@ -240,8 +245,9 @@ class ControlLoop:
                         withheld.append(command)
                     else:
                         self._execute(conn, command)
-            view = conn.controller.view()
+            view = conn.controller.view() if withheld else None
             for command in withheld:
+                assert view is not None
                 if isinstance(command, ctl.SetContactor) and view.contactor_closed:
                     self._execute(conn, command)
                 elif isinstance(command, ctl.SetPilot) and view.pilot_mode is PilotMode.PWM:
@@ -252,7 +258,8 @@ class ControlLoop:
         finally:
             conn.dispatching = False
             conn.pending_events.clear()
-        self._send_state(conn, upward)
+        if not quiet:
+            self._send_state(conn, upward)
 
     def _send_state(self, conn: _Connector, commands: list[ctl.Command]) -> None:
         state = channel.controller_state(conn.controller)

@@ -61,3 +61,16 @@ async def test_lock_fault_waits_for_the_lock_back_ends_travel_time(tmp_path):
     assert "lock" in view.faults and view.error_code == "ConnectorLockFailure"
     assert not view.transaction_active and not view.contactor_closed
     await board.close()
+
+
+async def test_meter_ok_is_false_until_the_meter_has_answered_once(tmp_path):
+    """`evse status` must not report a meter that never answered as ok (issue 9 C.11)."""
+    station, board = await sim_station(tmp_path, prepare=lambda b: b.simulator.set_fault("meter", True))
+    rt = station.connectors[1]
+    assert station.status()["connectors"][0]["meter_ok"] is False  # no reading yet, no failure counted yet
+    assert await station._read_meter(rt) is None
+    assert station.status()["connectors"][0]["meter_ok"] is False
+    board.simulator.set_fault("meter", False)
+    assert await station._read_meter(rt) is not None
+    assert station.status()["connectors"][0]["meter_ok"] is True
+    await board.close()
