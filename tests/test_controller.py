@@ -561,3 +561,40 @@ def test_diode_missing_under_the_first_pwm_is_a_fault_and_the_contactor_never_cl
     while b.now < 5.0:
         b.step()
     assert SetContactor(True) not in [c for _, c in b.log]
+
+
+def test_mirror_contact_still_closed_after_an_open_blocks_a_new_close_before_the_weld_is_declared():
+    """The EV goes C->B->C within the weld detection time while the contacts stay welded: no new close on a
+    mirror contact that reads closed, and the weld latches at feedback_timeout_s."""
+    b = Bench(feedback_timeout_s=0.25)
+    b.charging_session()
+    t_open = b.now + CONTROL_PERIOD
+    assert b.send(PilotChanged(CpState.B), at=t_open)[0] == SetContactor(False)
+    b.send(ContactorFeedback(True), at=t_open + 0.01)  # the contacts did not open
+    out = b.send(PilotChanged(CpState.C), at=t_open + 0.05)
+    out += b.send(DiodeChecked(True), at=t_open + 0.06)
+    out += b.send(Tick(), at=t_open + 0.24)
+    assert SetContactor(True) not in out, "closed onto welded contacts"
+    b.send(Tick(), at=t_open + 0.25)
+    assert Fault.WELD in b.c.faults
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "controller bug (protocol): TransactionRecorded names no transaction, so a late one for a start that was "
+    "stopped before its commit (a stalled journal) grants energy to the next transaction, whose start is not "
+    "durable. Suggested fix: count the starts not yet recorded (StartTransaction +1, TransactionRecorded -1, "
+    "journals commit in order) and mark the running transaction recorded only when the count reaches 0; or "
+    "give StartTransaction a serial that TransactionRecorded echoes."))
+def test_late_record_of_a_stopped_start_does_not_grant_energy_to_the_next_transaction():
+    b = Bench(records_starts=False)
+    b.send(PilotChanged(CpState.C), at=0.0)
+    b.send(IdTagPresented("TAG1"))
+    b.send(AuthorizationResult("TAG1", True), at=0.1)  # start 1: the journal stalls
+    b.send(IdTagPresented("TAG1"), at=0.2)  # the driver cancels before it is committed
+    b.send(IdTagPresented("TAG2"), at=0.3)
+    out = b.send(AuthorizationResult("TAG2", True), at=0.35)  # start 2, behind start 1 in the journal
+    assert of(out, StartTransaction) == [StartTransaction("TAG2")]
+    out = b.send(TransactionRecorded(), at=0.5)  # start 1 committed at last
+    assert not of(out, SetPilot), "energy for start 2 before the journal holds it"
+    out = b.send(TransactionRecorded(), at=0.6)  # start 2 committed
+    assert of(out, SetPilot) == [SetPilot(PilotMode.PWM, 26.67)]
