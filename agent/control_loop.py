@@ -180,6 +180,7 @@ class ControlLoop:
     def _step_connector(self, conn: _Connector) -> None:
         hw, c = conn.hw, conn.controller
         unreadable: dict[str, str] = {}
+        pwm_at_read = c.pwm_offered  # a sample taken under x1 says nothing of the diode (boards report it ok)
         reading = _read(unreadable, "control pilot", hw.pilot.read)
         tripped = _read(unreadable, "RCD", hw.rcd.tripped) if hw.rcd is not None else None
         feedback = _read(unreadable, "contactor mirror contact", hw.contactor.feedback_closed)
@@ -193,8 +194,9 @@ class ControlLoop:
             if reading.state != c.cp_state or not conn.pilot_seen:
                 conn.pilot_seen = True
                 self._dispatch(conn, ctl.PilotChanged(reading.state))
-            # a sample taken after the PWM started tells the diode, changed or not (no close before it)
-            if reading.diode_ok != c.diode_ok or c.awaiting_diode_check:
+            # a sample taken while the PWM ran tells the diode, changed or not (no close before it); not one
+            # taken before this step's PilotChanged started the PWM
+            if pwm_at_read and (reading.diode_ok != c.diode_ok or c.awaiting_diode_check):
                 self._dispatch(conn, ctl.DiodeChecked(reading.diode_ok))
         if tripped is not None and tripped != (ctl.Fault.RCD in c.faults):
             self._dispatch(conn, ctl.FaultChanged(ctl.Fault.RCD, tripped))

@@ -178,9 +178,13 @@ class StopRequested:
 
 @dataclass(frozen=True)
 class TransactionRecorded:
-    """The station committed the transaction's start to the journal. Until then the transaction offers no
-    energy (no PWM, no close): a start that is not durable must not charge (a journal failure arrives as
-    FaultChanged(STORAGE) instead and stops it)."""
+    """The journal committed (ok) or refused (not ok) the oldest StartTransaction it had not answered yet;
+    starts are journaled in order. Until its own start is committed a transaction offers no energy (no PWM,
+    no close): a start that is not durable must not charge. A late answer for a start that was stopped
+    before its commit grants nothing to the next transaction. A refused start ends its transaction (a
+    journal that cannot be written at all arrives as FaultChanged(STORAGE))."""
+
+    ok: bool = True
 
 
 @dataclass(frozen=True)
@@ -416,6 +420,7 @@ class ConnectorController:
     _diode_verified: bool = False
     _pilot_seen: bool = False  # no lock command before the first pilot reading (a resumed session keeps it)
     _wind_down_since: float | None = None  # orderly stop under load: x1 sent, waiting for the EV to leave C
+    _starts_unrecorded: int = 0  # StartTransactions the journal has not answered yet (TransactionRecorded)
     _lock_cmd: bool = False
     _lock_cmd_at: float = -math.inf  # never commanded: the first step commands the lock open
     lock_feedback: bool = False
@@ -511,6 +516,11 @@ class ConnectorController:
         return self._pilot_out.mode is PilotMode.PWM and not self._diode_verified
 
     @property
+    def pwm_offered(self) -> bool:
+        """The pilot is driven with PWM now (a sample taken now can tell the EV's diode)."""
+        return self._pilot_out.mode is PilotMode.PWM
+
+    @property
     def awaiting_record(self) -> bool:
         """A transaction started whose start the journal has not confirmed yet (TransactionRecorded)."""
         return self._tx is not None and not self._tx.recorded
@@ -598,9 +608,14 @@ class ConnectorController:
                     self._stop(reason, id_tag, out)
                 elif reason in (StopReason.SOFT_RESET, StopReason.HARD_RESET):
                     self._auth = None
-            case TransactionRecorded():
-                if self._tx is not None:
-                    self._tx.recorded = True
+            case TransactionRecorded(ok):
+                self._starts_unrecorded = max(0, self._starts_unrecorded - 1)
+                if self._starts_unrecorded == 0 and self._tx is not None and not self._tx.recorded:
+                    if ok:
+                        self._tx.recorded = True  # the answer for the running transaction's own start
+                    else:
+                        out.append(Notice("the journal refused the transaction's start: it ends, no energy"))
+                        self._stop(StopReason.OTHER, None, out)
             case TransactionConfirmed(accepted, parent):
                 self._on_transaction_confirmed(accepted, parent, out)
             case AvailabilityChanged(operative):
@@ -807,8 +822,8 @@ class ConnectorController:
         return self._contactor_cmd or (self.settings.feedback_supervised and self.feedback_closed)
 
     def _check_lock_feedback(self, out: list[Command]) -> None:
-        if not self.has_lock:
-            return
+        if not self.has_lock or self._lock_cmd_at == -math.inf:
+            return  # never commanded yet (the first pilot reading commands it): no deadline to miss
         agrees = self.lock_feedback == self._lock_cmd
         if agrees:
             if Fault.LOCK in self.faults and not self.plugged:
@@ -857,6 +872,7 @@ class ConnectorController:
             if self.admits(auth.id_tag, auth.parent_id_tag):
                 self._tx = _Transaction(auth.id_tag, auth.parent_id_tag, self._now)
                 self._finishing = False
+                self._starts_unrecorded += 1
                 out.append(StartTransaction(auth.id_tag, reservation_id))
             else:  # authorized before the connector was reserved for someone else
                 out.append(Notice(f"authorization for {auth.id_tag} dropped: the connector is reserved"))
@@ -873,16 +889,7 @@ class ConnectorController:
             self._lock_cmd_at = self._now
             out.append(SetLock(want_lock))
 
-        pilot = self._desired_pilot()
-        if pilot != self._pilot_out:
-            if pilot.mode is not PilotMode.PWM:
-                self._pwm_since = None
-            elif self._pilot_out.mode is not PilotMode.PWM:
-                self._pwm_since = self._now
-                self._ev_answered_pwm = self._ev_requests_power()
-                self._diode_verified = False  # known only from a sample taken under this PWM
-            self._pilot_out = pilot
-            out.append(pilot)
+        self._drive_pilot(out)
 
         want_closed = self._may_close()
         if want_closed or not self._contactor_cmd:
@@ -898,11 +905,25 @@ class ConnectorController:
                 if want_closed:
                     self._last_close_at = self._now
                 out.append(SetContactor(want_closed))
+                self._drive_pilot(out)  # an Unavailable outlet goes from x1 to F once the contactor is open
 
         status = self._derive_status()
         if status != self._status:
             self._status = status
             out.append(status)
+
+    def _drive_pilot(self, out: list[Command]) -> None:
+        pilot = self._desired_pilot()
+        if pilot == self._pilot_out:
+            return
+        if pilot.mode is not PilotMode.PWM:
+            self._pwm_since = None
+        elif self._pilot_out.mode is not PilotMode.PWM:
+            self._pwm_since = self._now
+            self._ev_answered_pwm = self._ev_requests_power()
+            self._diode_verified = False  # known only from a sample taken under this PWM
+        self._pilot_out = pilot
+        out.append(pilot)
 
     def _offer_duty(self) -> float | None:
         return duty_for_current(self.offered_current_a())
@@ -920,7 +941,9 @@ class ConnectorController:
 
     def _desired_pilot(self) -> SetPilot:
         if not self.operative and self._tx is None:
-            return SetPilot(PilotMode.F, 0.0)
+            # Unavailable: state F, but only once the contactor is open; under load x1 first, so the EV can
+            # answer (open S2) before the contacts break the current (an EV cannot answer under F)
+            return SetPilot(PilotMode.X1, 100.0) if self._contactor_cmd else SetPilot(PilotMode.F, 0.0)
         if self._energy_allowed():
             duty = self._offer_duty()
             assert duty is not None

@@ -248,6 +248,7 @@ class Station:
         """Run until shutdown() or a reset; raises RestartRequested for a reset."""
         await self.start_control()
         self.recover()
+        await self.link.sync()  # the replicas show the recovered state before OCPP reports any status
         self.security.event(STARTUP, f"evse-agent {self.config.station.firmware_version} started")
         self.firmware.recover()
         for rt in self.connectors.values():
@@ -536,9 +537,11 @@ class Station:
         """Start, sample and stop in the order the controller asked for them."""
         while True:
             op = await rt.ops.get()
+            recorded = False
             try:
                 if op.kind == "start":
                     await self._journal_start(rt, op)
+                    recorded = True
                 elif op.kind == "stop":
                     await self._journal_stop(rt, op)
                 elif op.kind == "sample":
@@ -551,6 +554,8 @@ class Station:
             except Exception:
                 log.exception("connector %d: journal %s failed", rt.id, op.kind)
             finally:
+                if op.kind == "start":  # every start is answered, in order: committed, or refused (no energy)
+                    self._dispatch(rt, ctl.TransactionRecorded(ok=recorded))
                 rt.ops.task_done()
 
     def journal_failed(self, exc: Exception) -> None:
@@ -574,8 +579,7 @@ class Station:
         timestamp = ocpp_timestamp(self.wall_clock())
         rt.local_tx = self.journal.begin_transaction(rt.id, op.id_tag or "", energy, timestamp,
                                                      reservation_id=op.reservation_id)
-        self._dispatch(rt, ctl.TransactionRecorded())  # durable now: the controller may offer energy
-        rt.tx_begin = (energy, timestamp)
+        rt.tx_begin = (energy, timestamp)  # durable now: the worker tells the controller it may offer energy
         interval = self.configuration.get_int("MeterValueSampleInterval")
         rt.next_sample_at = self.clock() + interval if interval > 0 else None
         log.info("connector %d: transaction started for %s at %.0f Wh%s", rt.id, op.id_tag, energy,

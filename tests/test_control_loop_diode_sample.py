@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import pytest
-
 from agent import controller as ctl
 from agent.control_loop import ControlLoop
 from agent.controller import Fault
@@ -32,12 +30,6 @@ class Clock:
         return self.now
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "control_loop bug: _step_connector reads the pilot, dispatches PilotChanged (which may start the PWM), "
-    "then DiodeChecked from that same reading, taken under x1 where no diode can be seen (the sim and real "
-    "boards report diode_ok=True then): the controller takes it for a sample under the PWM and closes. "
-    "Suggested fix: remember the pilot mode before the read and send DiodeChecked only when it was PWM "
-    "(or let DiodeChecked carry whether the sample was taken under PWM)."))
 async def test_an_ev_without_diode_plugging_into_a_running_transaction_gets_no_close(tmp_path):
     """StopTransactionOnEVSideDisconnect=false keeps the transaction across an unplug; the EV that comes back
     straight into C has no diode: the PWM starts with the pilot sample that sees C, and that sample (taken under

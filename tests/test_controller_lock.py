@@ -351,11 +351,6 @@ def test_resumed_session_never_unlocks_before_the_pilot_is_seen():
     assert c.transaction_active and not c.faults
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "controller bug: a lock that reads locked before any lock command was issued (a resumed session whose EV "
-    "side is unplugged: the station sends no PilotChanged for a reading of A, the controller's default) is "
-    "judged against a deadline of -inf: LOCK fault at once, the resumed transaction stopped (Other), then "
-    "SetLock(False). Suggested fix: _check_lock_feedback returns while _lock_cmd_at == -math.inf."))
 def test_resumed_session_lock_reading_locked_before_the_first_pilot_reading_is_not_a_lock_fault():
     c = ConnectorController(has_lock=True, settings=SessionSettings(unlock_on_ev_side_disconnect=False,
                                                                     stop_on_ev_side_disconnect=False))

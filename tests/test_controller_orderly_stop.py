@@ -186,10 +186,6 @@ def test_mirror_contact_opening_by_itself_during_the_wind_down_is_a_contactor_fa
     assert out[0] == SetContactor(False) and Fault.CONTACTOR in b.c.faults
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "controller bug: a transaction that ends while a ChangeAvailability(Inoperative) is scheduled drives the "
-    "pilot to F at once although the contactor is still closed (the EV cannot answer under F; the next sample "
-    "reads F and opens under load). Suggested fix in _desired_pilot: X1 while _contactor_cmd, F once open."))
 def test_unavailable_after_the_transaction_drops_to_x1_first_and_f_only_once_open():
     b = charging()
     b.send(AvailabilityChanged(False), at=9.0)  # scheduled: the transaction runs on
