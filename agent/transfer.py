@@ -99,13 +99,15 @@ class _Deadline:
                 sock.close()
             self._sockets.clear()
 
-    def watch(self, sock: socket.socket) -> socket.socket:
-        """Register a socket of this transfer (a duplicate is kept: TLS wrapping detaches the original)."""
+    def watch(self, sock: socket.socket, *, duplicate: bool = True) -> socket.socket:
+        """Register a socket of this transfer. A duplicate is kept by default (TLS wrapping detaches the
+        original); not for an FTP data connection, whose close is the end of an upload: a duplicate would
+        keep it open and the server would wait for the end of the file until the deadline."""
         with self._lock:
-            duplicate = sock.dup()
-            self._sockets.append(duplicate)
+            watched = sock.dup() if duplicate else sock
+            self._sockets.append(watched)
             if self.expired or (self.cancel is not None and self.cancel.is_set()):
-                _shut(duplicate)
+                _shut(watched)
         return sock
 
     def check(self) -> None:
@@ -182,7 +184,7 @@ class _FTP(ftplib.FTP):
 
     def ntransfercmd(self, cmd, rest=None):
         conn, size = super().ntransfercmd(cmd, rest)
-        self._deadline.watch(conn)
+        self._deadline.watch(conn, duplicate=False)
         return conn, size
 
 

@@ -81,8 +81,9 @@ async def test_tx_profile_needs_the_running_transaction(csms, run_agent):
     assert await set_profile(csms, 1, profile(5, "TxProfile", [(0, 8)], transactionId=tx_id)) == "Accepted"
     await agent.wait_connector(lambda c: c["offered_current_a"] == 8 and c["status"] == "Charging", what="8 A")
     await agent.cmd("sim.unplug")
-    status = await agent.wait_status(lambda s: s["smart_charging"]["profiles"] == [], what="TxProfile cleared")
-    assert status["connectors"][0]["charging_limit_a"] is None
+    # the limit reaches the control process's controller a moment after the profile is gone
+    await agent.wait_status(lambda s: s["smart_charging"]["profiles"] == []
+                            and s["connectors"][0]["charging_limit_a"] is None, what="TxProfile and its limit cleared")
 
 
 async def test_zero_amp_period_suspends_and_the_next_period_resumes(csms, run_agent):
@@ -94,7 +95,8 @@ async def test_zero_amp_period_suspends_and_the_next_period_resumes(csms, run_ag
     body = profile(7, "TxProfile", [(0, 0), (5, 12)], kind="Absolute")
     assert await set_profile(csms, 1, body) == "Accepted"
     paused = await agent.wait_connector(lambda c: c["status"] == "SuspendedEVSE", what="SuspendedEVSE")
-    assert not paused["contactor_closed"] and paused["pilot_mode"] != "PWM" and paused["transaction_active"]
+    assert paused["pilot_mode"] != "PWM" and paused["transaction_active"]  # x1 at once (orderly stop)...
+    await agent.wait_connector(lambda c: not c["contactor_closed"], what="open once the EV left C")  # ...then open
     await agent.wait_connector(lambda c: c["status"] == "Charging" and c["contactor_closed"], timeout=12,
                                what="charging again after the boundary")
     assert (await agent.connector())["offered_current_a"] == 12
