@@ -201,7 +201,8 @@ async def run_agent(config: AgentConfig, log_level_override: str | None = None) 
         raise HardwareError(str(exc)) from exc
     station = Station(config, link, journal)
     _register_secrets(station)
-    notifier = ServiceNotifier(station, ping_watchdog=False)  # the control process pings
+    notifier = ServiceNotifier(station, ping_watchdog=False)  # the control process pings, once READY is out
+    notifier.on_ready = link.arm_watchdog
     station.after_control_step = notifier.control_step_done  # READY, WATCHDOG, STATUS: agent.service
     control = ControlServer(config.control.socket, command_handler(station), group=config.control.group)
     await control.start()

@@ -32,7 +32,9 @@ from hal.interfaces import Board, MeterReading
 log = logging.getLogger("evse.link")
 
 HEARTBEAT_S = 0.2
-CONTROL_DEADLINE_S = 3.0  # no message from the control process for this long: it is stalled
+# no message from the control process for this long: it is stalled (a stuck device read); the systemd
+# watchdog (WatchdogSec=10 s) restarts the unit later anyway, this reports it to the CSMS first
+CONTROL_DEADLINE_S = 5.0
 REQUEST_TIMEOUT_S = 30.0  # a technician's contactor test takes seconds; nothing takes this long
 START_TIMEOUT_S = 30.0
 
@@ -66,6 +68,9 @@ class ControlLink:
 
     def set_period(self, period_s: float) -> None:
         raise NotImplementedError
+
+    def arm_watchdog(self) -> None:
+        """READY went to systemd: the control loop may start its WATCHDOG=1 pings (none before READY)."""
 
     async def request(self, op: str, **args: Any) -> Any:
         raise NotImplementedError
@@ -221,6 +226,9 @@ class ProcessLink(ControlLink):
 
     def set_period(self, period_s: float) -> None:
         self._send(channel.message(channel.SETUP, period_s=period_s))
+
+    def arm_watchdog(self) -> None:
+        self._send(channel.message(channel.SETUP, arm_watchdog=True))
 
     async def request(self, op: str, **args: Any) -> Any:
         if self.lost is not None:

@@ -40,6 +40,7 @@ class _Watchdog:
 
     def __init__(self, interval_s: float | None):
         self.interval_s = interval_s
+        self.armed = False  # the agent arms it once it told systemd READY=1
         self._next = 0.0
         self._notifier = None
         if interval_s:
@@ -48,7 +49,7 @@ class _Watchdog:
             self._notifier = sdnotify.SystemdNotifier()
 
     def step_done(self, agent_ok: bool) -> None:
-        if self._notifier is None or not agent_ok:
+        if self._notifier is None or not agent_ok or not self.armed:
             return
         now = time.monotonic()
         if now >= self._next:
@@ -115,7 +116,7 @@ async def serve(board_file: Path, state_dir: Path, sock: socket.socket, watchdog
         gc.set_threshold(10_000, 20, 20)
         tasks = [asyncio.create_task(control.run(), name="control"),
                  asyncio.create_task(control.rfid_loop(), name="rfid")]
-        reading = asyncio.create_task(_read_agent(reader, control, emit), name="channel")
+        reading = asyncio.create_task(_read_agent(reader, control, emit, watchdog), name="channel")
         done, _ = await asyncio.wait([reading, *tasks], return_when=asyncio.FIRST_COMPLETED)
         if reading not in done:
             crashed = next(iter(done))
@@ -131,7 +132,7 @@ async def serve(board_file: Path, state_dir: Path, sock: socket.socket, watchdog
         log.info("control process stopped; every contactor is open")
 
 
-async def _read_agent(reader: asyncio.StreamReader, control: ControlLoop, emit) -> bool:
+async def _read_agent(reader: asyncio.StreamReader, control: ControlLoop, emit, watchdog: _Watchdog) -> bool:
     """Down-messages until STOP (True) or the agent is gone (False: contactors opened at once)."""
     while True:
         try:
@@ -158,7 +159,10 @@ async def _read_agent(reader: asyncio.StreamReader, control: ControlLoop, emit) 
         elif kind == channel.REQUEST:
             asyncio.create_task(_answer(control, msg, emit))
         elif kind == channel.SETUP:
-            control.control_period_s = float(msg["period_s"])
+            if "period_s" in msg:
+                control.control_period_s = float(msg["period_s"])
+            if msg.get("arm_watchdog"):
+                watchdog.armed = True
         elif kind == channel.STOP:
             return True
 

@@ -85,6 +85,7 @@ class ServiceNotifier:
         # False when the control process pings (agent.app): one pinger, the one with the control loop
         self.watchdog_every_s = watchdog_interval_s(environ) if self.enabled and ping_watchdog else None
         self.ready = False
+        self.on_ready: Callable[[], None] = lambda: None  # the control process may start pinging (agent.app)
         self._next_ping = 0.0
         self._next_status = 0.0
         self._status: str | None = None
@@ -103,6 +104,7 @@ class ServiceNotifier:
             self._status = status_line(self.station)
             self._next_status = now + STATUS_MIN_INTERVAL_S
             self.send(f"READY=1\nSTATUS={self._status}")
+            self.on_ready()
         if self.watchdog_every_s is not None and now >= self._next_ping:
             self._next_ping = now + self.watchdog_every_s
             self.send("WATCHDOG=1")

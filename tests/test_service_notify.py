@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import socket
 import threading
@@ -99,13 +98,13 @@ async def test_ready_status_and_watchdog_from_the_agent_and_no_watchdog_while_it
     agent.start()
     try:
         ready_at, _ = await notify_socket.wait("READY", timeout=20)
-        # READY comes from the control loop after its first step: the board is up, the contactor open
+        # READY after the control process's first step: the board is up, the contactor open
         status = await agent.status()
         assert [c["contactor_closed"] for c in status["connectors"]] == [False]
         assert status["connectors"][0]["cp_state"] == "A"
         pilot = await agent.cmd("hw.pilot", connector=1)  # refused while the board is still starting
         assert pilot["ok"], pilot
-        first_ping = notify_socket.assignments("WATCHDOG")[0][0]
+        first_ping, _ = await notify_socket.wait("WATCHDOG")  # from the control process, once READY is out
         assert first_ping >= ready_at
         first_message = notify_socket.messages[0][1].split("\n")
         assert first_message[0] == "READY=1" and first_message[1].startswith("STATUS=")
@@ -154,13 +153,14 @@ async def test_no_watchdog_while_the_control_loop_hangs_and_everything_else_runs
     config = load_config(write_config(tmp_path, "ws://127.0.0.1:9/ocpp"))  # no CSMS: it keeps reconnecting
     config.journal.path.parent.mkdir(parents=True, exist_ok=True)
     board = load_board(config.board.file, state_dir=tmp_path)
-    station = Station(config, board, Journal(config.journal.path))
+    station = Station(config, board, Journal(config.journal.path))  # the control loop in this process
     notifier = ServiceNotifier(station, environ={"NOTIFY_SOCKET": str(notify_socket.path),
                                                 "WATCHDOG_USEC": "300000"})  # a ping every 0.1 s
     station.after_control_step = notifier.control_step_done
     steps_before_ready: list[int] = []
     steps = 0
-    control_step = station.control_step
+    control = station.link.control
+    control_step = control.step
 
     def counted_step():
         nonlocal steps
@@ -169,7 +169,7 @@ async def test_no_watchdog_while_the_control_loop_hangs_and_everything_else_runs
         control_step()
         steps += 1
 
-    station.control_step = counted_step
+    control.step = counted_step
     run = asyncio.create_task(station.run())
     try:
         await notify_socket.wait("READY", timeout=10)
@@ -177,17 +177,16 @@ async def test_no_watchdog_while_the_control_loop_hangs_and_everything_else_runs
         await asyncio.sleep(0.5)
         assert len(notify_socket.assignments("WATCHDOG")) >= 3
 
-        control = next(task for task in station._tasks if task.get_name() == "control")
+        control_task = next(task for task in station._tasks if task.get_name() == "control")
         # the control loop hangs on an await (its next sleep lasts an hour) while everything else runs;
         # a control loop that dies instead ends the whole station (test_service_signals)
-        station.config = dataclasses.replace(
-            station.config, charging=dataclasses.replace(station.config.charging, control_period_s=3600))
-        await asyncio.sleep(0.05)
+        station.link.set_period(3600)
+        await asyncio.sleep(0.2)
         dead_at = time.monotonic()
         await asyncio.sleep(1.0)
         assert notify_socket.assignments("WATCHDOG", since=dead_at + 0.05) == []
-        others = [task for task in station._tasks if task is not control]
-        assert not control.done() and others and not any(task.done() for task in others)  # all still running
+        others = [task for task in station._tasks if task is not control_task]
+        assert not control_task.done() and others and not any(task.done() for task in others)  # all running
         assert station.status()["connectors"][0]["contactor_closed"] is False
     finally:
         await station.shutdown()

@@ -95,7 +95,8 @@ async def test_after_sigterm_no_card_remote_start_or_late_authorization_starts_a
     config.journal.path.parent.mkdir(parents=True, exist_ok=True)
     board = load_board(config.board.file, state_dir=tmp_path)
     station = Station(config, board, Journal(config.journal.path))
-    await board.start()
+    await station.start_control()
+    worker_tasks = [asyncio.create_task(station._transaction_worker(rt)) for rt in station.connectors.values()]
 
     async def steps(seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -132,6 +133,8 @@ async def test_after_sigterm_no_card_remote_start_or_late_authorization_starts_a
     assert all(not c["contactor_closed"] for c in station.status()["connectors"])
     assert "card 0411223344: ignored: the agent is shutting down" in caplog.text
     assert "card 0455667788 ignored: the agent is shutting down" in caplog.text
+    for task in worker_tasks:
+        task.cancel()
     await board.close()
     station.journal.close()
 
@@ -149,7 +152,7 @@ async def test_a_crashed_control_loop_ends_the_agent_with_every_contactor_open(t
     def broken_step():
         raise RuntimeError("simulated bug in the control step")
 
-    station.control_step = broken_step
+    station.link.control.step = broken_step  # the in-process control loop (agent.control_loop)
     with pytest.raises(StationCrashed, match="control task ended unexpectedly"):
         await asyncio.wait_for(station.run(), 10)
     assert all(not conn.contactor.commanded_closed for conn in station.board.connectors)
