@@ -442,6 +442,9 @@ class OcppClient:
             compression=None,
             open_timeout=20,
             max_size=2**20,
+            # frames received but not yet routed: the CSMS's calls are handled one at a time anyway; 16 (the
+            # default) frames of up to 1 MiB each is memory a flooding CSMS could keep the agent holding
+            max_queue=4,
         )
 
     async def _serve(self, ws) -> None:
