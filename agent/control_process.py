@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import gc
 import logging
+import logging.handlers
+import queue
 import signal
 import socket
 import sys
@@ -175,6 +178,30 @@ async def _answer(control: ControlLoop, msg: dict, emit) -> None:
         emit(channel.message(channel.REPLY, id=msg["id"], ok=False, error=str(exc) or type(exc).__name__))
 
 
+class _DroppingQueueHandler(logging.handlers.QueueHandler):
+    """Hands records to the writer thread; when it lags (stdout blocked: journald stalled, a full pipe)
+    records are dropped and counted rather than blocking a control step."""
+
+    dropped = 0
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            _DroppingQueueHandler.dropped += 1
+
+
+def _log_off_the_loop(handler: logging.Handler) -> None:
+    """The control loop never writes a log line itself: a thread does, from a bounded queue."""
+    root = logging.getLogger()
+    root.removeHandler(handler)
+    records: queue.Queue = queue.Queue(maxsize=10_000)
+    root.addHandler(_DroppingQueueHandler(records))
+    listener = logging.handlers.QueueListener(records, handler, respect_handler_level=True)
+    listener.start()
+    atexit.register(listener.stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="evse-control", description=__doc__.splitlines()[0])
     parser.add_argument("--board", type=Path, required=True)
@@ -184,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--watchdog-s", type=float, default=None)
     parser.add_argument("--agent-deadline-s", type=float, default=AGENT_DEADLINE_S)
     args = parser.parse_args(argv)
-    setup_logging(args.log_level, sys.stdout)
+    _log_off_the_loop(setup_logging(args.log_level, sys.stdout))
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         # the agent ends this process (STOP, or its death closes the channel): a signal to the whole unit
         # or a Ctrl-C in the terminal must not drop the contactors' owner before the agent's orderly stop
