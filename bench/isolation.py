@@ -257,6 +257,11 @@ class Bench:
         detail = await attack.stop(handle)
         t1, cpu1, ctl1, steps1 = time.monotonic(), cpu_seconds_of("self"), self._control_cpu(), self.link.steps
         await asyncio.sleep(0.3)
+        after = self.connector()
+        detail += (f"; afterwards the connector is {after['status']}, contactor "
+                   f"{'closed' if after['contactor_closed'] else 'open'}, transaction "
+                   f"{'running' if after['transaction_active'] else 'ended'}"
+                   + (f", faults {', '.join(after['faults'])}" if after["faults"] else ""))
         found = reactions(await self.sim("timing_marks", connector=1))
         return Outcome(attack.name, found, cycles, t1 - t0, cpu1 - cpu0, ctl1 - ctl0,
                        steps1 - steps0 if steps0 is not None and steps1 is not None else None, lag.longest, detail,
@@ -339,7 +344,7 @@ class Bench:
 
 
 async def _measure(size: str, report: Report) -> list[Outcome]:
-    cycles = {"full": 100, "tiny": 2}.get(size, 5) if isinstance(size, str) else size
+    cycles = 100 if size == "full" else 2
     csms = CsmsProcess()
     csms.start([TAG])
     outcomes: list[Outcome] = []
@@ -405,6 +410,8 @@ def _print_outcome(report: Report, o: Outcome) -> None:
                           f"EV's next change, {r.not_closed_at_b} with the contacts already open; "
                           f"{r.unexpected_opens} other opens, {o.supervision_trips} supervision trip(s) (agent "
                           f"silent > 2 s), {_disconnect_text(o.disconnects)}\n  attack: {o.detail}")
+    report.target(f"{o.name}: C->B cycles that found the contacts closed (charging not interrupted)",
+                  len(r.opens), ">=", o.cycles, "")
     report.target(f"{o.name}: p99", stats["p99"], "<=", TARGET_P99_MS, "ms")
     report.target(f"{o.name}: max", stats["max"], "<=", TARGET_MAX_MS, "ms")
 
