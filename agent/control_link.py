@@ -171,9 +171,9 @@ class ProcessLink(ControlLink):
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future] = {}
-        self._hello: asyncio.Future | None = None
-        self._read_task: asyncio.Task | None = None
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._hello: asyncio.Future[channel.BoardInfo | Exception] | None = None
+        self._read_task: asyncio.Task[None] | None = None
 
     @property
     def pid(self) -> int | None:
@@ -285,7 +285,7 @@ class ProcessLink(ControlLink):
                     if self._hello is not None and not self._hello.done():
                         self._hello.set_result(channel.BoardInfo.from_json(msg["board"]))
                 elif kind == channel.REPLY:
-                    future = self._pending.get(msg.get("id"))
+                    future = self._pending.get(int(msg.get("id", -1)))
                     if future is not None and not future.done():
                         if msg.get("ok"):
                             future.set_result(msg.get("result"))

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,10 +41,10 @@ class _Connector:
     controller: ctl.ConnectorController
     unreadable: set[str] = field(default_factory=set)
     hw_test: str | None = None  # a technician's test that switches devices itself
-    pending_events: deque = field(default_factory=deque)
+    pending_events: deque[ctl.Event] = field(default_factory=deque)
     dispatching: bool = False
     pilot_seen: bool = False
-    sent_state: dict | None = None
+    sent_state: dict[str, Any] | None = None
 
     @property
     def id(self) -> int:
@@ -94,7 +94,8 @@ def describe(board: Board, *, read_pilots: bool = True) -> channel.BoardInfo:
 
 
 class ControlLoop:
-    def __init__(self, board: Board, emit: Callable[[dict], None], clock: Callable[[], float] = time.monotonic):
+    def __init__(self, board: Board, emit: Callable[[dict[str, Any]], None],
+                 clock: Callable[[], float] = time.monotonic):
         self.board = board
         self.emit = emit  # one up-message (channel.message(...)) to the agent
         self.clock = clock
@@ -148,8 +149,12 @@ class ControlLoop:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         hardware_changed = asyncio.Event()
-        for conn in self.connectors.values():  # back-ends that can tell wake the loop at once (any thread)
-            conn.hw.pilot.on_change(lambda: loop.call_soon_threadsafe(hardware_changed.set))
+
+        def wake() -> None:  # called by back-ends that can tell a change, from any thread
+            loop.call_soon_threadsafe(hardware_changed.set)
+
+        for conn in self.connectors.values():
+            conn.hw.pilot.on_change(wake)
         while True:
             hardware_changed.clear()  # before the step: a change during it makes the next wait return at once
             self.step()
@@ -305,7 +310,7 @@ class ControlLoop:
 
     # ---- requests (answered over the channel) --------------------------------------------------
 
-    async def request(self, op: str, args: dict) -> Any:
+    async def request(self, op: str, args: dict[str, Any]) -> Any:
         """One device operation for the agent; raises channel.RequestFailed with the reason."""
         if op == "sync":
             return None  # answered after every earlier message was handled: the agent's barrier
@@ -341,7 +346,8 @@ class ControlLoop:
                 return sorted(conn.controller.faults)
         raise channel.RequestFailed(f"unknown request {op!r}")
 
-    async def _hw_test(self, conn: _Connector, name: str, test: Callable) -> dict:
+    async def _hw_test(self, conn: _Connector, name: str,
+                       test: Callable[[ConnectorHardware], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
         if conn.hw_test is not None:
             return {"ok": False, "exit_code": hw_cli.EXIT_USAGE,
                     "error": f"connector {conn.id}: {name} refused: a {conn.hw_test} is running"}
@@ -354,7 +360,7 @@ class ControlLoop:
         log.warning("connector %d: %s: %s", conn.id, name, "passed" if result["ok"] else result["error"])
         return result
 
-    def _sim(self, args: dict) -> Any:
+    def _sim(self, args: dict[str, Any]) -> Any:
         simulator = self.board.simulator
         if simulator is None:
             raise channel.RequestFailed("this board is not simulated: sim commands only work with a sim board")

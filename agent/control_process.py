@@ -28,7 +28,9 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from agent import channel
 from agent.control_loop import AGENT_DEADLINE_S, ControlLoop, describe
@@ -36,6 +38,7 @@ from agent.logs import setup_logging
 from hal.board import load_board
 
 log = logging.getLogger("evse.control_loop")
+Emit = Callable[[dict[str, Any]], None]  # one up-message to the agent
 
 
 class _Watchdog:
@@ -47,7 +50,7 @@ class _Watchdog:
         self._next = 0.0
         self._notifier = None
         if interval_s:
-            import sdnotify  # small, pure Python: only when systemd asked for pings
+            import sdnotify  # type: ignore[import-untyped]  # small, pure Python: only when systemd asks
 
             self._notifier = sdnotify.SystemdNotifier()
 
@@ -65,7 +68,7 @@ class _Heartbeat:
 
     HEARTBEAT_S = 0.1
 
-    def __init__(self, emit, control: ControlLoop):
+    def __init__(self, emit: Emit, control: ControlLoop):
         self.emit, self.control, self._next = emit, control, 0.0
 
     def step_done(self) -> None:
@@ -79,7 +82,7 @@ async def serve(board_file: Path, state_dir: Path, sock: socket.socket, watchdog
                 agent_deadline_s: float) -> int:
     reader, writer = await asyncio.open_unix_connection(sock=sock, limit=channel.MAX_LINE_BYTES)
 
-    def emit(msg: dict) -> None:
+    def emit(msg: dict[str, Any]) -> None:
         if not writer.is_closing():
             writer.write(channel.dumps(msg))
 
@@ -97,9 +100,14 @@ async def serve(board_file: Path, state_dir: Path, sock: socket.socket, watchdog
     control.agent_deadline_s = agent_deadline_s
     watchdog = _Watchdog(watchdog_s)
     alive = _Heartbeat(emit, control)
-    control.after_step = lambda: (watchdog.step_done(not control.agent_lost), alive.step_done())
+
+    def after_step() -> None:
+        watchdog.step_done(not control.agent_lost)
+        alive.step_done()
+
+    control.after_step = after_step
     emit(channel.message(channel.HELLO, board=describe(board).to_json()))
-    tasks: list[asyncio.Task] = []
+    tasks: list[asyncio.Task[None]] = []
     try:
         while True:  # the setup comes first; anything else before it is a broken agent
             line = await reader.readline()
@@ -135,7 +143,8 @@ async def serve(board_file: Path, state_dir: Path, sock: socket.socket, watchdog
         log.info("control process stopped; every contactor is open")
 
 
-async def _read_agent(reader: asyncio.StreamReader, control: ControlLoop, emit, watchdog: _Watchdog) -> bool:
+async def _read_agent(reader: asyncio.StreamReader, control: ControlLoop, emit: Emit,
+                      watchdog: _Watchdog) -> bool:
     """Down-messages until STOP (True) or the agent is gone (False: contactors opened at once)."""
     while True:
         try:
@@ -170,7 +179,7 @@ async def _read_agent(reader: asyncio.StreamReader, control: ControlLoop, emit, 
             return True
 
 
-async def _answer(control: ControlLoop, msg: dict, emit) -> None:
+async def _answer(control: ControlLoop, msg: dict[str, Any], emit: Emit) -> None:
     try:
         result = await control.request(str(msg["op"]), dict(msg.get("args") or {}))
         emit(channel.message(channel.REPLY, id=msg["id"], ok=True, result=result))
@@ -195,7 +204,7 @@ def _log_off_the_loop(handler: logging.Handler) -> None:
     """The control loop never writes a log line itself: a thread does, from a bounded queue."""
     root = logging.getLogger()
     root.removeHandler(handler)
-    records: queue.Queue = queue.Queue(maxsize=10_000)
+    records: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=10_000)
     root.addHandler(_DroppingQueueHandler(records))
     listener = logging.handlers.QueueListener(records, handler, respect_handler_level=True)
     listener.start()
