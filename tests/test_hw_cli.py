@@ -400,7 +400,10 @@ async def test_through_the_agent_on_the_sim_board(tmp_path, csms, run_agent, hw)
     assert code == 2
     assert "connector 1: contactor test refused: a transaction is running (stop it first: evse stop)" in err
     await agent.cmd("stop", connector=1)
-    await agent.wait_connector(lambda c: not c["transaction_active"], what="stopped")
+    # stopped and journaled: the final register is read once the contactor opened (an orderly stop waits
+    # for the EV to leave C first)
+    await agent.wait_connector(lambda c: not c["transaction_active"] and c["transaction_id"] is None
+                               and not c["contactor_closed"], what="stopped and journaled")
     energy = (await agent.connector())["energy_wh"]
     assert energy > 0  # a meter opened directly would be a fresh simulated one at 0 Wh
     code, out, _ = await hw("meter", "--config", config)
