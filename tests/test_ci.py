@@ -18,7 +18,8 @@ def test_ci_runs_exactly_the_readme_test_command():
     block = re.search(r"^## Test it\n+```sh\n(.+?)\n```", readme, re.MULTILINE | re.DOTALL)
     assert block, "README.md has no 'Test it' command block"
     command = block.group(1).strip()
-    assert "-rs" in command.split(), "skips must show their reasons"
+    report = next((arg for arg in command.split() if arg.startswith("-r")), "")
+    assert "s" in report[2:] and "f" in report[2:], "skips must show their reasons, failures their names"
     lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
     assert [line for line in lines if line and not line.startswith("#")][-1] == command
     assert "export CI=true" in lines
