@@ -184,17 +184,24 @@ def write_agent_config(workdir: Path, csms_url: str, *, board_file: Path = SIM_1
 
 
 class ControlClient:
-    """One persistent connection to the agent's control socket (JSON lines), for low-latency polling."""
+    """One persistent connection to the agent's control socket (JSON lines), for low-latency polling.
+    The agent closes a connection idle for 30 s (agent.control): one idle longer than IDLE_S is replaced."""
+
+    IDLE_S = 20.0
 
     def __init__(self, path: Path):
         self.path = path
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._used_at = 0.0
 
     async def connect(self) -> None:
         self._reader, self._writer = await asyncio.open_unix_connection(str(self.path), limit=2**20)
 
     async def request(self, cmd: str, **args: Any) -> Any:
+        if self._writer is not None and time.monotonic() - self._used_at > self.IDLE_S:
+            self.close()
+        self._used_at = time.monotonic()
         if self._writer is None:
             await self.connect()
         assert self._reader is not None and self._writer is not None

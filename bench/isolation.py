@@ -411,7 +411,7 @@ def _print_outcome(report: Report, o: Outcome) -> None:
                           f"{r.unexpected_opens} other opens, {o.supervision_trips} supervision trip(s) (agent "
                           f"silent > 2 s), {_disconnect_text(o.disconnects)}\n  attack: {o.detail}")
     report.target(f"{o.name}: C->B cycles that found the contacts closed (charging not interrupted)",
-                  len(r.opens), ">=", o.cycles, "")
+                  len(r.opens), ">=", o.cycles, "cycles")
     report.target(f"{o.name}: p99", stats["p99"], "<=", TARGET_P99_MS, "ms")
     report.target(f"{o.name}: max", stats["max"], "<=", TARGET_MAX_MS, "ms")
 
