@@ -41,6 +41,7 @@ import agent.app
 from agent import channel, logs
 from agent.config import load_config
 from agent.control_link import ProcessLink
+from agent.control_loop import AGENT_DEADLINE_S
 from agent.journal import Journal
 from agent.station import Station
 from bench.common import (
@@ -409,7 +410,7 @@ def _print_outcome(report: Report, o: Outcome) -> None:
     report.line("figure", f"  {o.cycles} C->B: {len(r.opens)} measured, {r.missed_opens} with no open before the "
                           f"EV's next change, {r.not_closed_at_b} with the contacts already open; "
                           f"{r.unexpected_opens} other opens, {o.supervision_trips} supervision trip(s) (agent "
-                          f"silent > 2 s), {_disconnect_text(o.disconnects)}\n  attack: {o.detail}")
+                          f"silent > {AGENT_DEADLINE_S:g} s), {_disconnect_text(o.disconnects)}\n  attack: {o.detail}")
     report.target(f"{o.name}: C->B cycles that found the contacts closed (charging not interrupted)",
                   len(r.opens), ">=", o.cycles, "cycles")
     report.target(f"{o.name}: p99", stats["p99"], "<=", TARGET_P99_MS, "ms")
