@@ -31,7 +31,7 @@ from hal.interfaces import Board, MeterReading
 
 log = logging.getLogger("evse.link")
 
-HEARTBEAT_S = 0.2
+HEARTBEAT_S = 0.5  # the agent's sign of life to the control process (its deadline: 2 s)
 # no message from the control process for this long: it is stalled (a stuck device read); the systemd
 # watchdog (WatchdogSec=10 s) restarts the unit later anyway, this reports it to the CSMS first
 CONTROL_DEADLINE_S = 5.0

@@ -66,7 +66,7 @@ class _Watchdog:
 class _Heartbeat:
     """ALIVE up to the agent at most every HEARTBEAT_S, from the control loop: its steps are the sign of life."""
 
-    HEARTBEAT_S = 0.1
+    HEARTBEAT_S = 0.5  # the agent gives a silent control process 5 s
 
     def __init__(self, emit: Emit, control: ControlLoop):
         self.emit, self.control, self._next = emit, control, 0.0

@@ -67,6 +67,9 @@ FAULT_ERROR_CODES: dict[Fault, tuple[str, str]] = {
     Fault.SUPERVISION: ("InternalError", "AgentNotResponding"),
 }
 LATCHED_FAULTS = frozenset({Fault.WELD, Fault.CONTACTOR})
+# faults that open the contactor but leave the transaction running: it resumes once the cause is gone (a
+# stalled agent answers again; a dead one restarts and stops it with PowerLoss, or resumes it)
+SUSPENDING_FAULTS = frozenset({Fault.SUPERVISION})
 
 
 class StopReason(StrEnum):
@@ -788,7 +791,7 @@ class ConnectorController:
         if fault is Fault.LOCK and self._tx is None and self._auth is not None:
             out.append(Notice(f"authorization for {self._auth.id_tag} dropped: the connector could not be locked"))
             self._auth = None  # no transaction without a locked plug (OCTT TC_024)
-        if self._tx is not None and fault in self.blocking_faults:
+        if self._tx is not None and fault in self.blocking_faults and fault not in SUSPENDING_FAULTS:
             self._stop(StopReason.OTHER, None, out)
 
     def _stop(self, reason: StopReason, id_tag: str | None, out: list[Command]) -> None:

@@ -830,6 +830,9 @@ class _ChargePoint(SecurityHandlers, FirmwareHandlers, SmartChargingHandlers, Re
         while True:
             message = await self._connection.recv()
             await self.route_message(message)
+            # frames already buffered come without a pause: yield, so a flood cannot starve the agent's
+            # other tasks (the heartbeat to the control process, the journal workers, the CLI)
+            await asyncio.sleep(0)
 
     async def _get_specific_response(self, unique_id, timeout):
         """The answer to our CALL `unique_id`; answers with other ids (late, unknown) are dropped (OCPP-J).

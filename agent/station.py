@@ -50,7 +50,7 @@ from hal.interfaces import Board, CpState, MeterReading
 log = logging.getLogger("evse.station")
 
 METER_FAILURES_FOR_FAULT = 3  # consecutive failed polls before a meter counts as dead (one glitch is not)
-CHARGING_LIMITS_PERIOD_S = 0.1  # how often schedule period boundaries are looked for
+CHARGING_LIMITS_PERIOD_S = 0.25  # how often schedule period boundaries are looked for
 CONTROL_LOST_REPORT_S = 5.0  # a lost control process: time for the Faulted status to reach the CSMS
 
 

@@ -169,11 +169,16 @@ async def test_a_silent_agent_faults_the_connector_and_opens_the_contactor_then_
     control.step()
     snap = board.simulator.snapshot()["connectors"][0]
     assert not snap["contactor_commanded"] and snap["pilot_mode"] != "PWM"
-    assert ctl.StopTransaction(ctl.StopReason.OTHER) in _commands(sent)
     assert "supervision" in [str(f) for f in control.connectors[1].controller.faults]
+    assert not [c for c in _commands(sent) if isinstance(c, ctl.StopTransaction)]  # suspended, not ended
 
-    control.agent_alive()  # the agent answers again
+    control.agent_alive()  # the agent answers again: the same transaction charges on
     assert not control.connectors[1].controller.faults
+    control.step()
+    clock.now += 0.01
+    control.step()
+    assert control.connectors[1].controller.transaction_active
+    assert board.simulator.snapshot()["connectors"][0]["contactor_commanded"]
     await board.close()
 
 

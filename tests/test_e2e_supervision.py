@@ -98,9 +98,14 @@ async def test_the_contactor_opens_while_the_agent_process_is_stopped(csms, run_
     assert connector["transaction_active"] and not connector["contactor_closed"]
 
 
-async def test_an_agent_stalled_past_the_deadline_faults_the_connector_and_stops_the_session(csms, run_agent):
+async def test_an_agent_stalled_past_the_deadline_opens_the_contactor_and_the_session_resumes_after(
+        csms, run_agent):
+    """Past the deadline the control process opens the contactor (Fault supervision) without the agent; the
+    transaction is not lost to a busy agent: once the agent answers again the fault clears and the EV
+    charges on in the same transaction."""
     agent = await online(run_agent, csms)
     await charge(agent, csms, TAG_OK)
+    tx_id = (await agent.connector())["transaction_id"]
     await agent.cmd("sim.marks")
     since = len(csms.frames)
 
@@ -114,11 +119,13 @@ async def test_an_agent_stalled_past_the_deadline_faults_the_connector_and_stops
     marks = await agent.cmd("sim.marks")
     opened = [t for t, what, value in marks if what == "contactor" and value is False]
     assert opened and opened[0] < resumed_at, "no contactor opened while the agent was stalled"
-    stop = await wait_call(csms, "StopTransaction", since=since)
-    assert stop.payload["reason"] == "Other"
-    # the agent answers again: the supervision fault clears, the EV is still plugged in (Finishing)
-    connector = await agent.wait_connector(lambda c: "supervision" not in c["faults"], what="fault cleared")
-    assert not connector["transaction_active"] and not connector["contactor_closed"]
+    faulted = await wait_call(csms, "StatusNotification", since=since,
+                              where=lambda p: p["status"] == "Faulted")
+    assert faulted.payload["vendorErrorCode"] == "AgentNotResponding"
+    connector = await agent.wait_connector(lambda c: c["contactor_closed"] and c["status"] == "Charging",
+                                           what="charging again")
+    assert connector["transaction_id"] == tx_id
+    assert [f for f in csms.frames[since:] if f.action == "StopTransaction"] == []
     assert "no message from the agent process" in agent.log_tail(300)
 
 
