@@ -368,10 +368,15 @@ class Reactions:
 
 
 def reactions(marks: list, *, closed: bool = True, min_close_interval_s: float = 1.0,
-              last_close: float = -math.inf) -> Reactions:
-    """Pair the sim's marks ([monotonic time, "ev"|"contactor", value]; an "ev" mark carries the time the
-    change was due, a "contactor" mark the time the command reached the sim HAL) into reaction times.
-    `closed`: the contactor's state before the first mark."""
+              last_close: float = -math.inf, from_applied: bool = False) -> Reactions:
+    """Pair the sim's marks ([monotonic time, "ev"|"ev_applied"|"contactor", value]; an "ev" mark carries the
+    time the change was due, "ev_applied" the time the sim's pilot really changed (the event loop's timer
+    fires late), a "contactor" mark the time the command reached the sim HAL) into reaction times, from the
+    due time, or from the real change with `from_applied`. `closed`: the contactor's state before the first
+    mark."""
+    event_kind = "ev_applied" if from_applied else "ev"
+    marks = [[at, "ev" if what == event_kind else what, value] for at, what, value in marks
+             if what in (event_kind, "contactor")]
     found = Reactions()
     pending_open: float | None = None
     pending_close: float | None = None

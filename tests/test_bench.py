@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # figure (or baseline) lines each benchmark must print: labels only, never values
 EXPECTED = {
-    "reaction": ["detection + decision: event -> contactor command: p50", "C->B (open) only: p50",
+    "reaction": ["detection + decision: pilot change -> contactor command: p50", "C->B (open) only: p50",
                  "B->C (close) only: p50"],
     "isolation": [f"{attack}: C->B -> contactor open: p50" for attack in
                   ("quiet", "journal stalls", "5 MB frame", "frames", "GC pressure", "trickle download")],
