@@ -158,7 +158,7 @@ class SimBoard:
                 raise ValueError(f"an EV script step must be 0..3600 s ahead, got {delay!r}")
             parsed.append((delay, _parse_ev_state(state)))
         for delay, pinned in parsed:
-            loop.call_at(loop.time() + delay, self._pin, conn, pinned, start + delay)
+            loop.call_at(loop.time() + delay, self._pin, conn, pinned, start + delay, True)
         return len(parsed)
 
     def timing_marks(self, connector: int = 1) -> list:
@@ -168,7 +168,7 @@ class SimBoard:
         conn.marks.clear()
         return marks
 
-    def _pin(self, conn: SimConnector, pinned: CpState | None, due: float) -> None:
+    def _pin(self, conn: SimConnector, pinned: CpState | None, due: float, save_later: bool = False) -> None:
         self.advance()
         if pinned is None:
             conn.pinned = None
@@ -182,7 +182,12 @@ class SimBoard:
         # when it was due, and when the pilot really changed (an event loop's timer fires late)
         conn.marks.append([due, "ev", pinned.value if pinned is not None else "auto"])
         conn.marks.append([time.monotonic(), "ev_applied", pinned.value if pinned is not None else "auto"])
-        self.state_changed()
+        if save_later:  # a scripted EV: the state file is written after the control loop had its turn
+            for listener in list(self._change_listeners):
+                listener()
+            asyncio.get_running_loop().call_later(0.05, self.save)
+        else:
+            self.state_changed()
 
     def swipe(self, tag: str) -> None:
         """Present a card to the reader; the UID is normalised like a real reader's (ValueError if not hex)."""
