@@ -181,11 +181,11 @@ def run(size: str) -> Report:
                          "script is due then)", late)
     step_s, encode_s = asyncio.run(_step_costs(2000 if size == "full" else 200))
     distribution(report, "ControlLoop.step, 4 sim connectors plugged (in the bench process)", step_s, "us")
-    distribution(report, "  channel.controller_state() of one controller (encoded every step by "
-                         "_send_state)", encode_s, "us")
+    distribution(report, "  channel.controller_state() of one controller (encoded only in a step whose "
+                         "events changed something)", encode_s, "us")
     report.target("detection + decision p99", full["p99"], "<=", TARGET_P99_MS, "ms")
     if full["p99"] > TARGET_P99_MS:
         report.note("what bounds it: an event is handled in the next step, which reads and decides every connector "
-                    "in turn (ControlLoop.step above; the sim's\nreads advance its model, the state encoded for the "
-                    "agent at every step); the sim's change callback itself fires up to ~1 ms late (baseline)")
+                    "in turn (ControlLoop.step above) and sends the changed\ncontroller's state to the agent; the "
+                    "tail is the machine's scheduling (2 shared cores, the agent and the CSMS beside it)")
     return report
