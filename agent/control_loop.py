@@ -28,7 +28,9 @@ from hal.interfaces import Board, ConnectorHardware, HardwareError, MeterError, 
 
 log = logging.getLogger("evse.control_loop")
 
-IDLE_CONTROL_PERIOD_S = 0.1  # poll period while no EV is plugged in and every contactor is open
+# poll period while no EV is plugged in and every contactor is open: nothing has a deadline then (a plug-in
+# is seen within it; a back-end that reports changes wakes the loop at once anyway); it is the idle CPU
+IDLE_CONTROL_PERIOD_S = 0.2
 AGENT_DEADLINE_S = 2.0  # no message from the agent for this long: it is gone or stalled
 METER_READ_TIMEOUT_S = 2.0
 _HARDWARE_COMMANDS = (ctl.SetContactor, ctl.SetPilot, ctl.SetLock)
