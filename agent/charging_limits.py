@@ -32,12 +32,19 @@ log = logging.getLogger("evse.smart_charging")
 MAX_COMPOSITE_DURATION_S = 7 * 86400
 
 
+REMOTE_START_TAKE_UP_S = 5.0  # a remote start the controller never took up (connector busy) drops its TxProfile
+
+
 @dataclass
 class _ConnectorSchedule:
     tx_started_at: datetime | None = None  # Relative profiles count from the transaction's start
     live: sc.LiveLimit | None = None  # the limit in force until live.next_change
     dirty: bool = True  # re-evaluate at the next control step
     pending_tx_profile: sc.ChargingProfile | None = None  # a RemoteStartTransaction's, until its transaction
+    # the controller took up that remote start (the control loop runs apart: its state arrives a moment after
+    # the RemoteStart went down, and until then the connector still looks free)
+    pending_taken_up: bool = False
+    pending_since: datetime | None = None
 
 
 class ChargingLimits:
@@ -62,8 +69,12 @@ class ChargingLimits:
         s = self._schedules[rt.id]
         now = self._wall_clock()
         c = rt.controller
-        if s.pending_tx_profile is not None and not c.transaction_active \
-                and c.view().authorized_id_tag is None and c.can_accept_remote_start():
+        waiting = (s.pending_tx_profile is not None and not c.transaction_active
+                   and c.view().authorized_id_tag is None and c.can_accept_remote_start())
+        if s.pending_tx_profile is not None and not waiting:
+            s.pending_taken_up = True
+        if waiting and (s.pending_taken_up or s.pending_since is None
+                        or (now - s.pending_since).total_seconds() > REMOTE_START_TAKE_UP_S):
             log.info("connector %d: the remote start did not lead to a transaction: its TxProfile %d is dropped",
                      rt.id, s.pending_tx_profile.id)
             s.pending_tx_profile, s.dirty = None, True
@@ -123,6 +134,7 @@ class ChargingLimits:
             return False
         s = self._schedules[rt.id]
         s.pending_tx_profile, s.dirty = profile, True
+        s.pending_taken_up, s.pending_since = False, self._wall_clock()
         return True
 
     def set_profile(self, connector_id: int, data: dict) -> str:

@@ -360,6 +360,11 @@ class Station:
                     self.journal_failed(exc)
             await asyncio.sleep(CHARGING_LIMITS_PERIOD_S)
 
+    def _limits_changed(self) -> None:
+        """A profile or a transaction changed: the limits go to the control loop now, not at the next look."""
+        for rt in self.connectors.values():
+            self.charging_limits.update(rt)
+
     def control_step(self) -> None:
         """One step of an in-process control loop (tests and benchmarks drive it by hand)."""
         assert isinstance(self.link, InProcessLink), "the control loop runs in its own process"
@@ -405,11 +410,14 @@ class Station:
                     reservation_id = self.reservations.used_elsewhere(rt.id)
                 rt.ops.put_nowait(_Op("start", id_tag=id_tag, reservation_id=reservation_id))
                 self.charging_limits.transaction_started(rt)
+                self._limits_changed()  # down the channel before the start's TransactionRecorded: the first
+                # PWM already offers what a RemoteStartTransaction's TxProfile allows
             case ctl.ReservationEnded(reservation_id, reason):
                 self.reservations.ended(rt.id, reservation_id, reason)
             case ctl.StopTransaction(reason, id_tag):
                 rt.ops.put_nowait(_Op("stop", id_tag=id_tag, reason=reason.value))
                 self.charging_limits.transaction_ended(rt)
+                self._limits_changed()
             case ctl.StatusChanged(status, error_code, info, vendor_code):
                 log.info("connector %d: %s%s", rt.id, status.value,
                          "" if error_code == "NoError" else f" ({error_code}/{vendor_code})")
@@ -666,6 +674,7 @@ class Station:
             return False
         if charging_profile is not None and not self.charging_limits.accept_remote_start_profile(chosen, charging_profile):
             return False
+        self._limits_changed()
         self._dispatch(chosen, ctl.RemoteStart(id_tag))
         return True
 
@@ -765,11 +774,15 @@ class Station:
         return self.reservations.cancel(reservation_id)
 
     def set_charging_profile(self, connector_id: int, profile: dict) -> str:
-        return self.charging_limits.set_profile(connector_id, profile)
+        answer = self.charging_limits.set_profile(connector_id, profile)
+        self._limits_changed()
+        return answer
 
     def clear_charging_profile(self, profile_id: int | None, connector_id: int | None, purpose: str | None,
                                stack_level: int | None) -> str:
-        return self.charging_limits.clear(profile_id, connector_id, purpose, stack_level)
+        answer = self.charging_limits.clear(profile_id, connector_id, purpose, stack_level)
+        self._limits_changed()
+        return answer
 
     def composite_schedule(self, connector_id: int, duration: int, rate_unit: str | None) -> dict | None:
         return self.charging_limits.composite_schedule(connector_id, duration, rate_unit)
