@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -38,6 +37,7 @@ MAX_LINE_BYTES = 1 << 20  # a message is a few hundred bytes; anything near this
 SETUP, EVENT, REQUEST, ALIVE, STOP = "setup", "event", "request", "alive", "stop"
 # up
 HELLO, OUTPUT, STATE, TAG, REPLY = "hello", "output", "state", "tag", "reply"
+START_FAILED = "error"  # instead of the hello: the board could not be started (the text says why)
 
 
 class ChannelError(Exception):
@@ -183,7 +183,3 @@ def loads(line: bytes) -> dict[str, Any]:
 
 class RequestFailed(Exception):
     """A request the control process could not carry out (the error text says why)."""
-
-
-# The agent side's view of the control side: InProcessLink (agent.control_link) and ProcessLink implement it.
-Outputs = Callable[[int, list[ctl.Command], dict[str, Any] | None], None]

@@ -39,7 +39,7 @@ REMOTE_START_TAKE_UP_S = 5.0  # a remote start the controller never took up (con
 class _ConnectorSchedule:
     tx_started_at: datetime | None = None  # Relative profiles count from the transaction's start
     live: sc.LiveLimit | None = None  # the limit in force until live.next_change
-    dirty: bool = True  # re-evaluate at the next control step
+    dirty: bool = True  # re-evaluate at the next look (Station's schedule loop) or change
     pending_tx_profile: sc.ChargingProfile | None = None  # a RemoteStartTransaction's, until its transaction
     # the controller took up that remote start (the control loop runs apart: its state arrives a moment after
     # the RemoteStart went down, and until then the connector still looks free)
@@ -135,6 +135,7 @@ class ChargingLimits:
         s = self._schedules[rt.id]
         s.pending_tx_profile, s.dirty = profile, True
         s.pending_taken_up, s.pending_since = False, self._wall_clock()
+        self.update(rt)  # the session's first PWM already honours it
         return True
 
     def set_profile(self, connector_id: int, data: dict) -> str:
@@ -234,8 +235,12 @@ class ChargingLimits:
         return max(1, sum(1 for rt in self._connectors.values() if rt.controller.transaction_active))
 
     def _all_dirty(self) -> None:
+        """Something every limit depends on changed: re-evaluate now, so the new limits reach the control loop
+        before anything decided after this change (a start's TransactionRecorded, a RemoteStart)."""
         for s in self._schedules.values():
             s.dirty = True
+        for rt in self._connectors.values():
+            self.update(rt)
 
     def _save(self) -> None:
         self._store.save(self.profiles.profiles)

@@ -291,7 +291,7 @@ class ProcessLink(ControlLink):
                             future.set_result(msg.get("result"))
                         else:
                             future.set_exception(channel.RequestFailed(str(msg.get("error"))))
-                elif kind == "error":  # the control process could not start (board file, devices)
+                elif kind == channel.START_FAILED:  # the board file or its devices
                     if self._hello is not None and not self._hello.done():
                         self._hello.set_result(ControlLost(str(msg.get("error"))))
                 else:

@@ -24,7 +24,7 @@ from typing import Any
 
 from agent import channel, hw_cli
 from agent import controller as ctl
-from hal.interfaces import Board, ConnectorHardware, HardwareError, MeterError, PilotMode
+from hal.interfaces import Board, ConnectorHardware, CpState, HardwareError, MeterError, PilotMode
 
 log = logging.getLogger("evse.control_loop")
 
@@ -45,7 +45,6 @@ class _Connector:
     hw_test: str | None = None  # a technician's test that switches devices itself
     pending_events: deque[ctl.Event] = field(default_factory=deque)
     dispatching: bool = False
-    pilot_seen: bool = False
     sent_state: dict[str, Any] | None = None
 
     @property
@@ -65,6 +64,24 @@ def _read(unreadable: dict[str, str], name: str, read: Callable[[], Any]) -> Any
     except HardwareError as exc:
         unreadable[name] = str(exc)
         return None
+
+
+def _hw_test_refusal(conn: _Connector, name: str) -> str | None:
+    """Why a technician's test that switches the contactor may not run now, decided on the controller's own
+    state in the same step as the test starts."""
+    c, where = conn.controller, f"connector {conn.id}: {name} refused"
+    if conn.hw_test is not None:
+        return f"{where}: a {conn.hw_test} is running"
+    if c.transaction_active:
+        return f"{where}: a transaction is running (stop it first: evse stop)"
+    if c.cp_state is not CpState.A:
+        return f"{where}: the control pilot reads state {c.cp_state.value}, not A: unplug the EV"
+    if c.contactor_commanded:
+        return f"{where}: the agent has the contactor closed"
+    blocking = sorted({ctl.Fault.WELD, ctl.Fault.CONTACTOR, ctl.Fault.RCD} & c.faults)
+    if blocking:
+        return f"{where}: fault(s) {', '.join(blocking)} active: clear the cause and run evse fault reset"
+    return None
 
 
 def describe(board: Board, *, read_pilots: bool = True) -> channel.BoardInfo:
@@ -107,7 +124,6 @@ class ControlLoop:
         self.supervise_agent = False  # the in-process link shares the agent's loop: nothing to supervise
         self.agent_seen_at = clock()
         self.agent_lost = False
-        self.alive_at = 0.0
         self.steps = 0
         self.after_step: Callable[[], None] | None = None  # the systemd watchdog ping (control process)
 
@@ -179,7 +195,6 @@ class ControlLoop:
         for conn in self.connectors.values():
             if conn.hw_test is None:  # a test switches the contactor on purpose; supervision resumes after it
                 self._step_connector(conn)
-        self.alive_at = self.clock()
         self.steps += 1
         if self.after_step is not None:
             self.after_step()
@@ -198,8 +213,7 @@ class ControlLoop:
         self._report_unreadable(conn, unreadable)
 
         if reading is not None:
-            if reading.state != c.cp_state or not conn.pilot_seen:
-                conn.pilot_seen = True
+            if reading.state != c.cp_state or not c.pilot_seen:  # the first reading always goes in
                 self._dispatch(conn, ctl.PilotChanged(reading.state))
             # a sample taken while the PWM ran tells the diode, changed or not (no close before it); not one
             # taken before this step's PilotChanged started the PWM
@@ -350,9 +364,9 @@ class ControlLoop:
 
     async def _hw_test(self, conn: _Connector, name: str,
                        test: Callable[[ConnectorHardware], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
-        if conn.hw_test is not None:
-            return {"ok": False, "exit_code": hw_cli.EXIT_USAGE,
-                    "error": f"connector {conn.id}: {name} refused: a {conn.hw_test} is running"}
+        refusal = _hw_test_refusal(conn, name)
+        if refusal is not None:
+            return {"ok": False, "exit_code": hw_cli.EXIT_USAGE, "error": refusal}
         conn.hw_test = name
         log.warning("connector %d: %s requested by a technician", conn.id, name)
         try:

@@ -91,7 +91,7 @@ async def serve(board_file: Path, state_dir: Path, sock: socket.socket, watchdog
         await board.start()
     except Exception as exc:  # the agent prints it and exits 2/1: the board file or its devices
         log.critical("the board cannot be started: %s", exc)
-        emit(channel.message("error", error=f"the board cannot be started: {exc}"))
+        emit(channel.message(channel.START_FAILED, error=f"the board cannot be started: {exc}"))
         await writer.drain()
         return 1
     for hw in board.connectors:
@@ -208,7 +208,15 @@ def _log_off_the_loop(handler: logging.Handler) -> None:
     root.addHandler(_DroppingQueueHandler(records))
     listener = logging.handlers.QueueListener(records, handler, respect_handler_level=True)
     listener.start()
-    atexit.register(listener.stop)
+
+    def stop() -> None:
+        listener.stop()
+        if _DroppingQueueHandler.dropped:  # said once, by the last line of the process
+            handler.handle(logging.makeLogRecord({
+                "name": log.name, "levelno": logging.WARNING, "levelname": "WARNING",
+                "msg": f"{_DroppingQueueHandler.dropped} log line(s) dropped: the log output could not keep up"}))
+
+    atexit.register(stop)
 
 
 def main(argv: list[str] | None = None) -> int:

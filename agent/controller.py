@@ -519,6 +519,11 @@ class ConnectorController:
         return self._pilot_out.mode is PilotMode.PWM and not self._diode_verified
 
     @property
+    def pilot_seen(self) -> bool:
+        """A pilot reading was handled (lock commands wait for the first one)."""
+        return self._pilot_seen
+
+    @property
     def pwm_offered(self) -> bool:
         """The pilot is driven with PWM now (a sample taken now can tell the EV's diode)."""
         return self._pilot_out.mode is PilotMode.PWM

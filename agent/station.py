@@ -51,6 +51,7 @@ log = logging.getLogger("evse.station")
 
 METER_FAILURES_FOR_FAULT = 3  # consecutive failed polls before a meter counts as dead (one glitch is not)
 CHARGING_LIMITS_PERIOD_S = 0.25  # how often schedule period boundaries are looked for
+JOURNAL_CHECK_PERIOD_S = 1.0
 CONTROL_LOST_REPORT_S = 5.0  # a lost control process: time for the Faulted status to reach the CSMS
 
 
@@ -77,7 +78,6 @@ class ConnectorRuntime:
     last_reading: MeterReading | None = None
     meter_failures: int = 0
     meter_answered: bool = False  # the meter gave one good reading since the start
-    hw_test: str | None = None  # a technician's test that switches devices itself ("contactor test"...)
     indicator: str | None = None  # what the status LEDs show (the control loop reports it)
 
     @property
@@ -256,6 +256,7 @@ class Station:
             self._tasks.append(asyncio.create_task(self._meter_loop(rt), name=f"meter-{rt.id}"))
         self._tasks.append(asyncio.create_task(self._control_link(), name="control"))
         self._tasks.append(asyncio.create_task(self._charging_limits_loop(), name="charging-limits"))
+        self._tasks.append(asyncio.create_task(self._journal_watch(), name="journal-watch"))
         self._tasks.append(asyncio.create_task(self.ocpp.run(), name="ocpp"))
         shutdown = asyncio.create_task(self._shutdown.wait(), name="shutdown")
         try:
@@ -345,25 +346,22 @@ class Station:
                                   "control process lost", "ControlLoopLost")
 
     async def _charging_limits_loop(self) -> None:
-        """Smart-charging schedules change at their period boundaries: look for one every tenth of a second.
-        Once a second the journal file is checked too: deleted or replaced, it faults every connector even
-        while nothing commits."""
-        rounds = 0
+        """Smart-charging schedules change at their period boundaries (and validFrom/validTo): look for one
+        every CHARGING_LIMITS_PERIOD_S; a change of profile or transaction re-evaluates at once."""
         while True:
             for rt in self.connectors.values():
                 self.charging_limits.update(rt)
-            rounds += 1
-            if rounds % round(1 / CHARGING_LIMITS_PERIOD_S) == 0 and self.storage_error is None:
+            await asyncio.sleep(CHARGING_LIMITS_PERIOD_S)
+
+    async def _journal_watch(self) -> None:
+        """Deleted or replaced while running, the journal faults every connector even while nothing commits."""
+        while True:
+            if self.storage_error is None:
                 try:
                     self.journal.check()
                 except JournalError as exc:
                     self.journal_failed(exc)
-            await asyncio.sleep(CHARGING_LIMITS_PERIOD_S)
-
-    def _limits_changed(self) -> None:
-        """A profile or a transaction changed: the limits go to the control loop now, not at the next look."""
-        for rt in self.connectors.values():
-            self.charging_limits.update(rt)
+            await asyncio.sleep(JOURNAL_CHECK_PERIOD_S)
 
     def control_step(self) -> None:
         """One step of an in-process control loop (tests and benchmarks drive it by hand)."""
@@ -410,14 +408,11 @@ class Station:
                     reservation_id = self.reservations.used_elsewhere(rt.id)
                 rt.ops.put_nowait(_Op("start", id_tag=id_tag, reservation_id=reservation_id))
                 self.charging_limits.transaction_started(rt)
-                self._limits_changed()  # down the channel before the start's TransactionRecorded: the first
-                # PWM already offers what a RemoteStartTransaction's TxProfile allows
             case ctl.ReservationEnded(reservation_id, reason):
                 self.reservations.ended(rt.id, reservation_id, reason)
             case ctl.StopTransaction(reason, id_tag):
                 rt.ops.put_nowait(_Op("stop", id_tag=id_tag, reason=reason.value))
                 self.charging_limits.transaction_ended(rt)
-                self._limits_changed()
             case ctl.StatusChanged(status, error_code, info, vendor_code):
                 log.info("connector %d: %s%s", rt.id, status.value,
                          "" if error_code == "NoError" else f" ({error_code}/{vendor_code})")
@@ -674,7 +669,6 @@ class Station:
             return False
         if charging_profile is not None and not self.charging_limits.accept_remote_start_profile(chosen, charging_profile):
             return False
-        self._limits_changed()
         self._dispatch(chosen, ctl.RemoteStart(id_tag))
         return True
 
@@ -712,12 +706,12 @@ class Station:
             return "NotSupported"
         self._dispatch(rt, ctl.UnlockRequested())
         loop = asyncio.get_running_loop()  # a real wait for the actuator: the event loop's clock
-        # the lock's feedback as the control loop reads it (a lock that cannot be read is a device fault)
+        # the lock's feedback as the control loop reads it (a lock that cannot be read is a device fault); the
+        # replica follows a moment later than the control loop: its deadline, and a step's time
         deadline = loop.time() + rt.controller.settings.lock_timeout_s + 0.1
-        await asyncio.sleep(0)
         while True:
-            locked = rt.controller.lock_feedback or "device" in rt.controller.view().faults
-            if not locked and not rt.controller.view().lock_commanded:
+            c = rt.controller
+            if not c.lock_feedback and ctl.Fault.DEVICE not in c.faults and not c.view().lock_commanded:
                 log.info("connector %d: unlocked by the CSMS", rt.id)
                 return "Unlocked"
             if loop.time() >= deadline:
@@ -774,15 +768,11 @@ class Station:
         return self.reservations.cancel(reservation_id)
 
     def set_charging_profile(self, connector_id: int, profile: dict) -> str:
-        answer = self.charging_limits.set_profile(connector_id, profile)
-        self._limits_changed()
-        return answer
+        return self.charging_limits.set_profile(connector_id, profile)
 
     def clear_charging_profile(self, profile_id: int | None, connector_id: int | None, purpose: str | None,
                                stack_level: int | None) -> str:
-        answer = self.charging_limits.clear(profile_id, connector_id, purpose, stack_level)
-        self._limits_changed()
-        return answer
+        return self.charging_limits.clear(profile_id, connector_id, purpose, stack_level)
 
     def composite_schedule(self, connector_id: int, duration: int, rate_unit: str | None) -> dict | None:
         return self.charging_limits.composite_schedule(connector_id, duration, rate_unit)
@@ -918,40 +908,15 @@ class Station:
         loop leaves the connector alone meanwhile, so the controller neither takes the closed contactor for
         a fault nor acts on it; the test always opens it again, then supervision resumes (a contactor that
         stayed closed is then a weld fault, as it should be)."""
-        return await self._hw_test(connector_id, "contactor test", "hw_contactor_test")
+        return await self._hw_test(connector_id, "hw_contactor_test")
 
     async def hw_rcd_test(self, connector_id: int) -> dict:
-        return await self._hw_test(connector_id, "RCD self-test", "hw_rcd_test")
+        return await self._hw_test(connector_id, "hw_rcd_test")
 
-    async def _hw_test(self, connector_id: int, name: str, op: str) -> dict:
-        rt = self.connectors[connector_id]
-        refusal = self._hw_starting()
-        if refusal is not None:
-            return refusal
-        refusal = self._hw_test_refusal(rt, name)
-        if refusal is not None:
-            return {"ok": False, "exit_code": hw_cli.EXIT_USAGE, "error": refusal}
-        rt.hw_test = name
-        try:
-            return await self._hw_request(op, connector_id)
-        finally:
-            rt.hw_test = None
-
-    def _hw_test_refusal(self, rt: ConnectorRuntime, name: str) -> str | None:
-        view = rt.controller.view()
-        where = f"connector {rt.id}: {name} refused"
-        if rt.hw_test is not None:
-            return f"{where}: a {rt.hw_test} is running"
-        if view.transaction_active:
-            return f"{where}: a transaction is running (stop it first: evse stop)"
-        if view.cp_state is not CpState.A:
-            return f"{where}: the control pilot reads state {view.cp_state.value}, not A: unplug the EV"
-        if view.contactor_closed:
-            return f"{where}: the agent has the contactor closed"
-        blocking = sorted({ctl.Fault.WELD, ctl.Fault.CONTACTOR, ctl.Fault.RCD} & set(view.faults))
-        if blocking:
-            return f"{where}: fault(s) {', '.join(blocking)} active: clear the cause and run evse fault reset"
-        return None
+    async def _hw_test(self, connector_id: int, op: str) -> dict:
+        # whether the test may run is decided in the control loop, on the controller itself (no EV, no
+        # transaction, contactor open, no latched fault), where nothing can change between check and test
+        return self._hw_starting() or await self._hw_request(op, connector_id)
 
     async def reset_faults(self, connector_id: int) -> list[str]:
         """`evse fault reset`: the RCD and a board's own latch are reset, then the controller's latched

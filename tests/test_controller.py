@@ -594,3 +594,24 @@ def test_late_record_of_a_stopped_start_does_not_grant_energy_to_the_next_transa
     assert not of(out, SetPilot), "energy for start 2 before the journal holds it"
     out = b.send(TransactionRecorded(), at=0.6)  # start 2 committed
     assert of(out, SetPilot) == [SetPilot(PilotMode.PWM, 26.67)]
+
+
+def test_a_stalled_agent_opens_the_contactor_at_once_and_the_transaction_resumes_after():
+    """Fault.SUPERVISION (the agent process silent past its deadline) is a safety cause: the contactor opens
+    in the same call, not after an orderly wind-down. It suspends the transaction instead of ending it: the
+    same session charges again once the agent answers. Any other blocking fault meanwhile ends it."""
+    b = Bench()
+    b.charging_session()
+    out = b.send(FaultChanged(Fault.SUPERVISION, True))
+    assert out[0] == SetContactor(False)
+    assert not of(out, StopTransaction) and b.c.transaction_active
+    assert b.c.view().status is ConnectorStatus.FAULTED and b.c.view().pilot_mode is not PilotMode.PWM
+    b.step()
+    out = b.send(FaultChanged(Fault.SUPERVISION, False))
+    out += b.step() + b.step()
+    assert SetContactor(True) in out and b.c.view().status is ConnectorStatus.CHARGING
+    assert not of(out, StartTransaction)  # the same transaction
+
+    b.send(FaultChanged(Fault.SUPERVISION, True))
+    out = b.send(FaultChanged(Fault.RCD, True))
+    assert of(out, StopTransaction) == [StopTransaction(StopReason.OTHER)] and not b.c.transaction_active

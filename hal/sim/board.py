@@ -178,13 +178,11 @@ class SimBoard:
             if not conn.plugged:
                 conn.plug()  # pinning a connected state implies a cable and an EV
             conn.pinned = pinned
-        conn.pinned_at = due
         # when it was due, and when the pilot really changed (an event loop's timer fires late)
         conn.marks.append([due, "ev", pinned.value if pinned is not None else "auto"])
         conn.marks.append([time.monotonic(), "ev_applied", pinned.value if pinned is not None else "auto"])
         if save_later:  # a scripted EV: the state file is written after the control loop had its turn
-            for listener in list(self._change_listeners):
-                listener()
+            self._tell_listeners()
             asyncio.get_running_loop().call_later(0.05, self.save)
         else:
             self.state_changed()
@@ -252,8 +250,6 @@ class SimBoard:
                     "locked": conn.locked,
                     "indicator": conn.indicator,
                     "soc": conn.soc if conn.plugged else None,
-                    "pinned_at": conn.pinned_at,
-                    "contactor_changed_at": conn.contactor_changed_at,
                 }
             )
         return {"name": self.name, "connectors": connectors, "rfid_pending": self._rfid.pending}
@@ -272,6 +268,9 @@ class SimBoard:
     def state_changed(self) -> None:
         """Something a restart must not forget changed: save now, and tell the pilot's listeners."""
         self.save()
+        self._tell_listeners()
+
+    def _tell_listeners(self) -> None:
         for listener in list(self._change_listeners):
             listener()
 

@@ -92,11 +92,9 @@ class SimConnector:
         self.lock_commanded = False
         self.locked = False  # the lock's position switch: follows the command unless the actuator is jammed
         self.indicator = "off"  # what the status LEDs show (hal.interfaces.IndicatorState value)
-        # time.monotonic() (one clock for every process of the machine) of the last pin of the EV's state and of
-        # the last contactor command that changed it: `python -m bench` measures reaction times with them
-        self.pinned_at: float | None = None
-        self.contactor_changed_at: float | None = None
-        self.marks: deque[list] = deque(maxlen=100_000)  # [time, "ev"|"contactor", value], for the bench
+        # [time.monotonic() (one clock for every process of the machine), "ev"|"ev_applied"|"contactor", value]
+        # of the EV's scripted changes and the contactor commands: `python -m bench` times reactions with them
+        self.marks: deque[list] = deque(maxlen=100_000)
 
         self.output = X1_OUTPUT  # what the EVSE drives; a powered-up pilot generator starts at +12 V
         # The EV sees pilot changes `response_s` late: `perceived` is what it reacts to now, `pending` holds

@@ -76,9 +76,8 @@ class SimProximityPilot(_SimDevice, ProximityPilot):
 class SimContactor(_SimDevice, Contactor):
     def set_closed(self, closed: bool) -> None:
         conn = self._now()
-        if conn.contactor_commanded != bool(closed):
-            conn.contactor_changed_at = time.monotonic()  # bench marks (same clock in every process)
-            conn.marks.append([conn.contactor_changed_at, "contactor", bool(closed)])
+        if conn.contactor_commanded != bool(closed):  # a bench mark (the same clock in every process)
+            conn.marks.append([time.monotonic(), "contactor", bool(closed)])
         conn.contactor_commanded = bool(closed)
 
     @property
