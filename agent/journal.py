@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from agent.logs import excerpt
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS transactions (
     local_id      INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -629,11 +631,6 @@ class _CheckedConnection:
             _check_storable(self._path, value)
 
 
-def _excerpt(value: object, limit: int = 60) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _check_storable(path: Path, value: object) -> None:
     if value is None or isinstance(value, bytes | bytearray | memoryview):
         return
@@ -652,7 +649,7 @@ def _check_storable(path: Path, value: object) -> None:
     else:
         reason = f"of type {type(value).__name__}"
     if reason is not None:
-        raise JournalValueError(f"journal {path}: cannot store the value {_excerpt(value)}: {reason}", value)
+        raise JournalValueError(f"journal {path}: cannot store the value {excerpt(repr(value), 60)}: {reason}", value)
 
 
 def _transaction_record(row: tuple[Any, ...]) -> TransactionRecord:
