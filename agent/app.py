@@ -36,8 +36,13 @@ async def _sim(station: Station, method: str, **params):
     """A simulator command, carried out where the simulated board lives: in the control loop."""
     if not station.info.simulated:
         raise CommandError("this board is not simulated: sim commands only work with a sim board")
+    return await _through_control(station.link.request("sim", method=method, params=params))
+
+
+async def _through_control(request):
+    """A request the control loop answers; what it could not do is the CLI's error line."""
     try:
-        return await station.link.request("sim", method=method, params=params)
+        return await request
     except (RequestFailed, ControlLost) as exc:
         raise CommandError(str(exc)) from exc
 
@@ -106,10 +111,7 @@ def command_handler(station: Station):
 
 
 async def _faults(request) -> dict:
-    try:
-        return {"faults": await request}
-    except (RequestFailed, ControlLost) as exc:
-        raise CommandError(str(exc)) from exc
+    return {"faults": await _through_control(request)}
 
 
 async def _done(cmd: str, request) -> dict:
