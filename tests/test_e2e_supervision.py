@@ -12,6 +12,7 @@ controllers, control loop) and the agent process (OCPP, journal, CLI).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -152,3 +153,25 @@ async def test_sigterm_during_a_reset_ends_the_agent_instead_of_restarting_it(cs
         await asyncio.sleep(0.05)
     assert agent.proc.poll() == 0, agent.log_tail()
     assert [f for f in csms.frames[since:] if f.action == "BootNotification"] == []
+
+
+async def test_a_stalled_control_process_is_reported_faulted_and_ends_the_agent(csms, run_agent):
+    """The control process alive but silent (a stuck device read, SIGSTOP here) past the agent's 5 s
+    deadline: the agent reports every connector Faulted and exits non-zero, so the unit restarts."""
+    agent = await online(run_agent, csms)
+    control_pid = (await agent.status())["station"]["control_pid"]
+    since = len(csms.frames)
+    os.kill(control_pid, signal.SIGSTOP)
+    try:
+        faulted = await wait_call(csms, "StatusNotification", since=since, timeout=15,
+                                  where=lambda p: p["connectorId"] == 1 and p["status"] == "Faulted")
+        assert faulted.payload["vendorErrorCode"] == "ControlLoopLost"
+        deadline = time.monotonic() + 15
+        while agent.proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert agent.proc.poll() not in (None, 0)
+        assert "the control process sent nothing for" in agent.log_tail(200)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # the agent may have killed it on its way out
+            os.kill(control_pid, signal.SIGCONT)  # else it finds the agent gone and ends
+    assert await _ended(control_pid)
