@@ -840,7 +840,8 @@ class Station:
                 "status": view.status.value,
                 "error_code": view.error_code,
                 "faults": list(view.faults),
-                "transaction_active": view.transaction_active,
+                # until its StopTransaction is in the journal, the transaction is not over
+                "transaction_active": view.transaction_active or rt.local_tx is not None,
                 "transaction_id": record.csms_id if record else None,
                 "id_tag": view.id_tag,
                 "reservation": self.reservations.status(view.reservation),
