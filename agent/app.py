@@ -19,13 +19,13 @@ from pathlib import Path
 import ocpp.messages
 
 from agent import logs
-from agent.channel import RequestFailed
+from agent.cli.control_socket import CommandError, ControlServer
 from agent.config import AgentConfig, ConfigError, load_config
-from agent.control import CommandError, ControlServer
-from agent.control_link import ControlLost, ProcessLink
-from agent.journal import Journal
+from agent.control.channel import RequestFailed
+from agent.control.link import ControlLost, ProcessLink
 from agent.service import ServiceNotifier, watchdog_interval_s
-from agent.station import RestartRequested, Station
+from agent.station.journal import Journal
+from agent.station.station import RestartRequested, Station
 from hal.board import load_board
 from hal.interfaces import HardwareError
 
@@ -193,7 +193,7 @@ async def run_agent(config: AgentConfig, log_level_override: str | None = None) 
     # runtime directory (tmpfs on a station), next to the control socket, not on the flash
     load_board(config.board.file, dry_run=True)  # a bad board file: one line and exit 2, before anything runs
     journal = Journal(config.journal.path)
-    # the safety path in its own process: devices, controllers, control loop (agent.control_process)
+    # the safety path in its own process: devices, controllers, control loop (agent.control.process)
     link = ProcessLink(config.board.file, state_dir=config.control.socket.parent,
                        log_level=log_level_override or config.log.level, watchdog_s=watchdog_interval_s())
     try:

@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from agent import ocpp_config
+from agent.ocpp.v16 import config as ocpp_config
 
 DEFAULT_BOARD_FILE = "board-configs/sim.toml"
 DEFAULT_JOURNAL_PATH = "/var/lib/evse-agent/journal.sqlite"
@@ -67,7 +67,7 @@ class OcppConfig:
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
     password: str = field(default="", repr=False)  # HTTP Basic auth; kept out of repr so it is never logged
-    # OCPP 1.6 security (agent.security): the initial SecurityProfile, how the AuthorizationKey becomes the
+    # OCPP 1.6 security (agent.ocpp.security): the initial SecurityProfile, how the AuthorizationKey becomes the
     # Basic-auth password, the TLS endpoint of profiles 2-3 and the certificates (absolute paths)
     security_profile: int = 0
     authorization_key_encoding: str = "hex-decoded"
@@ -89,13 +89,13 @@ class BoardConfig:
 @dataclass(frozen=True)
 class JournalConfig:
     path: Path = Path(DEFAULT_JOURNAL_PATH)
-    max_messages: int = 100_000  # queued messages kept during an outage (see agent.journal for the policy)
+    max_messages: int = 100_000  # queued messages kept during an outage (see agent.station.journal for the policy)
 
 
 @dataclass(frozen=True)
 class ControlConfig:
     socket: Path = Path(DEFAULT_CONTROL_SOCKET)
-    # members of this group may use the socket (agent.control); "" = only root and the agent's own user
+    # members of this group may use the socket (agent.cli.control_socket); "" = only root and the agent's own user
     group: str = DEFAULT_CONTROL_GROUP
 
 
@@ -112,10 +112,10 @@ class ChargingConfig:
 
 @dataclass(frozen=True)
 class TransferConfig:
-    """Bounds of firmware downloads and diagnostics/log uploads (agent.transfer): each runs in a worker of
+    """Bounds of firmware downloads and diagnostics/log uploads (agent.ocpp.transfer): each runs in a worker of
     its own and ends by its total deadline whatever the server does (a trickle cannot hold it)."""
 
-    firmware_deadline_s: float = 0.0  # 0: 10 min, or longer for a large size limit (agent.firmware)
+    firmware_deadline_s: float = 0.0  # 0: 10 min, or longer for a large size limit (agent.station.firmware)
     upload_deadline_s: float = 300.0
     read_timeout_s: float = 30.0  # no byte for this long ends a transfer before its deadline
 
@@ -393,7 +393,7 @@ def _check_key_encoding(value: str) -> str:
 def _read_ocpp_security(section: _SectionReader, base_dir: Path) -> None:
     """[ocpp] security_profile, authorization_key_encoding, tls_url and the certificate files; the OCPP keys
     SecurityProfile and AuthorizationKey in [ocpp.configuration] are the same settings under their OCPP
-    names (agent.security)."""
+    names (agent.ocpp.security)."""
     if "security_profile" in section.table:
         value = section.table["security_profile"]
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 3:
@@ -429,7 +429,9 @@ def _check_certificate_files(section: _SectionReader) -> None:
     values = section.values
     if not {"csms_ca_file", "client_cert_file", "client_key_file"} & set(values):
         return
-    from agent import security_certs as certs  # cryptography: only loaded when certificates are configured
+    from agent.ocpp import (
+        security_certs as certs,  # cryptography: only loaded when certificates are configured
+    )
 
     ca_file = values.get("csms_ca_file")
     if ca_file is not None:
@@ -455,7 +457,7 @@ def _check_certificate_files(section: _SectionReader) -> None:
 
 def _read_pem(section: _SectionReader, key: str) -> str:
     """The text of a PEM file named by [ocpp] `key`; checks that a certificate file holds certificates."""
-    from agent import security_certs as certs
+    from agent.ocpp import security_certs as certs
 
     path = section.values[key]
     try:

@@ -10,7 +10,7 @@
   (`Authorization: Basic ...`), PEM blocks (certificates, CSRs, keys), the value of an AuthorizationKey in
   an OCPP frame or a library's repr of one, and every secret value registered with `add_secret()` (the
   [ocpp] password and its Basic-auth token). The OCPP frame log already hides these itself
-  (agent.security.redact_frame); this is the net under everything else.
+  (agent.ocpp.security.redact_frame); this is the net under everything else.
 * `FloodGuard`, after it, keeps a hostile peer from filling the disk through the log: every message is cut
   to MAX_MESSAGE_CHARS (tracebacks to MAX_TRACEBACK_CHARS) with the full length noted, and an info,
   warning or error that repeats (same logger, level and format string) is written at most RATE_LIMIT_COUNT times per
@@ -217,7 +217,7 @@ def add_secret(value: str | None) -> None:
 
 def add_basic_auth_secret(user: str, password: str | None) -> None:
     """A password or AuthorizationKey, and the `Authorization: Basic` tokens built from it: from its text
-    and, for a hex key, from the bytes it encodes (agent.security's "hex-decoded" encoding)."""
+    and, for a hex key, from the bytes it encodes (agent.ocpp.security's "hex-decoded" encoding)."""
     if not password:
         return
     add_secret(password)

@@ -9,7 +9,7 @@ $NOTIFY_SOCKET (not started by systemd) nothing is sent and nothing is computed.
   StatusNotification Faulted), not a reason to withhold READY: a start timeout would make systemd
   restart the agent over and over, and the CSMS would see an offline station instead of the fault.
 * WATCHDOG=1 only from the control loop, at most every WatchdogSec/3: in the control process
-  (agent.control_process, which needs NotifyAccess=all) while the agent answers it, or here after each
+  (agent.control.process, which needs NotifyAccess=all) while the agent answers it, or here after each
   step of an in-process control loop. No other task pings: a control step that hangs (a stuck device
   read), a control loop that died or a stalled agent stops the pings, and systemd aborts and restarts the
   unit after WatchdogSec.
@@ -30,7 +30,7 @@ import sdnotify
 from agent import logs
 
 if TYPE_CHECKING:
-    from agent.station import Station
+    from agent.station.station import Station
 
 WATCHDOG_FRACTION = 3  # ping every WatchdogSec/3: two pings may go missing before systemd acts
 STATUS_MIN_INTERVAL_S = 1.0

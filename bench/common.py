@@ -185,7 +185,7 @@ def write_agent_config(workdir: Path, csms_url: str, *, board_file: Path = SIM_1
 
 class ControlClient:
     """One persistent connection to the agent's control socket (JSON lines), for low-latency polling.
-    The agent closes a connection idle for 30 s (agent.control): one idle longer than IDLE_S is replaced."""
+    The agent closes a connection idle for 30 s (agent.cli.control_socket): one idle longer than IDLE_S is replaced."""
 
     IDLE_S = 20.0
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from agent.journal import PAGE_SIZE
+from agent.station.journal import PAGE_SIZE
 from bench.common import (
     DISK_TMP,
     RUNTIME_TMP,

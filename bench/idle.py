@@ -1,4 +1,4 @@
-"""Idle footprint: RSS and CPU of the agent process and of the control process it spawned (agent.control_process),
+"""Idle footprint: RSS and CPU of the agent process and of the control process it spawned (agent.control.process),
 and their sum; 1 connector, connected to the bundled CSMS."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from agent.config import ChargingConfig
-from agent.control_loop import IDLE_CONTROL_PERIOD_S
+from agent.control.loop import IDLE_CONTROL_PERIOD_S
 from bench.common import (
     REPO,
     RUNTIME_TMP,
@@ -28,7 +28,7 @@ from hil.csms import LocalCsms
 TARGET_CONTROL_RSS_MB = 15.0
 TARGET_RSS_MB = 55.0  # both processes together
 TARGET_CPU_PERCENT = 0.5
-# with no EV and every contactor open the control loop polls at its idle period (agent.control_loop)
+# with no EV and every contactor open the control loop polls at its idle period (agent.control.loop)
 CONTROL_PERIOD_S = max(ChargingConfig().control_period_s, IDLE_CONTROL_PERIOD_S)
 SETTLE_S = 1.0  # after BootNotification Accepted: the initial StatusNotifications go out
 
@@ -81,12 +81,12 @@ def _top_level_modules(code: str, *args: str) -> set[str] | str:
 
 def control_process_imports() -> tuple[list[str], list[str]]:
     """Top-level modules the control process's code loads beyond what a bare interpreter of this machine
-    has at start (site's .pth files may load some): a fresh interpreter imports agent.control_process and
+    has at start (site's .pth files may load some): a fresh interpreter imports agent.control.process and
     starts the shipped sim board the way it does. Returns (outside the standard library, in it)."""
     listing = "print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
     probe = (
         "import sys, tempfile, asyncio, pathlib\n"
-        "import agent.control_process\n"
+        "import agent.control.process\n"
         "from hal.board import load_board\n"
         "board = load_board(pathlib.Path(sys.argv[1]), state_dir=pathlib.Path(tempfile.mkdtemp()))\n"
         "asyncio.run(board.start())\n" + listing
@@ -111,7 +111,7 @@ async def _measure(window_s: float) -> dict:
             try:
                 status = await agent.ready()
                 control_pid = status["station"]["control_pid"]
-                agent.control.close()  # nothing talks to the agent during the window but the CSMS
+                agent.cli.control_socket.close()  # nothing talks to the agent during the window but the CSMS
                 await asyncio.sleep(SETTLE_S)
                 pids = {"agent": agent.pid, "control": control_pid}
                 cpu0, t0 = {name: cpu_seconds_of(pid) for name, pid in pids.items()}, time.monotonic()
@@ -174,7 +174,7 @@ def run(size: str) -> Report:
     report.target("idle CPU of both processes", cpu_sum, "<=", TARGET_CPU_PERCENT, "% of one core")
     if size != "full":
         report.note("tiny window: CPU ticks are 10 ms, so the CPU figures are coarse")
-    report.note("the import list comes from a fresh interpreter that imports agent.control_process and starts "
+    report.note("the import list comes from a fresh interpreter that imports agent.control.process and starts "
                 "the sim board, minus what a bare interpreter of this machine\nloads at start (site .pth files); "
                 "the running process's C extensions above are read from /proc/PID/maps and include those")
     return report

@@ -1,7 +1,7 @@
 """C->B -> contactor open while the agent process is attacked (issue 9, "What it must show").
 
 The station runs as on a board: agent.app.run_agent in this (the bench) process, which spawns the control
-process (`python -m agent.control_process`: devices, controllers, control loop) on board-configs/sim.toml;
+process (`python -m agent.control.process`: devices, controllers, control loop) on board-configs/sim.toml;
 the OCPP client is connected to the bundled CSMS in a process of its own (bench/csms_server.py). One
 connector charges. For each attack, the EV goes C->B->C by itself on a script that the control process runs
 (`sim.ev_script`, scheduled on its own event loop), and the sim marks when each change was due and when the
@@ -38,12 +38,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import agent.app
-from agent import channel, logs
+from agent import logs
 from agent.config import load_config
-from agent.control_link import ProcessLink
-from agent.control_loop import AGENT_DEADLINE_S
-from agent.journal import Journal
-from agent.station import Station
+from agent.control import channel
+from agent.control.link import ProcessLink
+from agent.control.loop import AGENT_DEADLINE_S
+from agent.station.journal import Journal
+from agent.station.station import Station
 from bench.common import (
     RUNTIME_TMP,
     TAG,

@@ -1,7 +1,7 @@
 """Durable journal append rate, with the durability the agent uses, on a real (disk-backed) file.
 
 * MeterValues: Journal.add_meter_values, one write-back commit each (WAL, synchronous=NORMAL: no fsync),
-  as agent.station journals every periodic sample.
+  as agent.station.station journals every periodic sample.
 * Start/Stop: Journal.begin_transaction + end_transaction, one fsynced commit each (synchronous=FULL).
 Both queue one outgoing message per commit, so commits/s = messages/s.
 """
@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import time
 
-from agent.journal import Journal
-from agent.meter_values import meter_value, ocpp_timestamp
-from agent.ocpp_config import KEYS
+from agent.ocpp.v16.config import KEYS
+from agent.ocpp.v16.meter_values import meter_value, ocpp_timestamp
+from agent.station.journal import Journal
 from bench.common import DISK_TMP, TAG, Report, filesystem_of, scratch_dir
 from hal.interfaces import MeterReading
 
@@ -47,7 +47,7 @@ def run(size: str) -> Report:
     pairs = 500 if size == "full" else 20
     with scratch_dir("journal") as workdir:
         path = workdir / "journal.sqlite"
-        report.method(f"agent.journal.Journal on {path.parent} ({filesystem_of(DISK_TMP)}), "
+        report.method(f"agent.station.journal.Journal on {path.parent} ({filesystem_of(DISK_TMP)}), "
                       f"page size 1 KB, WAL, compressed payloads;\n"
                       f"{samples} x add_meter_values (write-back commit) into one open transaction, then "
                       f"{pairs} x begin_transaction + end_transaction (fsynced commits);\n"

@@ -11,7 +11,7 @@ journal). Each connector's EV then goes C->B->C by itself on a script the contro
     command  the time SetContactor reached the sim HAL (SimContactor.set_closed)
 
 event -> command is detection + decision: the sim back-end is event-driven (a pilot change wakes the
-control loop at once, agent.control_loop ControlLoop.run), so no control period is waited for.
+control loop at once, agent.control.loop ControlLoop.run), so no control period is waited for.
 
 Both directions are measured with the controller as shipped: the EV stays in B for 200 ms, then in C for
 1.0-1.2 s, so each B->C comes more than min_close_interval_s (1 s, the contactor's protection against a
@@ -24,9 +24,9 @@ import asyncio
 import random
 import time
 
-from agent import channel
-from agent import controller as ctl
-from agent.control_loop import ControlLoop
+from agent.control import channel
+from agent.control.loop import ControlLoop
+from agent.core import controller as ctl
 from bench.common import (
     RUNTIME_TMP,
     SIM_4,

@@ -14,8 +14,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-from agent.journal import Journal
-from agent.meter_values import ocpp_timestamp
+from agent.ocpp.v16.meter_values import ocpp_timestamp
+from agent.station.journal import Journal
 from bench.common import (
     REPO,
     RUNTIME_TMP,

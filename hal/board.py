@@ -355,7 +355,7 @@ def _validate(raw: dict, path: Path) -> dict:
         "name": board.string("name"),
         "backend": backend,
         "reboot_command": board.string_list("reboot_command", default=None),
-        # argv that installs a downloaded firmware file, "{file}" standing for its path (agent.firmware)
+        # argv that installs a downloaded firmware file, "{file}" standing for its path (agent.station.firmware)
         "firmware_install_command": board.string_list("firmware_install_command", default=None),
         "firmware_max_download_mb": board.number("firmware_max_download_mb", default=200.0, minimum=1,
                                                  maximum=1_000_000, unit="MB"),

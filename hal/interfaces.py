@@ -139,7 +139,7 @@ class ConnectorLock(abc.ABC):
 
 
 class IndicatorState(StrEnum):
-    """What a connector's status indicator shows (agent.controller.indicator_for maps OCPP statuses)."""
+    """What a connector's status indicator shows (agent.core.controller.indicator_for maps OCPP statuses)."""
 
     OFF = "off"  # unavailable: nothing lit
     READY = "ready"  # free, or waiting for the EV / the card / the driver to take the cable

@@ -85,8 +85,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from agent.control import ControlClientError, request
-from agent.meter_values import ocpp_timestamp
+from agent.cli.control_socket import ControlClientError, request
+from agent.ocpp.v16.meter_values import ocpp_timestamp
 from hil.csms import Frame, LocalCsms, StationNotConnected
 from hil.station_files import write_agent_config
 

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from agent.control import ControlClientError, request
+from agent.cli.control_socket import ControlClientError, request
 from hil.csms import LocalCsms
 from hil.station_files import write_agent_config
 

@@ -511,10 +511,10 @@ class InProcessAgent:
         import ocpp.messages
 
         from agent.app import command_handler
+        from agent.cli.control_socket import ControlServer
         from agent.config import load_config
-        from agent.control import ControlServer
-        from agent.journal import Journal
-        from agent.station import Station
+        from agent.station.journal import Journal
+        from agent.station.station import Station
         from hal.board import load_board
 
         ocpp.messages.ASYNC_VALIDATION = False

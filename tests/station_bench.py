@@ -8,9 +8,9 @@ import asyncio
 from collections.abc import Callable
 
 from agent.config import load_config
-from agent.controller import AuthorizationResult, IdTagPresented
-from agent.journal import Journal
-from agent.station import ConnectorRuntime, Station
+from agent.core.controller import AuthorizationResult, IdTagPresented
+from agent.station.journal import Journal
+from agent.station.station import ConnectorRuntime, Station
 from hal.board import load_board
 from hal.interfaces import Board
 from tests.agent_harness import TAG_OK, write_config

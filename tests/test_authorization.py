@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from agent.auth_store import AuthStore
-from agent.authorization import (
+from agent.core.authorization import (
     AuthSettings,
     IdTagInfo,
     ListUpdate,
@@ -14,7 +13,8 @@ from agent.authorization import (
     decide,
     plan_send_local_list,
 )
-from agent.journal import Journal
+from agent.station.auth_store import AuthStore
+from agent.station.journal import Journal
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 ALL_ON = AuthSettings(local_list_enabled=True, cache_enabled=True, local_authorize_offline=True,

@@ -1,5 +1,5 @@
-"""The channel between the agent process and the control process (agent.channel), and the control loop's
-side of it (agent.control_loop) with the simulated board: what crosses, what is refused, and the
+"""The channel between the agent process and the control process (agent.control.channel), and the control loop's
+side of it (agent.control.loop) with the simulated board: what crosses, what is refused, and the
 supervision of the agent by the control loop, on an injected clock."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import math
 
 import pytest
 
-from agent import channel
-from agent import controller as ctl
-from agent.control_loop import ControlLoop, describe
+from agent.control import channel
+from agent.control.loop import ControlLoop, describe
+from agent.core import controller as ctl
 from hal.board import load_board
 from hal.interfaces import CpState, MeterReading, PilotMode
 
@@ -199,7 +199,7 @@ def test_the_control_process_imports_no_protocol_storage_or_crypto_library(tmp_p
 
     script = (
         "import asyncio, sys\n"
-        "import agent.control_process\n"
+        "import agent.control.process\n"
         "from pathlib import Path\n"
         "from hal.board import load_board\n"
         f"board = load_board(Path({str(_board_file())!r}), state_dir=Path({str(tmp_path)!r}))\n"

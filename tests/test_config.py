@@ -4,7 +4,6 @@ from pathlib import Path
 
 import pytest
 
-from agent import ocpp_config
 from agent.config import (
     AgentConfig,
     BoardConfig,
@@ -19,6 +18,7 @@ from agent.config import (
     load_config,
     package_version,
 )
+from agent.ocpp.v16 import config as ocpp_config
 
 MINIMAL = """\
 [station]

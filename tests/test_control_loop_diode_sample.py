@@ -6,9 +6,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from agent import controller as ctl
-from agent.control_loop import ControlLoop
-from agent.controller import Fault
+from agent.control.loop import ControlLoop
+from agent.core import controller as ctl
+from agent.core.controller import Fault
 from hal.board import load_board
 
 SIM_BOARD = Path(__file__).resolve().parent.parent / "board-configs" / "sim.toml"

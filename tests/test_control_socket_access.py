@@ -1,4 +1,4 @@
-"""Who may use the control socket (agent.control): mode 0660, the configured group, SO_PEERCRED.
+"""Who may use the control socket (agent.cli.control_socket): mode 0660, the configured group, SO_PEERCRED.
 
 The rule: root, the agent's own user and members of [control] group may use every command (read-only
 and state-changing); everyone else is refused: by the kernel at connect() while the socket has mode 0660,
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.control import ControlClientError, ControlServer, Peer, request
+from agent.cli.control_socket import ControlClientError, ControlServer, Peer, request
 from tests.agent_harness import Agent, write_config
 
 pytestmark = pytest.mark.timeout(60)

@@ -1,4 +1,4 @@
-"""The control socket's path and bounds (agent.control), over real Unix sockets (issue 9 C5, C8).
+"""The control socket's path and bounds (agent.cli.control_socket), over real Unix sockets (issue 9 C5, C8).
 
 Only a stale socket is ever removed; any other file at the socket path is a config error and is left as
 it was. A connection beyond the limit gets an error line and is closed; an idle connection is closed
@@ -16,8 +16,8 @@ import sys
 
 import pytest
 
+from agent.cli.control_socket import MAX_REQUEST_BYTES, CommandError, ControlServer, request
 from agent.config import ConfigError
-from agent.control import MAX_REQUEST_BYTES, CommandError, ControlServer, request
 from tests.agent_harness import REPO, write_config
 
 pytestmark = pytest.mark.timeout(60)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.controller import (
+from agent.core.controller import (
     AuthorizationResult,
     AvailabilityChanged,
     CableDetected,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.controller import (
+from agent.core.controller import (
     AuthorizationResult,
     ConnectorController,
     ConnectorStatus,

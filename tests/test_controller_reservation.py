@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.controller import (
+from agent.core.controller import (
     AuthorizationResult,
     AvailabilityChanged,
     ConnectorController,

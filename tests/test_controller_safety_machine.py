@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from agent.controller import (
+from agent.core.controller import (
     AuthorizationResult,
     AvailabilityChanged,
     CableDetected,

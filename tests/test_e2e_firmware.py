@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
-from agent.firmware import certificate_store
-from agent.security_certs import MANUFACTURER_ROOT
+from agent.ocpp.security_certs import MANUFACTURER_ROOT
+from agent.station.firmware import certificate_store
 from hil.csms import LocalCsms
 from tests.agent_harness import STATION_ID, TAG_2, TAG_OK, Agent, calls_since, charge, wait_call, write_config
 
@@ -511,7 +511,7 @@ async def test_firmware_download_and_diagnostics_upload_over_ftp(csms, start, ho
     installed = await final_status(csms, "FirmwareStatusNotification", mark, FIRMWARE_FINAL, timeout=20)
     assert installed.payload == {"status": "Installed"}, agent.log_tail()
     assert (tmp_path / "installed.bin").read_bytes() == FIRMWARE
-    # the agent's own lines; the debug lines of OCPP frames are agent.security's redact_frame's business
+    # the agent's own lines; the debug lines of OCPP frames are agent.ocpp.security's redact_frame's business
     own_lines = [line for line in agent.log_path.read_text().splitlines() if "evse.ocpp.frames" not in line]
     assert "ftp-Passw0rd" not in "\n".join(own_lines)
     assert "evse:***@127.0.0.1" in "\n".join(own_lines)
@@ -693,13 +693,13 @@ async def test_scheduled_signed_update_reports_its_status_again_after_a_reconnec
     assert (await wait_call(csms, "LogStatusNotification", trigger)).payload == {"status": "Idle"}
 
 
-# ---- agent.transfer on its own -------------------------------------------------------------------------
+# ---- agent.ocpp.transfer on its own -------------------------------------------------------------------------
 
 
 def test_downloads_stop_at_the_size_limit_and_leave_no_partial_file(http_server, tmp_path):
     """The size limit (an announced Content-Length beyond it fails before the body is read), no .part file
     after a failure, the SHA-256 of what was stored, and only ftp/http/https URLs."""
-    from agent import transfer
+    from agent.ocpp import transfer
 
     http_server.files["/fw.bin"] = FIRMWARE
     dest = tmp_path / "dl" / "fw.bin"
@@ -740,7 +740,7 @@ def test_the_board_config_names_the_install_hook_and_the_download_limit(tmp_path
 def test_a_signature_is_read_as_standard_base64_with_or_without_line_breaks(pki, tmp_path):
     """Issue 9 C10: `openssl base64` wraps at 64 characters (CRLF from some tools); anything that is not
     base64 stays refused, and a wrapped signature of other data still does not match."""
-    from agent.firmware import SignatureError, verify_signature
+    from agent.station.firmware import SignatureError, verify_signature
 
     image = tmp_path / "fw.bin"
     image.write_bytes(FIRMWARE)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agent.cli import format_status
+from agent.cli.main import format_status
 from hil.csms import LocalCsms
 from tests.agent_harness import STATION_ID, TAG_2, TAG_OK, calls_since, online, wait_call
 

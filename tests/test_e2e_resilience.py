@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from agent.meter_values import ocpp_timestamp
+from agent.ocpp.v16.meter_values import ocpp_timestamp
 from hil.csms import Frame, LocalCsms
 from tests.agent_harness import (
     REPO,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import security_certs as certs
+from agent.ocpp import security_certs as certs
 from hil.csms import LocalCsms
 from tests.agent_harness import STATION_ID, Agent, registered, wait_call, write_config
 from tests.security_pki import issue, load_server_cert, make_ca, pem, server_context, sign_csr
@@ -471,8 +471,8 @@ def test_renewal_is_due_within_the_configured_days_and_asked_once_a_day(tmp_path
     """certificate_renewal_due with an injected clock: not due 31 days before expiry, due 29 days before,
     quiet for a day after a request, due again after it; never with certificate_renewal_days = 0."""
     from agent.config import load_config
-    from agent.journal import Journal
-    from agent.security import SecurityManager
+    from agent.ocpp.security import SecurityManager
+    from agent.station.journal import Journal
 
     root = make_ca("CSMS Root")
     cert = issue(root, STATION_ID, organization=CPO, client=True, days=90)

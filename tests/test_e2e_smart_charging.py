@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from agent.cli import format_status
+from agent.cli.main import format_status
 from tests.agent_harness import STATION_ID, TAG_OK, calls_since, charge, online, wait_call
 
 pytestmark = pytest.mark.slow

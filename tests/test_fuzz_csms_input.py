@@ -11,8 +11,8 @@ What the station must do with any frame (OCPP-J 1.6 §4):
 * nothing escapes the receive path, the connection stays up, and no contactor moves because of it.
 
 Two layers:
-1. In-process, thousands of frames a second: `agent.ocpp16._ChargePoint.route_message` is called
-   directly with a fake connection, on a real `agent.station.Station` built on the simulated board with
+1. In-process, thousands of frames a second: `agent.ocpp.v16.client._ChargePoint.route_message` is called
+   directly with a fake connection, on a real `agent.station.station.Station` built on the simulated board with
    a manual clock. Connector 1 is charging (contactor closed), connector 2 idle (open); after every
    frame both must be as they were, unless the frame was a valid command that may legitimately end a
    session (Reset, UnlockConnector, RemoteStopTransaction), after which the station is rebuilt.
@@ -47,13 +47,13 @@ from ocpp.routing import create_route_map
 from ocpp.v16 import call
 from ocpp.v16.enums import Action
 
-from agent import controller as ctl
 from agent.config import load_config
-from agent.journal import Journal
-from agent.meter_values import ocpp_timestamp
-from agent.ocpp16 import _ChargePoint
-from agent.ocpp_config import KEYS as CONFIGURATION_KEYS
-from agent.station import Station
+from agent.core import controller as ctl
+from agent.ocpp.v16.client import _ChargePoint
+from agent.ocpp.v16.config import KEYS as CONFIGURATION_KEYS
+from agent.ocpp.v16.meter_values import ocpp_timestamp
+from agent.station.journal import Journal
+from agent.station.station import Station
 from hal.board import load_board
 from hil.csms import LocalCsms, _describe_frame
 from tests.agent_harness import STATION_ID, TAG_OK, calls_since, charge, wait_call, write_config
@@ -831,7 +831,7 @@ async def test_the_agent_survives_hundreds_of_fuzzed_frames_mid_session(csms, ru
     ours = {want.unique_id for _, want in calls}
     assert [v for v in csms.violations
             if not (v.kind == "unexpected_response" and v.frame and v.frame.unique_id in ours)] == []
-    # Nothing went wrong inside the agent, except (known, outside agent/ocpp16.py) that a string the CSMS
+    # Nothing went wrong inside the agent, except (known, outside agent/ocpp/v16/client.py) that a string the CSMS
     # sent with a lone surrogate (a legal JSON escape such as "\\udfff") cannot be written to the UTF-8 log:
     # logging reports "--- Logging error ---" with a traceback and drops that line.
     log = agent.log_path.read_text(errors="replace")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from gpiozero.pins.mock import MockConnectedPin, MockFactory
 
-from agent.controller import ConnectorStatus, indicator_for
+from agent.core.controller import ConnectorStatus, indicator_for
 from hal.board import BoardConfigError, ConfigTable, load_board
 from hal.build import BuildContext
 from hal.gpio import (

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import hw_cli
-from agent.cli import build_parser
+from agent.cli import hw as hw_cli
+from agent.cli.main import build_parser
 from hal.coproc.mcu_ports import PtyPort
 from hal.coproc.sim_mcu import SimMcu
 from hal.sim.connector import SimConnectorSpec, SimEvSpec

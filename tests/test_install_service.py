@@ -1,4 +1,4 @@
-"""`evse install-service` (agent.install): the unit, a config skeleton and a board file under a prefix;
+"""`evse install-service` (agent.cli.install): the unit, a config skeleton and a board file under a prefix;
 never overwriting what the station maker edited; --dry-run writes nothing."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from agent.cli.install import UNIT_NAME, render_unit, shipped_boards
 from agent.config import load_config
-from agent.install import UNIT_NAME, render_unit, shipped_boards
 
 REPO = Path(__file__).resolve().parent.parent
 

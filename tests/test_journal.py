@@ -1,4 +1,4 @@
-"""agent/journal.py on real SQLite files: queue order, transactionId patching, delivery bookkeeping,
+"""agent/station/journal.py on real SQLite files: queue order, transactionId patching, delivery bookkeeping,
 crash survival, settings, durability pragmas and the errors a bad journal file gives."""
 
 from __future__ import annotations
@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.journal import TRANSACTION_ID_UNKNOWN, Journal, JournalError, JournalSetupError, JournalValueError
+from agent.station.journal import (
+    TRANSACTION_ID_UNKNOWN,
+    Journal,
+    JournalError,
+    JournalSetupError,
+    JournalValueError,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = "2025-01-01T10:00:00.000Z"
@@ -242,7 +248,7 @@ def test_commits_survive_a_killed_process(path):
     script = f"""
 import os, sys
 sys.path.insert(0, {str(REPO)!r})
-from agent.journal import Journal
+from agent.station.journal import Journal
 j = Journal({str(path)!r})
 local = j.begin_transaction(1, "TAG-1", 1000, {T0!r})
 j.message_delivered(j.next_message(), {{"transactionId": 77, "idTagInfo": {{"status": "Accepted"}}}})

@@ -756,7 +756,7 @@ async def test_on_change_listeners_are_called_when_the_confirmed_state_or_diode_
 
 
 async def test_background_sampler_wakes_a_waiting_control_loop_with_the_new_state_already_readable(bench):
-    """As agent.station's control loop does: the listener only sets an event; when it fires, read() already
+    """As agent.station.station's control loop does: the listener only sets an event; when it fires, read() already
     returns the new state, so detection does not wait for the next control period."""
     pilot = bench.pilot()
     loop = asyncio.get_running_loop()

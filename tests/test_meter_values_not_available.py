@@ -3,7 +3,7 @@ out of MeterValues and of the W-to-A conversion; the rest of the reading still g
 
 from __future__ import annotations
 
-from agent.meter_values import sampled_values
+from agent.ocpp.v16.meter_values import sampled_values
 from hal.interfaces import MeterReading
 
 MEASURANDS = ["Energy.Active.Import.Register", "Power.Active.Import", "Current.Import", "Voltage"]

@@ -2,7 +2,7 @@ import logging
 
 import pytest
 
-from agent.ocpp_config import (
+from agent.ocpp.v16.config import (
     INT32_MAX,
     KEYS,
     SUPPORTED_MEASURANDS,
@@ -183,7 +183,7 @@ def test_stored_values_win_over_initial_values():
 
 
 def test_invalid_stored_values_are_ignored_with_a_warning(caplog):
-    caplog.set_level(logging.WARNING, logger="agent.ocpp_config")
+    caplog.set_level(logging.WARNING, logger="agent.ocpp.v16.config")
     config = OcppConfiguration(
         1,
         initial={"HeartbeatInterval": 120},
@@ -408,7 +408,7 @@ def test_set_internal_applies_and_persists_a_valid_value(config, changes):
 
 
 def test_set_internal_ignores_an_invalid_value_with_a_warning(config, changes, caplog):
-    caplog.set_level(logging.WARNING, logger="agent.ocpp_config")
+    caplog.set_level(logging.WARNING, logger="agent.ocpp.v16.config")
     assert config.set_internal("HeartbeatInterval", "-5") is False
     assert config.get_int("HeartbeatInterval") == 300
     assert changes.calls == []

@@ -10,10 +10,17 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agent import smart_charging as sc
-from agent.auth_store import AuthStore
-from agent.authorization import AuthSettings, IdTagInfo, Source, decide, plan_send_local_list, valid_id_token
-from agent.journal import Journal
+from agent.core import smart_charging as sc
+from agent.core.authorization import (
+    AuthSettings,
+    IdTagInfo,
+    Source,
+    decide,
+    plan_send_local_list,
+    valid_id_token,
+)
+from agent.station.auth_store import AuthStore
+from agent.station.journal import Journal
 from hil.csms import LocalCsms
 from tests.agent_harness import (
     STATION_ID,

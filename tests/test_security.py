@@ -1,4 +1,4 @@
-"""Unit tests of agent.security and agent.security_certs: credentials, redaction, certificateHashData,
+"""Unit tests of agent.ocpp.security and agent.ocpp.security_certs: credentials, redaction, certificateHashData,
 chains, CSR, the store, the SecurityManager's rules (profiles, fallback, events) and the [ocpp] settings."""
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from websockets.datastructures import Headers
 from websockets.exceptions import InvalidStatus
 from websockets.http11 import Response
 
-from agent import security
-from agent import security_certs as certs
 from agent.config import ConfigError, load_config
-from agent.journal import Journal
-from agent.ocpp_config import OcppConfiguration
+from agent.ocpp import security
+from agent.ocpp import security_certs as certs
+from agent.ocpp.v16.config import OcppConfiguration
+from agent.station.journal import Journal
 from tests.security_pki import issue, make_ca, pem, sign_csr
 
 # ---- credentials ------------------------------------------------------------------------------------------

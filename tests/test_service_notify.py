@@ -22,9 +22,9 @@ import pytest
 
 from agent import service
 from agent.config import load_config
-from agent.journal import Journal
 from agent.service import ServiceNotifier, watchdog_interval_s
-from agent.station import Station
+from agent.station.journal import Journal
+from agent.station.station import Station
 from hal.board import load_board
 from tests.agent_harness import TAG_OK, Agent, charge, write_config
 

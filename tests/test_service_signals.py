@@ -16,8 +16,8 @@ import time
 import pytest
 
 from agent.config import load_config
-from agent.journal import Journal
-from agent.station import Station
+from agent.station.journal import Journal
+from agent.station.station import Station
 from hal.board import load_board
 from tests.agent_harness import REPO, TAG_2, TAG_OK, Agent, charge, registered, write_config
 
@@ -142,7 +142,7 @@ async def test_after_sigterm_no_card_remote_start_or_late_authorization_starts_a
 async def test_a_crashed_control_loop_ends_the_agent_with_every_contactor_open(tmp_path):
     """A station without its control loop must not keep running unsupervised: it stops, opens every
     contactor and exits non-zero so that systemd restarts it."""
-    from agent.station import StationCrashed
+    from agent.station.station import StationCrashed
 
     config = load_config(write_config(tmp_path, "ws://127.0.0.1:9/ocpp"))
     config.journal.path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +152,7 @@ async def test_a_crashed_control_loop_ends_the_agent_with_every_contactor_open(t
     def broken_step():
         raise RuntimeError("simulated bug in the control step")
 
-    station.link.control.step = broken_step  # the in-process control loop (agent.control_loop)
+    station.link.control.step = broken_step  # the in-process control loop (agent.control.loop)
     with pytest.raises(StationCrashed, match="control task ended unexpectedly"):
         await asyncio.wait_for(station.run(), 10)
     assert all(not conn.contactor.commanded_closed for conn in station.board.connectors)

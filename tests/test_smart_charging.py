@@ -1,4 +1,4 @@
-"""agent.smart_charging: profile validation, stacking and the composite schedule, with time passed in."""
+"""agent.core.smart_charging: profile validation, stacking and the composite schedule, with time passed in."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from agent import smart_charging as sc
-from agent.controller import ChargingLimitChanged, ConnectorStatus, PilotChanged, SetContactor, SetPilot
+from agent.core import smart_charging as sc
+from agent.core.controller import ChargingLimitChanged, ConnectorStatus, PilotChanged, SetContactor, SetPilot
 from hal.interfaces import CpState, PilotMode
 from tests.test_controller import Bench, of
 

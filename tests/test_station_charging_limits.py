@@ -1,10 +1,10 @@
-"""Smart Charging in the station shell (agent.charging_limits) with a real Station on the sim board: the
+"""Smart Charging in the station shell (agent.station.charging_limits) with a real Station on the sim board: the
 limit handed to the controller is rounded down, never up, and GetCompositeSchedule answers for a bounded
 window (it is computed on the event loop that also runs the control loop)."""
 
 from __future__ import annotations
 
-from agent.charging_limits import MAX_COMPOSITE_DURATION_S
+from agent.station.charging_limits import MAX_COMPOSITE_DURATION_S
 from tests.station_bench import authorize, sim_station, steps
 
 

@@ -5,8 +5,8 @@ behind a controller that believes them off, and the last StatusNotification says
 
 from __future__ import annotations
 
-from agent.controller import IdTagPresented, Tick
-from agent.journal import JournalError
+from agent.core.controller import IdTagPresented, Tick
+from agent.station.journal import JournalError
 from tests.agent_harness import TAG_OK
 from tests.station_bench import authorize, sim_station, steps
 

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from agent import controller as ctl
-from agent.journal import JournalError
+from agent.core import controller as ctl
+from agent.station.journal import JournalError
 from tests.station_bench import sim_station, steps
 
 

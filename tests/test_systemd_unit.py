@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.install import TEMPLATE_CONFIG, TEMPLATE_EXECUTABLE, UNIT_NAME, render_unit
+from agent.cli.install import TEMPLATE_CONFIG, TEMPLATE_EXECUTABLE, UNIT_NAME, render_unit
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / UNIT_NAME

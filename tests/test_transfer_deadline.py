@@ -1,4 +1,4 @@
-"""Transfers against a server that trickles (issue 9 C6): agent.transfer on a real HTTP server on 127.0.0.1.
+"""Transfers against a server that trickles (issue 9 C6): agent.ocpp.transfer on a real HTTP server on 127.0.0.1.
 
 A server that sends one byte now and then never trips a read timeout; the total deadline ends the
 transfer anyway, its socket is shut down (the worker is free again), and transfers run in workers of
@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from agent import transfer
+from agent.ocpp import transfer
 
 pytestmark = pytest.mark.timeout(60)
 

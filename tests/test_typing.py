@@ -21,7 +21,7 @@ def strict_modules() -> list[Path]:
 
 def test_the_strictly_typed_modules_pass_mypy(tmp_path):
     modules = strict_modules()
-    assert REPO / "agent" / "controller.py" in modules and REPO / "agent" / "journal.py" in modules
+    assert REPO / "agent" / "core" / "controller.py" in modules and REPO / "agent" / "station" / "journal.py" in modules
     result = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "mypy-cache")],
                             cwd=REPO, capture_output=True, text=True, timeout=110)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -1,4 +1,4 @@
-"""agent/ reads the wall clock only through agent/clock.py; everything else gets its clock injected, so
+"""agent/ reads the wall clock only through agent/core/clock.py; everything else gets its clock injected, so
 tests can fix the time (issue 9, C1: a test with a fixed date broke once that date passed, because
 AuthStore read the real clock). ruff's banned-api (pyproject.toml) enforces it; this runs it in the suite."""
 
@@ -34,4 +34,4 @@ def test_the_ban_catches_every_wall_clock_read_but_not_the_monotonic_clock():
 
 
 def test_agent_clock_is_the_one_module_allowed_to_read_it():
-    assert banned_clock_calls(WALL_CLOCK_READS, "agent/clock.py").returncode == 0
+    assert banned_clock_calls(WALL_CLOCK_READS, "agent/core/clock.py").returncode == 0

@@ -1,7 +1,7 @@
 """Persistence of the installed charging profiles (OCPP 1.6 Smart Charging), in the journal's database.
 
 Profiles survive reboots and resets (errata 3.37). Each is kept as its OCPP JSON with its connector; the
-model and the rules are agent.smart_charging's. Writes are durable (fsynced) like Start and Stop.
+model and the rules are agent.core.smart_charging's. Writes are durable (fsynced) like Start and Stop.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import logging
 
-from agent import smart_charging as sc
-from agent.journal import Journal
+from agent.core import smart_charging as sc
+from agent.station.journal import Journal
 
 log = logging.getLogger("evse.smart_charging")
 

@@ -1,7 +1,7 @@
-"""The control process: `python -m agent.control_process --board FILE --fd N` (started by `evse run`).
+"""The control process: `python -m agent.control.process --board FILE --fd N` (started by `evse run`).
 
 It holds the safety path and nothing else: the board's devices, the session controllers and the control
-loop (agent.control_loop), talking to the agent process over the socket `--fd` (agent.channel). It imports
+loop (agent.control.loop), talking to the agent process over the socket `--fd` (agent.control.channel). It imports
 no OCPP library, no SQLite, no cryptography, and never waits on the network or the disk: the agent may be
 flooded, stalled or dead, and a contactor here still opens within its deadline.
 
@@ -32,8 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent import channel
-from agent.control_loop import AGENT_DEADLINE_S, ControlLoop, describe
+from agent.control import channel
+from agent.control.loop import AGENT_DEADLINE_S, ControlLoop, describe
 from agent.logs import setup_logging
 from hal.board import load_board
 

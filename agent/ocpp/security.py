@@ -1,5 +1,5 @@
 """OCPP 1.6 security (Security Whitepaper edition 2): profiles 0-3, credentials, TLS, security events,
-certificate management. The OCPP handlers live in agent.ocpp16_security; this module holds the logic.
+certificate management. The OCPP handlers live in agent.ocpp.v16.security; this module holds the logic.
 
 Profiles (the `SecurityProfile` key, [ocpp] security_profile at first start):
 * 0: no security profile: the url as written, Basic auth if a password is set (legacy);
@@ -50,17 +50,17 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidMessage, InvalidStatus
 
-from agent.clock import WallClock, utc_now
-from agent.journal import JournalError
-from agent.meter_values import ocpp_timestamp
+from agent.core.clock import WallClock, utc_now
+from agent.ocpp.v16.meter_values import ocpp_timestamp
+from agent.station.journal import JournalError
 
 
 class _LazyCerts:
-    """agent.security_certs, imported on first use: it loads `cryptography` (~8 MB of memory), which a
+    """agent.ocpp.security_certs, imported on first use: it loads `cryptography` (~8 MB of memory), which a
     station on security profile 0 or 1 without certificate operations never needs."""
 
     def __getattr__(self, name: str):
-        from agent import security_certs
+        from agent.ocpp import security_certs
 
         return getattr(security_certs, name)
 
@@ -69,8 +69,8 @@ certs = _LazyCerts()
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
-    from agent.journal import Journal
-    from agent.ocpp_config import OcppConfiguration
+    from agent.ocpp.v16.config import OcppConfiguration
+    from agent.station.journal import Journal
 
 log = logging.getLogger("evse.security")
 
@@ -370,7 +370,7 @@ class SecurityManager:
 
     @property
     def store(self):
-        """The certificate store (agent.security_certs.CertificateStore), opened on first use."""
+        """The certificate store (agent.ocpp.security_certs.CertificateStore), opened on first use."""
         if self._store is None:
             self._store = certs.CertificateStore(self._certs_dir)
         return self._store

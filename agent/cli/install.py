@@ -37,7 +37,7 @@ STATE_DIR = Path("/var/lib/evse-agent")
 # in the packaged unit, replaced by the chosen venv and config directory
 TEMPLATE_EXECUTABLE = "/opt/evse-agent/bin/evse"
 TEMPLATE_CONFIG = "/etc/evse-agent/config.toml"
-SOURCE_TREE = Path(__file__).resolve().parent.parent
+SOURCE_TREE = Path(__file__).resolve().parents[2]  # agent/cli/install.py -> the checkout
 
 
 class InstallError(Exception):

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from agent.authorization import IdTagInfo, ListChange, cache_evictions
-from agent.clock import WallClock, utc_now
-from agent.journal import Journal
+from agent.core.authorization import IdTagInfo, ListChange, cache_evictions
+from agent.core.clock import WallClock, utc_now
+from agent.station.journal import Journal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS auth_cache (

@@ -1,8 +1,8 @@
 """OCPP 1.6 Smart Charging handlers: SetChargingProfile, ClearChargingProfile, GetCompositeSchedule.
 
-A mixin of agent.ocpp16._ChargePoint (the `ocpp` library finds @on handlers on any base class). The
+A mixin of agent.ocpp.v16.client._ChargePoint (the `ocpp` library finds @on handlers on any base class). The
 handlers translate messages and ask the station (StationPort.set_charging_profile, ...); the rules are in
-agent.smart_charging, the profile store and the limit that reaches the pilot in agent.station. The
+agent.core.smart_charging, the profile store and the limit that reaches the pilot in agent.station.station. The
 chargingProfile of a RemoteStartTransaction goes to StationPort.remote_start with the request.
 """
 

@@ -1,7 +1,7 @@
 """The board side of the station: devices, session controllers and the control loop.
 
-It runs alone in the control process (agent.control_process) on a real station, or in the agent's own
-event loop behind agent.control_link.InProcessLink (tests, fleet mode). Each step reads every safety device
+It runs alone in the control process (agent.control.process) on a real station, or in the agent's own
+event loop behind agent.control.link.InProcessLink (tests, fleet mode). Each step reads every safety device
 once, turns changes into controller events and carries out the hardware commands (contactor, pilot, lock,
 status LEDs) in the same step; every other command (StartTransaction, StatusChanged, ...) goes up the
 channel to the agent, with the controller's state. Nothing here waits for the agent, the disk or the network.
@@ -22,8 +22,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent import channel, hw_cli
-from agent import controller as ctl
+from agent.cli import hw as hw_cli
+from agent.control import channel
+from agent.core import controller as ctl
 from hal.interfaces import Board, ConnectorHardware, CpState, HardwareError, MeterError, PilotMode
 
 log = logging.getLogger("evse.control_loop")

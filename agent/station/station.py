@@ -1,6 +1,6 @@
 """The station: the agent-side shell that wires the control loop, journal and OCPP together.
 
-* The control loop (devices, session controllers) runs behind a ControlLink (agent.control_link): in its
+* The control loop (devices, session controllers) runs behind a ControlLink (agent.control.link): in its
   own process on a real station, in this event loop for tests. Events go down to it; the commands that are
   not hardware (StartTransaction, StatusChanged, ...) come back up with each controller's state, of which
   `rt.controller` is a read-only replica here (its handle() is never called on this side).
@@ -22,10 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from agent import channel, hw_cli, logs
-from agent import controller as ctl
-from agent.auth_store import AuthStore
-from agent.authorization import (
+from agent import logs
+from agent.cli import hw as hw_cli
+from agent.config import AgentConfig
+from agent.control import channel
+from agent.control.link import ControlLink, ControlLost, InProcessLink
+from agent.core import controller as ctl
+from agent.core.authorization import (
     AuthSettings,
     Decision,
     IdTagInfo,
@@ -34,17 +37,16 @@ from agent.authorization import (
     decide,
     plan_send_local_list,
 )
-from agent.charging_limits import ChargingLimits
-from agent.clock import utc_now
-from agent.config import AgentConfig
-from agent.control_link import ControlLink, ControlLost, InProcessLink
-from agent.firmware import FirmwareManager
-from agent.journal import Journal, JournalError, JournalValueError, QueuedMessage
-from agent.meter_values import meter_value, ocpp_timestamp, register_value
-from agent.ocpp16 import OcppClient
-from agent.ocpp_config import OcppConfiguration
-from agent.reservations import Reservations
-from agent.security import RESET_OR_REBOOT, STARTUP, SecurityManager
+from agent.core.clock import utc_now
+from agent.ocpp.security import RESET_OR_REBOOT, STARTUP, SecurityManager
+from agent.ocpp.v16.client import OcppClient
+from agent.ocpp.v16.config import OcppConfiguration
+from agent.ocpp.v16.meter_values import meter_value, ocpp_timestamp, register_value
+from agent.station.auth_store import AuthStore
+from agent.station.charging_limits import ChargingLimits
+from agent.station.firmware import FirmwareManager
+from agent.station.journal import Journal, JournalError, JournalValueError, QueuedMessage
+from agent.station.reservations import Reservations
 from hal.interfaces import Board, CpState, MeterReading
 
 log = logging.getLogger("evse.station")
@@ -118,7 +120,7 @@ class Station:
         self.clock = clock
         self.wall_clock = wall_clock  # UTC: charging schedules are in wall-clock time
         self.security = SecurityManager(config, journal, wall_clock)
-        self.security.apply_local_settings()  # config-file edits win over what the CSMS set (agent.security)
+        self.security.apply_local_settings()  # config-file edits win over what the CSMS set (agent.ocpp.security)
         self.configuration = OcppConfiguration(
             number_of_connectors=len(self.info.connectors),
             initial={**config.ocpp_configuration, "SecurityProfile": str(config.ocpp.security_profile)},
@@ -754,7 +756,7 @@ class Station:
                      list_version, self.auth.list_size())
         return change.status.value
 
-    # ---- Reservation (agent.reservations) and Smart Charging (agent.charging_limits) ---------------------
+    # ---- Reservation (agent.station.reservations) and Smart Charging (agent.station.charging_limits) ---------------------
 
     def reserve_now(self, connector_id: int, expiry_date: str, id_tag: str, reservation_id: int,
                     parent_id_tag: str | None) -> str:
@@ -798,7 +800,7 @@ class Station:
         """A reset is an orderly stop: the EVs get their time to leave C before the restart opens everything."""
         await asyncio.gather(*(self._contactor_opened(rt) for rt in self.connectors.values()))
 
-    # ---- firmware installation (agent.firmware) ----------------------------------------------------
+    # ---- firmware installation (agent.station.firmware) ----------------------------------------------------
 
     def transactions_active(self) -> bool:
         """A transaction runs, or its last journal write (StopTransaction) is still to be done."""
@@ -881,7 +883,7 @@ class Station:
         return True
 
     # ---- technician's hardware checks (`evse hw ...`, control commands hw.*) ------------------------
-    # Each returns a report dict of agent.hw_cli: {"ok": true, ...} or {"ok": false, "exit_code", "error"}.
+    # Each returns a report dict of agent.cli.hw: {"ok": true, ...} or {"ok": false, "exit_code", "error"}.
 
     async def hw_meter(self, connector_id: int) -> dict:
         return self._hw_starting() or await self._hw_request("hw_meter", connector_id)

@@ -2,7 +2,7 @@
 whitepaper's SignedUpdateFirmware (L01) and GetLog (N01).
 
 The FirmwareManager runs each operation in a task of its own; the OCPP handlers only prepare it
-and start it once their answer is out (agent.ocpp16_firmware). One firmware operation (plain or
+and start it once their answer is out (agent.ocpp.v16.firmware). One firmware operation (plain or
 signed) at a time, one diagnostics upload and one log upload:
 
 Firmware
@@ -60,12 +60,12 @@ from urllib.parse import urlsplit
 
 from ocpp.v16 import call
 
-from agent import transfer
-from agent.journal import JournalError
-from agent.meter_values import ocpp_timestamp
+from agent.ocpp import transfer
+from agent.ocpp.v16.meter_values import ocpp_timestamp
+from agent.station.journal import JournalError
 
 if TYPE_CHECKING:
-    from agent.station import Station
+    from agent.station.station import Station
 
 log = logging.getLogger("evse.firmware")
 security_log = logging.getLogger("evse.security.firmware")
@@ -109,15 +109,15 @@ class SignatureError(Exception):
 
 
 def certificate_store(journal_dir: Path):
-    """The station's certificate store (agent.security_certs), under `<journal dir>/certs`."""
-    from agent.security_certs import CertificateStore
+    """The station's certificate store (agent.ocpp.security_certs), under `<journal dir>/certs`."""
+    from agent.ocpp.security_certs import CertificateStore
 
     return CertificateStore(Path(journal_dir) / "certs")
 
 
 def manufacturer_roots(journal_dir: Path) -> list:
     """The installed ManufacturerRootCertificates (cryptography x509.Certificate objects)."""
-    from agent.security_certs import MANUFACTURER_ROOT
+    from agent.ocpp.security_certs import MANUFACTURER_ROOT
 
     return certificate_store(journal_dir).root_certificates(MANUFACTURER_ROOT)
 
@@ -125,8 +125,8 @@ def manufacturer_roots(journal_dir: Path) -> list:
 def verify_signing_certificate(pem: str, roots: list, now: datetime):
     """The signing certificate (the first of `pem`, which may carry intermediates after it), once its
     chain leads to one of the trusted `roots`, every certificate valid now. Raises
-    agent.security_certs.CertificateError (a ValueError; its message is safe to log)."""
-    from agent.security_certs import load_pem_certificates, verify_chain
+    agent.ocpp.security_certs.CertificateError (a ValueError; its message is safe to log)."""
+    from agent.ocpp.security_certs import load_pem_certificates, verify_chain
 
     chain = load_pem_certificates(pem)
     verify_chain(chain, roots, now)
@@ -427,7 +427,7 @@ class FirmwareManager:
         except ImportError:
             log.error("SignedUpdateFirmware rejected: the cryptography package is not installed")
             return "Rejected"
-        except ValueError as exc:  # agent.security_certs.CertificateError
+        except ValueError as exc:  # agent.ocpp.security_certs.CertificateError
             reason = str(exc)
             security_log.warning("SignedUpdateFirmware (request %s): invalid signing certificate: %s",
                                  request_id, reason)
@@ -568,7 +568,7 @@ class FirmwareManager:
 
     def _security_event(self, kind: str, tech_info: str) -> None:
         security = getattr(self.station, "security", None)
-        if security is not None:  # agent.security: security log file + SecurityEventNotification in the journal
+        if security is not None:  # agent.ocpp.security: security log file + SecurityEventNotification in the journal
             security.event(kind, tech_info)
             return
         security_log.warning("security event %s: %s", kind, tech_info)
@@ -809,7 +809,7 @@ class FirmwareManager:
 
 
     def _security_log_lines(self, since: datetime | None, until: datetime | None) -> list[str]:
-        """The security log (agent.security's rolling file, `<timestamp> <event> <techInfo>` lines) within the
+        """The security log (agent.ocpp.security's rolling file, `<timestamp> <event> <techInfo>` lines) within the
         period; without that module, the security lines of this process's log."""
         security = getattr(self.station, "security", None)
         if security is None:

@@ -1,6 +1,6 @@
 """Reservations of the station (OCPP 1.6 §5.13), the shell side.
 
-The connectors' session controllers hold reservations and decide who may start (agent.controller).
+The connectors' session controllers hold reservations and decide who may start (agent.core.controller).
 This module places a reservation on a connector (for connector 0: on one free connector, moved when
 that one faults), persists every active reservation in the journal's settings (`reservation.<id>`) so
 that a restart keeps it, and restores them. The reservation a transaction uses leaves the journal in
@@ -14,8 +14,8 @@ import logging
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
-from agent import controller as ctl
-from agent.journal import Journal, JournalError
+from agent.core import controller as ctl
+from agent.station.journal import Journal, JournalError
 
 log = logging.getLogger("evse.station")
 

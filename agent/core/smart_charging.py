@@ -1,8 +1,8 @@
 """OCPP 1.6 Smart Charging: charging profiles, their validation and stacking, and the composite schedule.
 
 Pure logic: no I/O, no `ocpp` import; the time is always passed in (timezone-aware UTC datetimes).
-The station (agent.station) owns the installed profiles, persists them and turns the composite limit
-into a controller event; the OCPP layer (agent.ocpp16_smart_charging) only translates messages.
+The station (agent.station.station) owns the installed profiles, persists them and turns the composite limit
+into a controller event; the OCPP layer (agent.ocpp.v16.smart_charging) only translates messages.
 
 Rules held here (OCPP 1.6 §3.13, §5.5, §5.7, §5.16 and the errata):
 * ChargePointMaxProfile only on connector 0 and never Relative; TxDefaultProfile on connector 0 (every

@@ -1,8 +1,8 @@
 """Smart Charging in the station (OCPP 1.6 §3.13), the shell side.
 
-The rules (validation, stacking, composite schedules) are pure in agent.smart_charging; the OCPP
-messages in agent.ocpp16_smart_charging. This module owns the installed profiles (persisted by
-agent.profile_store), re-evaluates each connector's limit when a schedule period boundary passes or
+The rules (validation, stacking, composite schedules) are pure in agent.core.smart_charging; the OCPP
+messages in agent.ocpp.v16.smart_charging. This module owns the installed profiles (persisted by
+agent.station.profile_store), re-evaluates each connector's limit when a schedule period boundary passes or
 something it depends on changes, and hands the limit to the connector's session controller
 (ChargingLimitChanged), which turns it into the pilot's duty cycle.
 """
@@ -16,14 +16,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from agent import controller as ctl
-from agent import smart_charging as sc
-from agent.journal import Journal, JournalError
-from agent.ocpp_config import OcppConfiguration
-from agent.profile_store import ProfileStore
+from agent.core import controller as ctl
+from agent.core import smart_charging as sc
+from agent.ocpp.v16.config import OcppConfiguration
+from agent.station.journal import Journal, JournalError
+from agent.station.profile_store import ProfileStore
 
 if TYPE_CHECKING:
-    from agent.station import ConnectorRuntime
+    from agent.station.station import ConnectorRuntime
 
 log = logging.getLogger("evse.smart_charging")
 

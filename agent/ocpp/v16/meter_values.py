@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from agent.clock import utc_now
+from agent.core.clock import utc_now
 from hal.interfaces import MeterReading
 
 # The measurands this agent can supply from a meter reading; the OCPP configuration only accepts these.
@@ -19,7 +19,7 @@ SUPPORTED_MEASURANDS = (
 
 def ocpp_timestamp(when: datetime | None = None) -> str:
     """UTC with milliseconds and "Z", the form every CSMS parses. Callers with an injected clock pass
-    its time; without `when`, the real clock of agent.clock."""
+    its time; without `when`, the real clock of agent.core.clock."""
     when = when or utc_now()
     return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 

@@ -10,8 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from agent.cli.control_socket import ControlClientError, request
 from agent.config import ConfigError, dump_example_config, load_config
-from agent.control import ControlClientError, request
 from hal.sim.connector import FAULT_KINDS as SIM_FAULT_KINDS
 
 EXIT_USAGE = 2
@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     hw = sub.add_parser("hw", help="technician's hardware checks: meter, pilot, rfid, contactor test, rcd test "
                                    "(directly, or through the agent when it runs)")
-    from agent.hw_cli import add_parsers as add_hw_parsers
+    from agent.cli.hw import add_parsers as add_hw_parsers
     add_hw_parsers(hw)
 
     demo = sub.add_parser("demo", help="run the bundled CSMS and the agent on the sim board and play a session")
@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     install = sub.add_parser("install-service", help="install the systemd unit, a config skeleton and a board "
                                                       "file, and the service's users and groups (docs/install.md)")
-    from agent.install import add_arguments as add_install_arguments
+    from agent.cli.install import add_arguments as add_install_arguments
     add_install_arguments(install)
 
     config = sub.add_parser("config", help="check a config file, or print an example")
@@ -161,13 +161,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         case "sim":
             return _sim(args)
         case "hw":
-            from agent.hw_cli import run as run_hw
+            from agent.cli.hw import run as run_hw
             return run_hw(args)
         case "demo":
-            from agent.demo import run_demo
+            from agent.cli.demo import run_demo
             return run_demo(seconds=args.seconds)
         case "install-service":
-            from agent.install import run as run_install
+            from agent.cli.install import run as run_install
             return run_install(args)
         case "config":
             if args.config_command == "example":
@@ -223,10 +223,10 @@ def format_sim_snapshot(snapshot: dict) -> str:
 
 def _run(args: argparse.Namespace) -> int:
     from agent.app import run_agent, run_reboot_command
-    from agent.control import CommandError
-    from agent.journal import JournalError, JournalSetupError
+    from agent.cli.control_socket import CommandError
     from agent.logs import setup_logging
-    from agent.station import StationCrashed
+    from agent.station.journal import JournalError, JournalSetupError
+    from agent.station.station import StationCrashed
     from hal.board import BoardConfigError
     from hal.interfaces import HardwareError
 

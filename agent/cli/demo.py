@@ -17,7 +17,7 @@ import time
 from importlib import resources
 from pathlib import Path
 
-from agent.control import ControlClientError, request
+from agent.cli.control_socket import ControlClientError, request
 from hil.csms import LocalCsms
 
 DEMO_TAG = "04A1B2C3D4"

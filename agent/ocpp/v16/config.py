@@ -110,21 +110,21 @@ _KEY_TABLE = (
     KeyDef("StopTxnSampledDataMaxLength", "R", "int", _MAX_LENGTH),
     KeyDef("SupportedFeatureProfiles", "R", "csl",
            "Core,FirmwareManagement,LocalAuthListManagement,Reservation,RemoteTrigger,SmartCharging"),
-    KeyDef("SupportedFileTransferProtocols", "R", "csl", "FTP,HTTP,HTTPS"),  # errata; agent.transfer
+    KeyDef("SupportedFileTransferProtocols", "R", "csl", "FTP,HTTP,HTTPS"),  # errata; agent.ocpp.transfer
     KeyDef("TransactionMessageAttempts", "RW", "int", "3", minimum=1),
     KeyDef("TransactionMessageRetryInterval", "RW", "int", "60", minimum=0),
     KeyDef("UnlockConnectorOnEVSideDisconnect", "RW", "bool", "true"),
     # A change takes effect on the next connection, which needs no reboot.
     KeyDef("WebSocketPingInterval", "RW", "int", "60", minimum=0),
     KeyDef("MessageTimeout", "RW", "int", "30", minimum=1),  # errata 3.82
-    # Security whitepaper edition 2 (agent.security checks changes of these beyond their type).
+    # Security whitepaper edition 2 (agent.ocpp.security checks changes of these beyond their type).
     KeyDef("AuthorizationKey", "W", "str", ""),  # write-only: never reported, never logged
     KeyDef("SecurityProfile", "RW", "int", "0", minimum=0, maximum=3),  # raised only, never lowered
     KeyDef("CpoName", "RW", "str", ""),
     KeyDef("CertificateSignedMaxChainSize", "R", "int", "10000"),  # characters, the schema's limit
     KeyDef("CertificateStoreMaxLength", "R", "int", "20"),  # root certificates, both kinds together
     KeyDef("AdditionalRootCertificateCheck", "R", "bool", "false"),
-    # Smart Charging (agent.smart_charging): what the station can hold and compute
+    # Smart Charging (agent.core.smart_charging): what the station can hold and compute
     KeyDef("ChargeProfileMaxStackLevel", "R", "int", "10"),
     KeyDef("ChargingScheduleAllowedChargingRateUnit", "R", "csl", "Current,Power"),
     KeyDef("ChargingScheduleMaxPeriods", "R", "int", "48"),

@@ -1,6 +1,6 @@
-"""The agent's side of the channel to the control loop (agent.channel): one interface, two transports.
+"""The agent's side of the channel to the control loop (agent.control.channel): one interface, two transports.
 
-* ProcessLink runs the control loop in its own process (agent.control_process): what a station on real
+* ProcessLink runs the control loop in its own process (agent.control.process): what a station on real
   hardware always runs (`evse run`). Nothing the CSMS, the disk or the network does to this process can
   delay a contactor there. The two supervise each other: this side sends a heartbeat every
   HEARTBEAT_S; the control process faults every connector when it hears nothing for its deadline, and
@@ -24,9 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agent import channel
-from agent import controller as ctl
-from agent.control_loop import ControlLoop, describe
+from agent.control import channel
+from agent.control.loop import ControlLoop, describe
+from agent.core import controller as ctl
 from hal.interfaces import Board, MeterReading
 
 log = logging.getLogger("evse.link")
@@ -157,7 +157,7 @@ class InProcessLink(ControlLink):
 
 
 class ProcessLink(ControlLink):
-    """The control loop in a child process (`python -m agent.control_process`), over a socketpair."""
+    """The control loop in a child process (`python -m agent.control.process`), over a socketpair."""
 
     def __init__(self, board_file: Path, state_dir: Path, *, log_level: str = "INFO",
                  watchdog_s: float | None = None, agent_deadline_s: float | None = None):
@@ -186,7 +186,7 @@ class ProcessLink(ControlLink):
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         # -S: no site module, so no .pth start-up hooks load what the safety path does not use (about 5 MB);
         # the agent's own import path is handed over instead, the package's root first (editable installs)
-        argv = [sys.executable, "-S", "-m", "agent.control_process", "--board", str(self.board_file),
+        argv = [sys.executable, "-S", "-m", "agent.control.process", "--board", str(self.board_file),
                 "--state-dir", str(self.state_dir), "--fd", str(child.fileno()), "--log-level", self.log_level]
         if self.watchdog_s:
             argv += ["--watchdog-s", str(self.watchdog_s)]
@@ -195,7 +195,7 @@ class ProcessLink(ControlLink):
         env = dict(os.environ)
         env.pop("WATCHDOG_PID", None)  # the pings come from the child: it is told the interval itself
         env.pop("WATCHDOG_USEC", None)
-        package_root = str(Path(channel.__file__).resolve().parent.parent)
+        package_root = str(Path(channel.__file__).resolve().parents[2])  # agent/control/channel.py
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([package_root, *(p for p in sys.path if p)]))
         try:
             self.process = await asyncio.create_subprocess_exec(*argv, pass_fds=(child.fileno(),), env=env)

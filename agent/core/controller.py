@@ -237,7 +237,7 @@ class ResetLatchedFaults:
 
 @dataclass(frozen=True)
 class ChargingLimitChanged:
-    """The Smart Charging limit in force (agent.smart_charging's composite schedule); None: no limit.
+    """The Smart Charging limit in force (agent.core.smart_charging's composite schedule); None: no limit.
     Below 6 A nothing can be offered: the pilot stops offering (X1) and a transaction is SuspendedEVSE."""
 
     limit_a: float | None

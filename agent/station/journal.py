@@ -366,12 +366,12 @@ class Journal:
 
     @property
     def connection(self) -> sqlite3.Connection:
-        """For stores that keep their tables in the same file (agent.auth_store); write with write()."""
+        """For stores that keep their tables in the same file (agent.station.auth_store); write with write()."""
         return self._db
 
     def ensure_tables(self, schema: str) -> None:
-        """Create the tables of a store that keeps its state in this database (agent.auth_store,
-        agent.profile_store), if they are missing: `schema` is CREATE TABLE IF NOT EXISTS statements."""
+        """Create the tables of a store that keeps its state in this database (agent.station.auth_store,
+        agent.station.profile_store), if they are missing: `schema` is CREATE TABLE IF NOT EXISTS statements."""
         with self.write() as db:  # not executescript(): it would commit the open transaction
             for statement in schema.split(";"):
                 if statement.strip():

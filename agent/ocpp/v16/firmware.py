@@ -1,6 +1,6 @@
 """OCPP 1.6 firmware and diagnostics handlers: UpdateFirmware, GetDiagnostics, SignedUpdateFirmware, GetLog.
 
-A mixin of agent.ocpp16._ChargePoint (the `ocpp` library finds @on handlers on any base class).
+A mixin of agent.ocpp.v16.client._ChargePoint (the `ocpp` library finds @on handlers on any base class).
 Handlers reach the station through `self._station` (its `firmware` manager); long work (downloads,
 uploads, installation) runs in the manager's own tasks, never inside a handler. The @on handler
 decides the answer and prepares the operation; the @after hook starts it, so that no status

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from agent import controller as ctl
+from agent.core import controller as ctl
 from hal.interfaces import CpState, IndicatorState, MeterReading, PilotMode
 
 PROTOCOL_VERSION = 1

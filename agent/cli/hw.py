@@ -19,7 +19,7 @@ Exit codes: 0 ok, 1 a device does not answer or fails its test, 2 usage or confi
 refused (an EV is plugged in, a transaction runs) or not possible on this board.
 
 The device-level procedures below are shared: the CLI runs them on devices it opened itself, and the agent
-(agent/station.py, control commands hw.meter, hw.pilot, hw.contactor_test, hw.rcd_test) on its own devices.
+(agent/station/station.py, control commands hw.meter, hw.pilot, hw.contactor_test, hw.rcd_test) on its own devices.
 Each returns a report: {"ok": true, ...} or {"ok": false, "exit_code": 1|2, "error": "one line", ...}.
 """
 
@@ -413,7 +413,7 @@ def _target(args: argparse.Namespace) -> tuple[Path | None, Path | None, dict | 
 
 
 def _agent_status(socket: Path) -> dict | None:
-    from agent.control import ControlClientError, request
+    from agent.cli.control_socket import ControlClientError, request
 
     try:
         return request(socket, "status", timeout=AGENT_PROBE_TIMEOUT_S)
@@ -427,7 +427,7 @@ def _check_connector(connector: int, known: list[int]) -> None:
 
 
 async def _through_agent(socket: Path, kind: str, args: argparse.Namespace) -> int:
-    from agent.control import ControlClientError, request
+    from agent.cli.control_socket import ControlClientError, request
 
     async def ask() -> dict:
         try:

@@ -1,8 +1,8 @@
 """OCPP 1.6 Reservation profile handlers: ReserveNow, CancelReservation.
 
-A mixin of agent.ocpp16._ChargePoint (the `ocpp` library finds @on handlers on any base class). The
-station decides (agent.station.Station.reserve_now / cancel_reservation, with the session controllers
-holding the reservations, agent.controller); this module only checks what it can tell from the request
+A mixin of agent.ocpp.v16.client._ChargePoint (the `ocpp` library finds @on handlers on any base class). The
+station decides (agent.station.station.Station.reserve_now / cancel_reservation, with the session controllers
+holding the reservations, agent.core.controller); this module only checks what it can tell from the request
 itself and never touches hardware. The Reserved StatusNotification follows the answer: the controller's
 status change is queued behind the CALLRESULT this handler returns.
 """

@@ -50,21 +50,21 @@ from ocpp.v16 import ChargePoint as _LibChargePoint
 from ocpp.v16 import call, call_result
 from ocpp.v16.enums import Action
 
-from agent.authorization import valid_id_token
 from agent.config import AgentConfig
-from agent.journal import Journal, JournalError, JournalValueError, QueuedMessage
+from agent.core.authorization import valid_id_token
 from agent.logs import excerpt
-from agent.meter_values import ocpp_timestamp
-from agent.ocpp16_firmware import FirmwareHandlers
-from agent.ocpp16_reservation import ReservationHandlers
-from agent.ocpp16_security import SecurityHandlers
-from agent.ocpp16_smart_charging import SmartChargingHandlers, tolerate_limits
-from agent.ocpp_config import OcppConfiguration
-from agent.security import TlsAwareConnection, redact_frame, redact_text
+from agent.ocpp.security import TlsAwareConnection, redact_frame, redact_text
+from agent.ocpp.v16.config import OcppConfiguration
+from agent.ocpp.v16.firmware import FirmwareHandlers
+from agent.ocpp.v16.meter_values import ocpp_timestamp
+from agent.ocpp.v16.reservation import ReservationHandlers
+from agent.ocpp.v16.security import SecurityHandlers
+from agent.ocpp.v16.smart_charging import SmartChargingHandlers, tolerate_limits
+from agent.station.journal import Journal, JournalError, JournalValueError, QueuedMessage
 
 if TYPE_CHECKING:
-    from agent.firmware import FirmwareManager
-    from agent.security import SecurityManager
+    from agent.ocpp.security import SecurityManager
+    from agent.station.firmware import FirmwareManager
 
 log = logging.getLogger("evse.ocpp")
 frame_log = logging.getLogger("evse.ocpp.frames")
@@ -108,11 +108,11 @@ _V16_ERROR_CODES = {
 
 
 class StationPort(Protocol):
-    """What the OCPP layer may ask of the station. Implemented by agent.station.Station."""
+    """What the OCPP layer may ask of the station. Implemented by agent.station.station.Station."""
 
     configuration: OcppConfiguration
-    firmware: FirmwareManager  # firmware updates, diagnostics and log uploads (agent.firmware)
-    security: SecurityManager  # security profile, credentials, TLS, certificates, events (agent.security)
+    firmware: FirmwareManager  # firmware updates, diagnostics and log uploads (agent.station.firmware)
+    security: SecurityManager  # security profile, credentials, TLS, certificates, events (agent.ocpp.security)
     wall_clock: Callable[[], datetime]  # UTC: the timestamps of the messages it sends
 
     @property
@@ -144,13 +144,13 @@ class StationPort(Protocol):
 
     def send_local_list(self, list_version: int, update_type: str, entries: list[dict]) -> str: ...
 
-    # Reservation (agent.ocpp16_reservation): ReserveNow.conf / CancelReservation.conf statuses
+    # Reservation (agent.ocpp.v16.reservation): ReserveNow.conf / CancelReservation.conf statuses
     def reserve_now(self, connector_id: int, expiry_date: str, id_tag: str, reservation_id: int,
                     parent_id_tag: str | None) -> str: ...
 
     def cancel_reservation(self, reservation_id: int) -> str: ...
 
-    # Smart Charging (agent.ocpp16_smart_charging): profiles are camelCase dicts as on the wire
+    # Smart Charging (agent.ocpp.v16.smart_charging): profiles are camelCase dicts as on the wire
     def set_charging_profile(self, connector_id: int, profile: dict) -> str: ...
 
     def clear_charging_profile(self, profile_id: int | None, connector_id: int | None, purpose: str | None,
@@ -422,7 +422,7 @@ class OcppClient:
         return base * random.uniform(0.75, 1.0)  # jitter keeps a fleet from reconnecting in lockstep
 
     def _connect(self):
-        # URL, Basic auth and TLS of the current security profile (agent.security); raises
+        # URL, Basic auth and TLS of the current security profile (agent.ocpp.security); raises
         # SecurityConfigError when a prerequisite is missing, which counts as a failed attempt
         settings = self._station.security.connection_settings()
         self._endpoint = settings.url

@@ -2,7 +2,7 @@
 
 Pure rules (no I/O): which id tags the station may accept without asking the CSMS, how the cache
 is updated from IdTagInfo and evicted, and how SendLocalList changes the list. Storage is
-agent.auth_store; the station asks `decide_*` and then acts.
+agent.station.auth_store; the station asks `decide_*` and then acts.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """OCPP 1.6 Security Whitepaper (edition 2) handlers: certificates, security events, logs.
 
-A mixin of agent.ocpp16._ChargePoint (the `ocpp` library finds @on handlers on any base class).
-Handlers reach the station through `self._station` (its `security` manager, agent.security) and queue
+A mixin of agent.ocpp.v16.client._ChargePoint (the `ocpp` library finds @on handlers on any base class).
+Handlers reach the station through `self._station` (its `security` manager, agent.ocpp.security) and queue
 follow-up calls through `self._client`; they never await a call themselves. A handler never raises:
 the library would log the whole request (a key, a certificate) with the exception.
 """
@@ -72,7 +72,7 @@ class SecurityHandlers:
     def after_extended_trigger_message(self, requested_message: str, connector_id: int | None = None, **_):
         if self._extended_trigger_status(requested_message, connector_id) != "Accepted":
             return
-        queue = functools.partial(self._client.queue_follow_up, triggered=True)  # coalesced (agent.ocpp16)
+        queue = functools.partial(self._client.queue_follow_up, triggered=True)  # coalesced (agent.ocpp.v16.client)
         try:
             if requested_message == "SignChargePointCertificate":
                 self.send_sign_certificate()
