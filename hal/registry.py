@@ -43,15 +43,24 @@ class BackendLoadError(Exception):
     """A registered back-end's module or attribute could not be imported."""
 
 
-def _all_entry_points() -> importlib.metadata.EntryPoints:
-    # Read once per process: the scan walks every distribution on sys.path (some tens of ms).
+def _all_entry_points() -> tuple[importlib.metadata.EntryPoint, ...]:
+    """Every evse_agent.backends.* entry point on sys.path, read once per process (the scan walks every
+    distribution: some tens of ms). A distribution found twice on sys.path counts once, the first."""
     global _ENTRY_POINTS
     if _ENTRY_POINTS is None:
-        _ENTRY_POINTS = importlib.metadata.entry_points()
+        seen: set[str] = set()
+        found: list[importlib.metadata.EntryPoint] = []
+        for dist in importlib.metadata.distributions():
+            name = (dist.name or "").lower().replace("_", "-")
+            if name in seen:
+                continue
+            seen.add(name)
+            found.extend(ep for ep in dist.entry_points if ep.group.startswith(GROUP_PREFIX))
+        _ENTRY_POINTS = tuple(found)
     return _ENTRY_POINTS
 
 
-_ENTRY_POINTS: importlib.metadata.EntryPoints | None = None
+_ENTRY_POINTS: tuple[importlib.metadata.EntryPoint, ...] | None = None
 
 
 def forget_entry_points() -> None:
@@ -83,10 +92,10 @@ class BackendRegistry(Mapping[str, Any]):
             self._scanned = (entry_points, *self._scan(entry_points))
         return self._scanned[1], self._scanned[2]
 
-    def _scan(self, entry_points: importlib.metadata.EntryPoints) -> tuple[dict[str, str], dict[str, str]]:
+    def _scan(self, entry_points: tuple[importlib.metadata.EntryPoint, ...]) -> tuple[dict[str, str], dict[str, str]]:
         targets: dict[str, str] = {}
         providers: dict[str, list[str]] = {}
-        for entry_point in entry_points.select(group=self.group):
+        for entry_point in (ep for ep in entry_points if ep.group == self.group):
             if self._builtins.get(entry_point.name) == entry_point.value:
                 continue  # evse-agent's own metadata repeating a built-in
             if targets.get(entry_point.name) == entry_point.value:
