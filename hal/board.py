@@ -43,6 +43,7 @@ class LoadOptions:
     pin_factory: Any = None
     # Build every device without touching hardware (GPIO on a gpiozero MockFactory, no I2C bus opened),
     # to check a config on any machine, even while an agent holds the real devices. Never start such a board.
+    # It also reads the installed packages' back-ends and logs one that claims a built-in name (hal/registry.py).
     dry_run: bool = False
 
 
@@ -275,7 +276,7 @@ def load_board(
     device that is opened while building (a GPIO pin factory, an ADC) cannot be opened.
     """
     path = Path(path)
-    config, backend = _validate(_read_toml(path), path)
+    config, backend = _validate(_read_toml(path), path, dry_run=dry_run)
     builder = backend.build
     options = LoadOptions(state_dir=state_dir, clock=clock, pin_factory=pin_factory, dry_run=dry_run)
     try:
@@ -338,7 +339,7 @@ def _file_kind(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
-def _validate(raw: dict, path: Path) -> tuple[dict, BoardBackend]:
+def _validate(raw: dict, path: Path, *, dry_run: bool = False) -> tuple[dict, BoardBackend]:
     """Check the parts every back-end shares; return them normalised (defaults filled in), and the back-end."""
     if "board" not in raw:
         raise BoardConfigError(f"{path}: [board]: required table is missing")
@@ -346,11 +347,11 @@ def _validate(raw: dict, path: Path) -> tuple[dict, BoardBackend]:
     board.reject_unknown(
         ("name", "backend", "reboot_command", "firmware_install_command", "firmware_max_download_mb"))
     backend = board.string("backend")
-    if backend not in BACKENDS:
-        known = ", ".join(json.dumps(b) for b in BACKENDS)
-        raise board.error("backend", f"unknown back-end {_show(backend)} (known: {known})")
     try:
-        board_backend: BoardBackend = BACKENDS[backend]
+        board_backend: BoardBackend = BACKENDS.lookup(backend, check_installed=dry_run)
+    except KeyError:
+        known = ", ".join(json.dumps(b) for b in BACKENDS)
+        raise board.error("backend", f"unknown back-end {_show(backend)} (known: {known})") from None
     except (BackendClash, BackendLoadError) as exc:
         raise board.error("backend", str(exc)) from exc
     board_section = {

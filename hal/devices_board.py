@@ -251,9 +251,10 @@ class _Builder:
         pilot_table = self.required_table(conn, index, "pilot")
         contactor_table = self.required_table(conn, index, "contactor")
         meter_table = self.required_table(conn, index, "meter")
-        pilot_kind, build_pilot = PILOTS.from_table(pilot_table)
-        contactor_kind, build_contactor = CONTACTORS.from_table(contactor_table)
-        _, build_meter = METERS.from_table(meter_table)
+        thorough = self.options.dry_run  # also look for installed packages claiming a built-in name
+        pilot_kind, build_pilot = PILOTS.from_table(pilot_table, check_installed=thorough)
+        contactor_kind, build_contactor = CONTACTORS.from_table(contactor_table, check_installed=thorough)
+        _, build_meter = METERS.from_table(meter_table, check_installed=thorough)
 
         pilot = self.build_device(pilot_table, build_pilot)
         self.ctx.pilot, self.ctx.pilot_backend = pilot, pilot_kind
@@ -317,14 +318,14 @@ class _Builder:
                 )
             # no table: the pilot's back-end reads PP too
             table = ConfigTable({"backend": pilot_kind}, f"[[connectors]][{index}].proximity", self.path)
-        _, build = PROXIMITY.from_table(table)
+        _, build = PROXIMITY.from_table(table, check_installed=self.options.dry_run)
         return self.build_device(table, build)
 
     def build_optional(self, data: Any, index: int, key: str, registry: BackendRegistry) -> Any:
         if data is None:
             return None
         table = ConfigTable(data, f"[[connectors]][{index}].{key}", self.path)
-        _, build = registry.from_table(table)
+        _, build = registry.from_table(table, check_installed=self.options.dry_run)
         return self.build_device(table, build)
 
     # ---- checks after building ------------------------------------------------------------------------

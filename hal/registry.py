@@ -22,12 +22,13 @@ that does not use the name is unaffected).
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import logging
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
     from hal.board import ConfigTable
 
 log = logging.getLogger(__name__)
@@ -43,13 +44,15 @@ class BackendLoadError(Exception):
     """A registered back-end's module or attribute could not be imported."""
 
 
-def _all_entry_points() -> tuple[importlib.metadata.EntryPoint, ...]:
+def _all_entry_points() -> tuple[EntryPoint, ...]:
     """Every evse_agent.backends.* entry point on sys.path, read once per process (the scan walks every
     distribution: some tens of ms). A distribution found twice on sys.path counts once, the first."""
     global _ENTRY_POINTS
     if _ENTRY_POINTS is None:
+        import importlib.metadata  # here: the control process of a board of built-ins never loads it
+
         seen: set[str] = set()
-        found: list[importlib.metadata.EntryPoint] = []
+        found: list[EntryPoint] = []
         for dist in importlib.metadata.distributions():
             name = (dist.name or "").lower().replace("_", "-")
             if name in seen:
@@ -60,7 +63,7 @@ def _all_entry_points() -> tuple[importlib.metadata.EntryPoint, ...]:
     return _ENTRY_POINTS
 
 
-_ENTRY_POINTS: tuple[importlib.metadata.EntryPoint, ...] | None = None
+_ENTRY_POINTS: tuple[EntryPoint, ...] | None = None
 
 
 def forget_entry_points() -> None:
@@ -69,7 +72,7 @@ def forget_entry_points() -> None:
     _ENTRY_POINTS = None
 
 
-def _provider(entry_point: importlib.metadata.EntryPoint) -> str:
+def _provider(entry_point: EntryPoint) -> str:
     dist = entry_point.dist
     where = f"{dist.name} {dist.version}" if dist is not None else "an unnamed distribution"
     return f"{where} ({entry_point.value})"
@@ -92,7 +95,7 @@ class BackendRegistry(Mapping[str, Any]):
             self._scanned = (entry_points, *self._scan(entry_points))
         return self._scanned[1], self._scanned[2]
 
-    def _scan(self, entry_points: tuple[importlib.metadata.EntryPoint, ...]) -> tuple[dict[str, str], dict[str, str]]:
+    def _scan(self, entry_points: tuple[EntryPoint, ...]) -> tuple[dict[str, str], dict[str, str]]:
         targets: dict[str, str] = {}
         providers: dict[str, list[str]] = {}
         for entry_point in (ep for ep in entry_points if ep.group == self.group):
@@ -108,7 +111,7 @@ class BackendRegistry(Mapping[str, Any]):
                 clashes[name] = (f'{self.kind} back-end "{name}" is built in, and {", ".join(who)} registers '
                                  f"it too: a package cannot replace a built-in back-end; it must use another name")
             elif len(who) > 1:
-                clashes[name] = f'{self.kind} back-end "{name}" is registered by {" and by ".join(who)}'
+                clashes[name] = f'{self.kind} back-end "{name}" is registered by {" and by ".join(sorted(who))}'
         for name, why in clashes.items():
             targets.pop(name, None)
             if name in self._builtins:  # the built-in stays in use: a warning, not a config error
@@ -130,27 +133,40 @@ class BackendRegistry(Mapping[str, Any]):
         return isinstance(name, str) and (name in self._builtins or name in self._registered()[0])
 
     def __getitem__(self, name: str) -> Any:
+        return self.lookup(name)
+
+    def lookup(self, name: str, *, check_installed: bool = False) -> Any:
         """The factory, imported now. Raises KeyError for an unknown name, BackendClash for a name two
-        packages claim, BackendLoadError when its module does not import."""
-        if name in self._loaded:
-            return self._loaded[name]
-        external, clashes = self._registered()
-        if name in clashes and name not in self._builtins:
-            raise BackendClash(clashes[name])
-        target = self._builtins.get(name) or external.get(name)
+        packages claim, BackendLoadError when its module does not import.
+
+        A built-in name is found without reading the installed distributions (the control process starts
+        lean: the scan costs some 100 ms and MB); check_installed=True reads them anyway and logs a package
+        that registers the built-in name too (a dry run does: the agent before it starts, `evse check`)."""
+        target = self._builtins.get(name)
+        if check_installed:
+            self._registered()
+        if target is None:
+            external, clashes = self._registered()
+            if name in clashes:
+                raise BackendClash(clashes[name])
+            target = external.get(name)
         if target is None:
             raise KeyError(name)
-        factory = _load(target, f'{self.kind} back-end "{name}"')
-        self._loaded[name] = factory
-        return factory
+        if target not in self._loaded:
+            self._loaded[target] = _load(target, f'{self.kind} back-end "{name}"')
+        return self._loaded[target]
 
 
-    def from_table(self, table: ConfigTable, key: str = "backend") -> tuple[str, Any]:
+    def from_table(self, table: ConfigTable, key: str = "backend", *, check_installed: bool = False
+                   ) -> tuple[str, Any]:
         """(name, factory) for the back-end a config table names; a BoardConfigError naming the table's
         key and the known back-ends when the name is unknown, claimed twice, or does not import."""
-        name = table.string(key, choices=self.names())
+        value = table.data.get(key)
+        if not (isinstance(value, str) and value in self._builtins):  # listing the names reads the installed
+            table.string(key, choices=self.names())
+        name = table.string(key)
         try:
-            return name, self[name]
+            return name, self.lookup(name, check_installed=check_installed)
         except (BackendClash, BackendLoadError) as exc:
             raise table.error(key, str(exc)) from exc
 

@@ -39,7 +39,7 @@ TRANSPORTS = BackendRegistry("coproc_transport", {
 
 
 def build_coprocessor(table: ConfigTable, ctx: BuildContext) -> CoprocessorLink:
-    transport_kind, build_transport = TRANSPORTS.from_table(table, "transport")
+    transport_kind, build_transport = TRANSPORTS.from_table(table, "transport", check_installed=ctx.dry_run)
     keepalive_s = table.number("keepalive_s", default=1.0, minimum=0.05, maximum=5.0, unit="s")
     mcu_timeout_s = table.number("mcu_timeout_s", default=3.0, minimum=1.0, maximum=10.0, unit="s")
     status_timeout_s = table.number("status_timeout_s", default=1.0, minimum=0.1, maximum=10.0, unit="s")

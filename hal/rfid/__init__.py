@@ -41,7 +41,7 @@ MAX_HOLD_OFF_S = 60.0
 
 def build_rfid(table: ConfigTable, ctx: BuildContext) -> RfidReader:
     """The reader a config table describes. Raises BoardConfigError naming the file and the key."""
-    _, build = BACKENDS.from_table(table)
+    _, build = BACKENDS.from_table(table, check_installed=ctx.dry_run)
     reader: RfidReader = build(table, ctx)
     return reader
 
