@@ -176,14 +176,6 @@ def _apply_reload(station: Station, log_level_override: str | None) -> None:
                     "(systemctl restart evse-agent)", ", ".join(pending), config.path)
 
 
-def _register_secrets(station: Station) -> None:
-    """The AuthorizationKey in force (a CSMS may have set it); later changes: Station.configuration_changed."""
-    try:
-        logs.add_basic_auth_secret(station.config.station.id, station.configuration.get("AuthorizationKey"))
-    except (KeyError, ValueError):
-        pass
-
-
 async def run_agent(config: AgentConfig, log_level_override: str | None = None) -> RestartRequested | None:
     """Run until SIGTERM/SIGINT (returns None) or a reset (returns what to do next). `log_level_override`
     (`evse run --log-level`) wins over [log] level, also on SIGHUP."""
@@ -201,8 +193,10 @@ async def run_agent(config: AgentConfig, log_level_override: str | None = None) 
     except ControlLost as exc:
         journal.close()
         raise HardwareError(str(exc)) from exc
-    station = Station(config, link, journal)
-    _register_secrets(station)
+    # the station owns this process: its secrets (the AuthorizationKey in force, later ones) also go to the
+    # process-wide filter, for what libraries log outside the station's loggers
+    station = Station(config, link, journal, station_logs=logs.StationLogs(config.station.id,
+                                                                            process_redactor=logs.REDACTOR))
     notifier = ServiceNotifier(station, ping_watchdog=False)  # the control process pings, once READY is out
     notifier.on_ready = link.arm_watchdog
     station.after_control_step = notifier.control_step_done  # READY, WATCHDOG, STATUS: agent.service

@@ -11,6 +11,10 @@
   an OCPP frame or a library's repr of one, and every secret value registered with `add_secret()` (the
   [ocpp] password and its Basic-auth token). The OCPP frame log already hides these itself
   (agent.ocpp.security.redact_frame); this is the net under everything else.
+* `StationLogs`, one per station: its loggers (`StationLogger`, a LoggerAdapter) give every record the
+  attribute `station_id` and redact it with that station's own secrets before any handler sees it, so
+  many stations can share one process (agent.fleet): no station registers its secrets in a process-wide
+  filter, and none installs a handler. In a fleet (`tag_lines`) every message also starts with `[<id>] `.
 * `FloodGuard`, after it, keeps a hostile peer from filling the disk through the log: every message is cut
   to MAX_MESSAGE_CHARS (tracebacks to MAX_TRACEBACK_CHARS) with the full length noted, and an info,
   warning or error that repeats (same logger, level and format string) is written at most RATE_LIMIT_COUNT times per
@@ -25,6 +29,7 @@ import os
 import re
 import sys
 import time
+import types
 from collections.abc import Callable
 from typing import TextIO
 
@@ -215,19 +220,101 @@ def add_secret(value: str | None) -> None:
     REDACTOR.add_secret(value)
 
 
-def add_basic_auth_secret(user: str, password: str | None) -> None:
+def basic_auth_secrets(user: str, password: str | None) -> list[str]:
     """A password or AuthorizationKey, and the `Authorization: Basic` tokens built from it: from its text
     and, for a hex key, from the bytes it encodes (agent.ocpp.security's "hex-decoded" encoding)."""
     if not password:
-        return
-    add_secret(password)
+        return []
     candidates = [password.encode()]
     try:
         candidates.append(bytes.fromhex(password))
     except ValueError:
         pass
-    for raw in candidates:
-        add_secret(base64.b64encode(user.encode() + b":" + raw).decode("ascii"))
+    return [password, *(base64.b64encode(user.encode() + b":" + raw).decode("ascii") for raw in candidates)]
+
+
+def add_basic_auth_secret(user: str, password: str | None) -> None:
+    """basic_auth_secrets(user, password), never logged by the agent's handler (the process-wide net)."""
+    for secret in basic_auth_secrets(user, password):
+        add_secret(secret)
+
+
+_LOGGING_FILES = {os.path.normcase(logging.__file__), os.path.normcase(__file__)}
+
+
+class StationLogger(logging.LoggerAdapter):
+    """A logger of one station (StationLogs.logger): each record gets `station_id`, in a fleet the `[<id>] `
+    prefix, and is redacted with the station's secrets as it is made, whichever handler receives it."""
+
+    def __init__(self, logger: logging.Logger, station: StationLogs):
+        super().__init__(logger, {"station_id": station.station_id})
+        self.station = station
+
+    def log(self, level, msg, *args, exc_info=None, stack_info=False, stacklevel=1, extra=None, **_):
+        if not self.logger.isEnabledFor(level):
+            return
+        if self.station.tag_lines:  # a message with no args is not %-formatted: nothing to escape then
+            msg = (self.station.prefix if args else f"[{self.station.station_id}] ") + str(msg)
+        if exc_info and not isinstance(exc_info, tuple):
+            exc_info = ((type(exc_info), exc_info, exc_info.__traceback__) if isinstance(exc_info, BaseException)
+                        else sys.exc_info())
+        pathname, lineno, function, stack = self._caller(stack_info, stacklevel)
+        record = self.logger.makeRecord(self.logger.name, level, pathname, lineno, msg, args, exc_info or None,
+                                        function, {**(extra or {}), **self.extra}, stack)
+        self.station.redactor.filter(record)
+        self.logger.handle(record)
+
+    @staticmethod
+    def _caller(stack_info: bool, stacklevel: int) -> tuple[str, int, str, str | None]:
+        """Where the station's code logged from (the frames of logging and of this module left out)."""
+        frame: types.FrameType | None = sys._getframe(1)
+        while frame is not None and os.path.normcase(frame.f_code.co_filename) in _LOGGING_FILES:
+            frame = frame.f_back
+        for _ in range(stacklevel - 1):
+            if frame is not None and frame.f_back is not None:
+                frame = frame.f_back
+        if frame is None:
+            return "(unknown file)", 0, "(unknown function)", None
+        stack = None
+        if stack_info:
+            import traceback
+            stack = "Stack (most recent call last):\n" + "".join(traceback.format_stack(frame)).rstrip("\n")
+        return frame.f_code.co_filename, frame.f_lineno, frame.f_code.co_name, stack
+
+
+class StationLogs:
+    """One station's logging identity: its id, its loggers and its secrets.
+
+    `process_redactor`: a station that owns its process (`evse run`) also registers its secrets in the
+    agent handler's filter (REDACTOR), the net for lines that libraries log outside the station's loggers;
+    in a fleet it is None and one station's secrets stay its own."""
+
+    def __init__(self, station_id: str, *, tag_lines: bool = False,
+                 process_redactor: RedactSecrets | None = None):
+        self.station_id = station_id
+        self.tag_lines = tag_lines
+        self.prefix = f"[{station_id}] ".replace("%", "%%")
+        self.redactor = RedactSecrets()
+        self._process_redactor = process_redactor
+        self._loggers: dict[str, StationLogger] = {}
+
+    def logger(self, name: str) -> StationLogger:
+        """The station's view of the logger `name` (one per name)."""
+        if name not in self._loggers:
+            self._loggers[name] = StationLogger(logging.getLogger(name), self)
+        return self._loggers[name]
+
+    def add_secret(self, value: str | None) -> None:
+        self.redactor.add_secret(value)
+        if self._process_redactor is not None:
+            self._process_redactor.add_secret(value)
+
+    def add_basic_auth_secret(self, user: str, password: str | None) -> None:
+        for secret in basic_auth_secrets(user, password):
+            self.add_secret(secret)
+
+    def redact(self, text: str) -> str:
+        return self.redactor.redact(text)
 
 
 def under_journald(stream: TextIO) -> bool:

@@ -72,7 +72,8 @@ def status_line(station: Station) -> str:
         parts.append("CONTROL LOOP LOST")
     if station.storage_error:
         parts.append("JOURNAL NOT WRITABLE")
-    return logs.REDACTOR.redact("; ".join(parts))  # `systemctl status` is readable by every user
+    # `systemctl status` is readable by every user: the patterns and the station's secrets (agent.logs)
+    return station.logs.redact(logs.REDACTOR.redact("; ".join(parts)))
 
 
 class ServiceNotifier:

@@ -45,6 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
                      help="override [log] level")
 
+    fleet = sub.add_parser("fleet", help="run N simulated stations in this one process against a CSMS "
+                                         "(load tests, simulations; a reset rebuilds only that station)")
+    fleet.add_argument("--count", type=int, required=True, help="how many stations")
+    fleet.add_argument("--csms", required=True, help="the CSMS's OCPP URL, e.g. ws://127.0.0.1:9000/ocpp")
+    fleet.add_argument("--dir", default="evse-fleet", help="their configs, journals and board state "
+                                                           "(default ./evse-fleet; kept between runs)")
+    fleet.add_argument("--prefix", default="SIM", help="station ids <prefix>-0001... (default SIM)")
+    fleet.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+
     status = sub.add_parser("status", help="station, OCPP, journal and connector status")
     status.add_argument("--json", action="store_true", help="one JSON object")
     _add_target(status)
@@ -139,6 +148,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     match args.command:
         case "run":
             return _run(args)
+        case "fleet":
+            return _fleet(args)
         case "status":
             return _status(args)
         case "stop":
@@ -256,6 +267,21 @@ def _run(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
     return 0  # not reached
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    import ocpp.messages
+
+    from agent.fleet import run_sim_fleet
+    from agent.logs import setup_logging
+
+    if args.count < 1:
+        print("evse: --count must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(args.log_level, sys.stdout)  # one handler for all: each line starts with [<station id>]
+    ocpp.messages.ASYNC_VALIDATION = False  # validate inline, as `evse run` does
+    asyncio.run(run_sim_fleet(Path(args.dir), args.count, args.csms, prefix=args.prefix))
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:

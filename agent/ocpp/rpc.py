@@ -50,6 +50,11 @@ class GuardedRouting:
 
         async def _handle_call(self, msg: Any) -> None: ...
 
+    @property
+    def rpc_log(self) -> logging.Logger | logging.LoggerAdapter:
+        """Where routing says what it refused; a version's adapter gives its station's logger."""
+        return log
+
     def _accepting_calls(self) -> bool:
         """False while the CSMS's CALLs must go unanswered (1.6: registration Rejected)."""
         return True
@@ -73,7 +78,7 @@ class GuardedRouting:
                 response = await self._response_queue.get()
             if response.unique_id == unique_id:
                 return response
-            log.info("ignoring an answer to no open call: %s", excerpt(str(response), 100))
+            self.rpc_log.info("ignoring an answer to no open call: %s", excerpt(str(response), 100))
 
     async def route_message(self, raw_msg) -> None:
         """The library's routing, with: a CALLERROR for a frame it cannot unpack; answers queued only while a
@@ -84,13 +89,13 @@ class GuardedRouting:
             msg = unpack(raw_msg)
         except OCPPError as error:
             unique_id = _unique_id_of(raw_msg)
-            log.warning("malformed frame from CSMS (%s): %s", excerpt(error.description, 100),
+            self.rpc_log.warning("malformed frame from CSMS (%s): %s", excerpt(error.description, 100),
                         excerpt(redact_frame(raw_msg)))
             if unique_id is not None and self._accepting_calls():
                 await self._send(self._call_error(unique_id, error))
             return
         except (ValueError, RecursionError) as error:  # JSON beyond the parser: > 4300 digits, deep nesting
-            log.warning("unreadable frame from CSMS (%s): %s", type(error).__name__, excerpt(raw_msg))
+            self.rpc_log.warning("unreadable frame from CSMS (%s): %s", type(error).__name__, excerpt(raw_msg))
             return
         if msg.message_type_id != Call.message_type_id:
             # only a call in flight (it holds the lock until its answer or timeout) takes answers: others
@@ -98,13 +103,13 @@ class GuardedRouting:
             if self._call_lock.locked():
                 if self._response_queue.qsize() >= MAX_UNREAD_ANSWERS:  # a flood: the oldest goes, so the
                     dropped = self._response_queue.get_nowait()  # answer that comes after it still gets in
-                    log.info("ignoring an answer to no open call: %s", excerpt(str(dropped), 100))
+                    self.rpc_log.info("ignoring an answer to no open call: %s", excerpt(str(dropped), 100))
                 self._response_queue.put_nowait(msg)
             else:
-                log.info("ignoring an answer to no open call: %s", excerpt(str(raw_msg), 100))
+                self.rpc_log.info("ignoring an answer to no open call: %s", excerpt(str(raw_msg), 100))
             return
         if not self._accepting_calls():
-            log.info("ignoring %s: registration was rejected", excerpt(str(msg.action), 60))
+            self.rpc_log.info("ignoring %s: registration was rejected", excerpt(str(msg.action), 60))
             return
         if (
             not isinstance(msg.unique_id, str)
@@ -140,14 +145,14 @@ class GuardedRouting:
             shown = f"{error.code}: {excerpt(error.description, 100)}"
             if msg.action not in self.secret_actions and isinstance(error.details, dict) and error.details.get("cause"):
                 shown += f" ({excerpt(str(error.details['cause']))})"
-            log.warning("rejected %s from CSMS: %s", msg.action, shown)
+            self.rpc_log.warning("rejected %s from CSMS: %s", msg.action, shown)
             await self._send(self._call_error(msg.unique_id, error))
         except ArithmeticError:  # the library's Decimal multipleOf check, on a number like 1e300 or 10**30
-            log.warning("rejected %s from CSMS: a number beyond Decimal precision", msg.action)
+            self.rpc_log.warning("rejected %s from CSMS: a number beyond Decimal precision", msg.action)
             error = TypeConstraintViolationError(details={"cause": "a number is out of range"})
             await self._send(self._call_error(msg.unique_id, error))
         except Exception:
-            log.exception("error handling %s", msg.action)
+            self.rpc_log.exception("error handling %s", msg.action)
             await self._send(
                 CallError(msg.unique_id, "InternalError", "An unexpected error occurred.", {}).to_json()
             )

@@ -51,6 +51,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidMessage, InvalidStatus
 
 from agent.core.clock import WallClock, utc_now
+from agent.logs import StationLogs
 from agent.ocpp.v16.meter_values import ocpp_timestamp
 from agent.station.journal import JournalError
 
@@ -349,7 +350,9 @@ class SecurityManager:
     """Security state of one station: see the module docstring. Create it before the OcppConfiguration
     (apply_local_settings() must run before the stored settings are read), then attach() that."""
 
-    def __init__(self, config: AgentConfig, journal: Journal, wall_clock: WallClock = utc_now):
+    def __init__(self, config: AgentConfig, journal: Journal, wall_clock: WallClock = utc_now,
+                 logs: StationLogs | None = None):
+        self.logger = logs.logger(log.name) if logs is not None else log  # self.log: the security event log
         self._config = config
         self._journal = journal
         self._wall_clock = wall_clock  # UTC: certificate validity, event timestamps
@@ -406,7 +409,7 @@ class SecurityManager:
                         list(updates.items()),
                     )
             except JournalError as exc:
-                log.error("cannot record the security settings of the config file: %s", exc)
+                self.logger.error("cannot record the security settings of the config file: %s", exc)
         for info, send in notes:
             self.event(RECONFIGURATION, info, send=send)
 
@@ -415,7 +418,7 @@ class SecurityManager:
         try:
             data = path.read_bytes() if path is not None else b""
         except OSError as exc:
-            log.error("cannot read [ocpp] csms_ca_file: %s", exc)
+            self.logger.error("cannot read [ocpp] csms_ca_file: %s", exc)
             return
         digest = _sha256(data)
         if recorded.get("file_csms_ca_sha256") == digest:
@@ -432,7 +435,7 @@ class SecurityManager:
             for cert in new:
                 self.store.add_root(certs.CSMS_ROOT, cert)
         except (OSError, certs.CertificateError) as exc:
-            log.error("cannot install [ocpp] csms_ca_file %s in the certificate store: %s", path, exc)
+            self.logger.error("cannot install [ocpp] csms_ca_file %s in the certificate store: %s", path, exc)
             return
         updates["security.file_csms_roots"] = ",".join(certs.fingerprint(c) for c in new)
         updates["security.file_csms_ca_sha256"] = digest
@@ -448,7 +451,7 @@ class SecurityManager:
             cert_data = ocpp.client_cert_file.read_bytes()
             key_data = ocpp.client_key_file.read_bytes()
         except OSError as exc:
-            log.error("cannot read the [ocpp] client certificate: %s", exc)
+            self.logger.error("cannot read the [ocpp] client certificate: %s", exc)
             return
         digest = _sha256(cert_data + b"\0" + key_data)
         if recorded.get("file_client_sha256") == digest:
@@ -457,7 +460,7 @@ class SecurityManager:
             chain = certs.load_pem_certificates(cert_data)
             self.store.install_client(chain, certs.load_private_key(key_data))
         except (OSError, certs.CertificateError) as exc:
-            log.error("cannot install the [ocpp] client certificate in the certificate store: %s", exc)
+            self.logger.error("cannot install the [ocpp] client certificate in the certificate store: %s", exc)
             return
         updates["security.file_client_sha256"] = digest
         notes.append(("charge point certificate from the config file", "file_client_sha256" in recorded))
@@ -593,8 +596,8 @@ class SecurityManager:
             self._internal_change = False
         self._journal.set_setting("security.previous_profile", "")
         self._pending_failures = 0
-        log.error("security profile %d failed to connect %d times: back to profile %d",
-                  current, PROFILE_FALLBACK_ATTEMPTS, previous)
+        self.logger.error("security profile %d failed to connect %d times: back to profile %d",
+                          current, PROFILE_FALLBACK_ATTEMPTS, previous)
         self.event(RECONFIGURATION, f"SecurityProfile {current} failed to connect "
                                     f"{PROFILE_FALLBACK_ATTEMPTS} times: back to {previous}")
 
@@ -602,7 +605,7 @@ class SecurityManager:
         self._failure_kinds.clear()
         if self._journal.settings("security.").get("previous_profile"):
             self._journal.set_setting("security.previous_profile", "")
-            log.info("security profile %d connected: the upgrade is confirmed", self.profile)
+            self.logger.info("security profile %d connected: the upgrade is confirmed", self.profile)
         self._pending_failures = 0
         self._roots_in_use = self._anchors_of(websocket)
 
@@ -637,7 +640,7 @@ class SecurityManager:
             try:
                 self._journal.set_setting("security.csms_extension", "1")
             except JournalError as exc:
-                log.error("cannot record that the CSMS uses the security extension: %s", exc)
+                self.logger.error("cannot record that the CSMS uses the security extension: %s", exc)
 
     @property
     def sends_events(self) -> bool:
@@ -651,7 +654,7 @@ class SecurityManager:
         timestamp = ocpp_timestamp(self._wall_clock())
         tech_info = _one_line(tech_info)
         self.log.write(timestamp, kind, tech_info)
-        (log.warning if send else log.info)("security event %s%s", kind, f": {tech_info}" if tech_info else "")
+        (self.logger.warning if send else self.logger.info)("security event %s%s", kind, f": {tech_info}" if tech_info else "")
         if not send:
             return
         payload = {"type": kind, "timestamp": timestamp}
@@ -660,7 +663,7 @@ class SecurityManager:
         try:
             self._journal.enqueue("SecurityEventNotification", payload)
         except JournalError as exc:
-            log.error("cannot queue the security event %s: %s", kind, exc)
+            self.logger.error("cannot queue the security event %s: %s", kind, exc)
             return
         self.on_event_queued()
 
@@ -688,12 +691,12 @@ class SecurityManager:
         if self.store.has_root(kind, cert):
             return "Accepted"
         if self.store.count_roots() >= self.configuration.get_int("CertificateStoreMaxLength"):
-            log.warning("InstallCertificate %s rejected: the certificate store is full", kind)
+            self.logger.warning("InstallCertificate %s rejected: the certificate store is full", kind)
             return "Rejected"
         try:
             self.store.add_root(kind, cert)
         except OSError as exc:
-            log.error("InstallCertificate %s failed: %s", kind, exc)
+            self.logger.error("InstallCertificate %s failed: %s", kind, exc)
             return "Failed"
         self.event(RECONFIGURATION, f"{kind} installed: {certs.describe(cert)}", send=False)
         return "Accepted"
@@ -702,7 +705,7 @@ class SecurityManager:
         if kind == certs.CSMS_ROOT:
             self.event(INVALID_CSMS_CERTIFICATE, reason)
         else:
-            log.warning("%s", reason)
+            self.logger.warning("%s", reason)
             self.log.write(ocpp_timestamp(self._wall_clock()), "InvalidManufacturerRootCertificate",
                            _one_line(reason))
 
@@ -713,13 +716,13 @@ class SecurityManager:
                 if not certs.matches_hash_data(cert, cert.public_key(), wanted):
                     continue
                 if kind == certs.CSMS_ROOT and certs.fingerprint(cert) in self._roots_in_use:
-                    log.warning("DeleteCertificate refused: %s validates the current connection",
-                                certs.describe(cert))
+                    self.logger.warning("DeleteCertificate refused: %s validates the current connection",
+                                        certs.describe(cert))
                     return "Failed"
                 try:
                     self.store.remove_root(kind, cert)
                 except OSError as exc:
-                    log.error("DeleteCertificate failed: %s", exc)
+                    self.logger.error("DeleteCertificate failed: %s", exc)
                     return "Failed"
                 self.event(RECONFIGURATION, f"{kind} deleted: {certs.describe(cert)}", send=False)
                 return "Accepted"
@@ -760,7 +763,7 @@ class SecurityManager:
         self.store.save_pending_key(key)
         organization = self.configuration.get("CpoName") if self.configuration else ""
         if not organization:
-            log.warning("CpoName is not set: the CSR has no organization (O) in its subject")
+            self.logger.warning("CpoName is not set: the CSR has no organization (O) in its subject")
         identity = self._config.station.serial or self._config.station.id
         self.log.write(ocpp_timestamp(self._wall_clock()), "CertificateSigningRequest",
                        f"new key pair, CSR for CN={identity} O={organization}")
@@ -794,7 +797,7 @@ class SecurityManager:
         try:
             self.store.install_client(chain, key)
         except OSError as exc:
-            log.error("cannot store the charge point certificate: %s", exc)
+            self.logger.error("cannot store the charge point certificate: %s", exc)
             self.event(INVALID_CP_CERTIFICATE, f"CertificateSigned: cannot store it: {exc}")
             return "Rejected"
         self.event(RECONFIGURATION, f"charge point certificate installed: {certs.describe(leaf)}", send=False)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from agent.core import controller as ctl
 from agent.core import smart_charging as sc
+from agent.logs import StationLogs
 from agent.ocpp.v16.config import OcppConfiguration
 from agent.station.journal import Journal, JournalError
 from agent.station.profile_store import ProfileStore
@@ -50,7 +51,9 @@ class _ConnectorSchedule:
 class ChargingLimits:
     def __init__(self, configuration: OcppConfiguration, journal: Journal,
                  connectors: Mapping[int, ConnectorRuntime], dispatch: Callable[[int, ctl.Event], None],
-                 wall_clock: Callable[[], datetime], journal_failed: Callable[[Exception], None]):
+                 wall_clock: Callable[[], datetime], journal_failed: Callable[[Exception], None],
+                 logs: StationLogs | None = None):
+        self.log = logs.logger(log.name) if logs is not None else log  # the station's (agent.logs)
         self._configuration = configuration
         self._journal = journal
         self._connectors = connectors
@@ -75,8 +78,8 @@ class ChargingLimits:
             s.pending_taken_up = True
         if waiting and (s.pending_taken_up or s.pending_since is None
                         or (now - s.pending_since).total_seconds() > REMOTE_START_TAKE_UP_S):
-            log.info("connector %d: the remote start did not lead to a transaction: its TxProfile %d is dropped",
-                     rt.id, s.pending_tx_profile.id)
+            self.log.info("connector %d: the remote start did not lead to a transaction: its TxProfile %d is dropped",
+                          rt.id, s.pending_tx_profile.id)
             s.pending_tx_profile, s.dirty = None, True
         if not s.dirty and s.live is not None and now < s.live.next_change:
             return
@@ -91,7 +94,7 @@ class ChargingLimits:
         if limit is not None:  # down, never above what the CSMS allowed (5.98 A is below the 6 A minimum)
             limit = sc.floor_tenths(limit)
         if limit != c.charging_limit_a:
-            log.info("connector %d: charging limit %s", rt.id, "none" if limit is None else f"{limit:g} A")
+            self.log.info("connector %d: charging limit %s", rt.id, "none" if limit is None else f"{limit:g} A")
             self._dispatch(rt.id, ctl.ChargingLimitChanged(limit))
 
     def transaction_started(self, rt: ConnectorRuntime) -> None:
@@ -112,8 +115,8 @@ class ChargingLimits:
         self._schedules[rt.id].tx_started_at = None
         removed = self.profiles.end_transaction(rt.id)
         if removed:
-            log.info("connector %d: transaction ended, TxProfile(s) %s cleared", rt.id,
-                     ", ".join(str(p.id) for p in removed))
+            self.log.info("connector %d: transaction ended, TxProfile(s) %s cleared", rt.id,
+                          ", ".join(str(p.id) for p in removed))
             self._save_or_report()
         self._all_dirty()
 
@@ -125,12 +128,12 @@ class ChargingLimits:
         try:
             profile = sc.parse_profile(rt.id, data)
         except sc.ProfileError as exc:
-            log.warning("RemoteStartTransaction: chargingProfile rejected: %s", exc)
+            self.log.warning("RemoteStartTransaction: chargingProfile rejected: %s", exc)
             return False
         reason = sc.check_profile(profile, self.profiles.profiles, limits=self.profiles.limits,
                                   transaction=None, for_remote_start=True)
         if reason is not None:
-            log.warning("RemoteStartTransaction: chargingProfile %d rejected: %s", profile.id, reason)
+            self.log.warning("RemoteStartTransaction: chargingProfile %d rejected: %s", profile.id, reason)
             return False
         s = self._schedules[rt.id]
         s.pending_tx_profile, s.dirty = profile, True
@@ -143,23 +146,23 @@ class ChargingLimits:
         try:
             profile = sc.parse_profile(connector_id, data)
         except sc.ProfileError as exc:
-            log.warning("SetChargingProfile on connector %d: Rejected: %s", connector_id, exc)
+            self.log.warning("SetChargingProfile on connector %d: Rejected: %s", connector_id, exc)
             return "Rejected"
         rt = self._connectors.get(connector_id)
         tx = self._transaction(rt, self._wall_clock()) if rt is not None else None
         before = self.profiles.profiles
         reason = self.profiles.set(profile, tx)
         if reason is not None:
-            log.warning("SetChargingProfile %d on connector %d: Rejected: %s", profile.id, connector_id, reason)
+            self.log.warning("SetChargingProfile %d on connector %d: Rejected: %s", profile.id, connector_id, reason)
             return "Rejected"
         try:
             self._save()
         except JournalError as exc:
             self.profiles.profiles = before
-            log.error("SetChargingProfile %d: cannot be stored: %s", profile.id, exc)
+            self.log.error("SetChargingProfile %d: cannot be stored: %s", profile.id, exc)
             return "Rejected"
-        log.info("charging profile %d installed: %s on connector %d, stack level %d", profile.id, profile.purpose,
-                 connector_id, profile.stack_level)
+        self.log.info("charging profile %d installed: %s on connector %d, stack level %d", profile.id, profile.purpose,
+                      connector_id, profile.stack_level)
         return "Accepted"
 
     def clear(self, profile_id: int | None, connector_id: int | None, purpose: str | None,
@@ -174,9 +177,9 @@ class ChargingLimits:
             self._save()
         except JournalError as exc:
             self.profiles.profiles = before
-            log.error("ClearChargingProfile: cannot be stored: %s", exc)
+            self.log.error("ClearChargingProfile: cannot be stored: %s", exc)
             return "Unknown"
-        log.info("charging profile(s) %s cleared", ", ".join(str(p.id) for p in removed))
+        self.log.info("charging profile(s) %s cleared", ", ".join(str(p.id) for p in removed))
         return "Accepted"
 
     def composite_schedule(self, connector_id: int, duration: int, rate_unit: str | None) -> dict | None:
@@ -187,7 +190,7 @@ class ChargingLimits:
         if unit not in sc.UNITS or duration < 0 or (connector_id != 0 and connector_id not in self._connectors):
             return None
         if duration > MAX_COMPOSITE_DURATION_S:
-            log.info("GetCompositeSchedule: %d s asked, answering for %d s", duration, MAX_COMPOSITE_DURATION_S)
+            self.log.info("GetCompositeSchedule: %d s asked, answering for %d s", duration, MAX_COMPOSITE_DURATION_S)
             duration = MAX_COMPOSITE_DURATION_S
         now = self._wall_clock()
         if connector_id == 0:

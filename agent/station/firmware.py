@@ -189,14 +189,15 @@ def scrub(text: str) -> str:
 
 class RecentLog(logging.Handler):
     """The last log lines of this process, in memory, for diagnostics uploads. OCPP frames and the
-    websockets library are left out (volume; a frame may carry a configuration value)."""
+    websockets library are left out (volume; a frame may carry a configuration value). Each line keeps the
+    station it came from (agent.logs.StationLogger's `station_id`), so in a fleet a station uploads its own."""
 
     EXCLUDED = ("evse.ocpp.frames", "websockets")
     MAX_LINE = 2000
 
     def __init__(self, capacity: int = 5000):
         super().__init__()
-        self.records: collections.deque[tuple[float, str]] = collections.deque(maxlen=capacity)
+        self.records: collections.deque[tuple[float, str | None, str]] = collections.deque(maxlen=capacity)
         self._formatter = logging.Formatter()
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -208,16 +209,18 @@ class RecentLog(logging.Handler):
                 message += "\n" + self._formatter.formatException(record.exc_info)
             when = datetime.fromtimestamp(record.created, UTC)
             line = f"{ocpp_timestamp(when)} {record.levelname:<7} {record.name}: {scrub(message)}"
-            self.records.append((record.created, line[: self.MAX_LINE]))
+            self.records.append((record.created, getattr(record, "station_id", None), line[: self.MAX_LINE]))
         except Exception:  # a diagnostics buffer must never break logging
             pass
 
     def lines(self, since: datetime | None = None, until: datetime | None = None,
-              only: Callable[[str], bool] | None = None) -> list[str]:
+              only: Callable[[str], bool] | None = None, station_id: str | None = None) -> list[str]:
+        """With `station_id`: that station's lines and those of no station (libraries), not other stations'."""
         low = since.timestamp() if since else float("-inf")
         high = until.timestamp() if until else float("inf")
-        return [line for created, line in list(self.records)
-                if low <= created <= high and (only is None or only(line))]
+        return [line for created, station, line in list(self.records)
+                if low <= created <= high and (only is None or only(line))
+                and (station_id is None or station is None or station == station_id)]
 
 
 _recent_log: RecentLog | None = None
@@ -308,6 +311,8 @@ class FirmwareManager:
     def __init__(self, station: Station, *, install_command: list[str] | None = None,
                  max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES):
         self.station = station
+        self.log = station.logs.logger(log.name)  # the station's loggers (agent.logs.StationLogs)
+        self.security_log = station.logs.logger(security_log.name)
         self.install_command = install_command
         self.max_download_bytes = max_download_bytes
         self.journal_dir = Path(station.journal.path).parent
@@ -351,17 +356,17 @@ class FirmwareManager:
             kind, status = state["operation"], state["status"]
             request_id = state.get("requestId")
         except (ValueError, KeyError, TypeError):
-            log.warning("firmware state in the journal is unreadable; ignored")
+            self.log.warning("firmware state in the journal is unreadable; ignored")
             self._persist(None)
             return
         if status == "Installing":
-            log.warning("the firmware install hook did not return before this start (it rebooted the board): "
-                        "reporting Installed")
+            self.log.warning("the firmware install hook did not return before this start (it rebooted the board): "
+                             "reporting Installed")
             status = "Installed"
         elif status not in FIRMWARE_FINAL:
             status = "DownloadFailed" if status in ("DownloadScheduled", "Downloading", "DownloadPaused") \
                 else "InstallationFailed"
-            log.warning("a firmware update was interrupted by a restart: reporting %s", status)
+            self.log.warning("a firmware update was interrupted by a restart: reporting %s", status)
         elif state.get("delivered"):
             self._persist(None)
             return
@@ -369,7 +374,7 @@ class FirmwareManager:
         self._persist(self.firmware)
         if status == "Installed":
             version = self.station.config.station.firmware_version
-            log.info("firmware update installed; agent version %s", version)
+            self.log.info("firmware update installed; agent version %s", version)
             request = "" if request_id is None else f" (request {request_id})"
             self._security_event("FirmwareUpdated", f"{kind}{request} installed, agent version {version}")
 
@@ -383,7 +388,7 @@ class FirmwareManager:
         try:
             starter()
         except Exception:
-            log.exception("%s could not be started", action)
+            self.log.exception("%s could not be started", action)
 
     def update_firmware(self, location: str, retrieve_date: str, retries: Any = None,
                         retry_interval: Any = None) -> None:
@@ -391,14 +396,14 @@ class FirmwareManager:
         self._prepared.pop(UPDATE_FIRMWARE, None)
         if self.firmware is not None and self.firmware.in_progress and self.firmware.status in (
                 "Installing", "InstallRebooting"):
-            log.warning("UpdateFirmware ignored: an installation is running")
+            self.log.warning("UpdateFirmware ignored: an installation is running")
             return
         retrieve_at = parse_time(retrieve_date)
 
         def start() -> None:
             op = self._replace_firmware(Operation(UPDATE_FIRMWARE))
             if retrieve_at is None:
-                log.error("UpdateFirmware: retrieveDate %r is not a date", retrieve_date[:40])
+                self.log.error("UpdateFirmware: retrieveDate %r is not a date", retrieve_date[:40])
                 self._set(op, "DownloadFailed", final=True)
                 return
             op.task = self._spawn(self._run_firmware(op, location, retrieve_at, None, _attempts(retries),
@@ -412,25 +417,25 @@ class FirmwareManager:
         self._prepared.pop(SIGNED_UPDATE_FIRMWARE, None)
         if self.firmware is not None and self.firmware.in_progress and self.firmware.status in (
                 "Installing", "InstallRebooting"):
-            log.warning("SignedUpdateFirmware rejected: an installation is running")
+            self.log.warning("SignedUpdateFirmware rejected: an installation is running")
             return "Rejected"
         location = firmware.get("location", "")
         retrieve_at = parse_time(firmware.get("retrieve_date_time"))
         install_at = parse_time(firmware.get("install_date_time")) if firmware.get("install_date_time") else None
         if retrieve_at is None or (firmware.get("install_date_time") and install_at is None):
-            log.warning("SignedUpdateFirmware rejected: retrieveDateTime/installDateTime is not a date")
+            self.log.warning("SignedUpdateFirmware rejected: retrieveDateTime/installDateTime is not a date")
             return "Rejected"
         try:
             certificate = verify_signing_certificate(firmware.get("signing_certificate", ""),
                                                      manufacturer_roots(self.journal_dir),
                                                      self.station.wall_clock())
         except ImportError:
-            log.error("SignedUpdateFirmware rejected: the cryptography package is not installed")
+            self.log.error("SignedUpdateFirmware rejected: the cryptography package is not installed")
             return "Rejected"
         except ValueError as exc:  # agent.ocpp.security_certs.CertificateError
             reason = str(exc)
-            security_log.warning("SignedUpdateFirmware (request %s): invalid signing certificate: %s",
-                                 request_id, reason)
+            self.security_log.warning("SignedUpdateFirmware (request %s): invalid signing certificate: %s",
+                                      request_id, reason)
             self._prepared[SIGNED_UPDATE_FIRMWARE] = lambda: self._security_event(
                 "InvalidFirmwareSigningCertificate", reason)
             return "InvalidCertificate"
@@ -533,7 +538,7 @@ class FirmwareManager:
         op.in_progress = not final
         op.delivered = False
         op.seq += 1
-        log.info("%s%s: %s", op.kind, f" (request {op.request_id})" if op.request_id is not None else "", status)
+        self.log.info("%s%s: %s", op.kind, f" (request {op.request_id})" if op.request_id is not None else "", status)
         if op is self.firmware:
             self._persist(op)
         return self._send(op)
@@ -564,21 +569,21 @@ class FirmwareManager:
         try:
             self.station.journal.set_setting(STATE_KEY, value)
         except JournalError as exc:
-            log.error("firmware state cannot be saved: %s", exc)
+            self.log.error("firmware state cannot be saved: %s", exc)
 
     def _security_event(self, kind: str, tech_info: str) -> None:
         security = getattr(self.station, "security", None)
         if security is not None:  # agent.ocpp.security: security log file + SecurityEventNotification in the journal
             security.event(kind, tech_info)
             return
-        security_log.warning("security event %s: %s", kind, tech_info)
+        self.security_log.warning("security event %s: %s", kind, tech_info)
         try:
             self.station.journal.enqueue(
                 "SecurityEventNotification",
                 {"type": kind, "timestamp": ocpp_timestamp(self.station.wall_clock()),
                  "techInfo": tech_info[:255]})
         except JournalError as exc:
-            log.error("security event %s cannot be queued: %s", kind, exc)
+            self.log.error("security event %s cannot be queued: %s", kind, exc)
             return
         self.station.ocpp.journal_changed()
 
@@ -589,8 +594,8 @@ class FirmwareManager:
 
     def _replace_firmware(self, op: Operation) -> Operation:
         if self.firmware is not None and self.firmware.in_progress:
-            log.warning("%s (request %s) cancelled by a new firmware request", self.firmware.kind,
-                        self.firmware.request_id)
+            self.log.warning("%s (request %s) cancelled by a new firmware request", self.firmware.kind,
+                             self.firmware.request_id)
             self.firmware.stop()
         self.firmware = op
         return op
@@ -611,7 +616,7 @@ class FirmwareManager:
             if retrieve_at > self.station.wall_clock():
                 if signed:
                     self._set(op, "DownloadScheduled")
-                log.info("firmware download scheduled for %s", retrieve_at.isoformat())
+                self.log.info("firmware download scheduled for %s", retrieve_at.isoformat())
                 await sleep_until(retrieve_at, self.station.wall_clock)
             path = self._firmware_path(op, location)
             self._set(op, "Downloading")
@@ -627,7 +632,7 @@ class FirmwareManager:
                     self._set(op, "InvalidSignature", final=True)
                     self._security_event("InvalidFirmwareSignature", f"request {op.request_id}: {exc}")
                     return
-                security_log.info("firmware signature verified (request %s, SHA-256 %s)", op.request_id, digest)
+                self.security_log.info("firmware signature verified (request %s, SHA-256 %s)", op.request_id, digest)
                 self._set(op, "SignatureVerified")
                 if install_at is not None and install_at > self.station.wall_clock():
                     self._set(op, "InstallScheduled")
@@ -643,7 +648,7 @@ class FirmwareManager:
             op.cancel.set()
             raise
         except Exception:
-            log.exception("%s failed", op.kind)
+            self.log.exception("%s failed", op.kind)
             if op.in_progress:
                 failed = "DownloadFailed" if op.status in ("DownloadScheduled", "Downloading") else "InstallationFailed"
                 self._set(op, failed, final=True)
@@ -662,7 +667,7 @@ class FirmwareManager:
         try:
             transfer.check_url(location)
         except transfer.TransferError as exc:
-            log.error("firmware download from %s impossible: %s", where, exc)
+            self.log.error("firmware download from %s impossible: %s", where, exc)
             return None
         read_timeout, deadline, _ = self._transfer_bounds()
         for attempt in range(1, attempts + 1):
@@ -671,11 +676,11 @@ class FirmwareManager:
                     transfer.download, location, path, max_bytes=self.max_download_bytes,
                     timeout=read_timeout, deadline_s=deadline, cancel=op.cancel)
             except transfer.TransferError as exc:
-                log.warning("firmware download attempt %d of %d failed: %s", attempt, attempts, exc)
+                self.log.warning("firmware download attempt %d of %d failed: %s", attempt, attempts, exc)
                 if attempt < attempts:
                     await asyncio.sleep(interval)
                 continue
-            log.info("firmware downloaded from %s: %d bytes, SHA-256 %s", where, size, digest)
+            self.log.info("firmware downloaded from %s: %d bytes, SHA-256 %s", where, size, digest)
             return digest
         return None
 
@@ -687,7 +692,7 @@ class FirmwareManager:
         """No new session from here on; wait until the running ones (and their journal writes) end."""
         self._hold(True)
         if self.station.transactions_active():
-            log.info("firmware installation waits until the running transaction(s) end")
+            self.log.info("firmware installation waits until the running transaction(s) end")
             while self.station.transactions_active():
                 await asyncio.sleep(0.5)
             self._hold(True)  # again: a ChangeAvailability meanwhile must not let a session start now
@@ -695,37 +700,37 @@ class FirmwareManager:
     async def _install(self, op: Operation, path: Path, digest: str, signed: bool) -> str:
         """Run the board's install hook: "Installed", "InstallationFailed" or "InstallVerificationFailed"."""
         if not self.install_command:
-            log.error("firmware cannot be installed: the board config has no [board] firmware_install_command "
-                      "(the agent never replaces itself); InstallationFailed")
+            self.log.error("firmware cannot be installed: the board config has no [board] firmware_install_command "
+                           "(the agent never replaces itself); InstallationFailed")
             return "InstallationFailed"
         argv = [arg.replace("{file}", str(path)) for arg in self.install_command]
         env = {**os.environ, "EVSE_FIRMWARE_FILE": str(path), "EVSE_FIRMWARE_SHA256": digest,
                "EVSE_FIRMWARE_SIGNED": "1" if signed else "0"}
-        log.warning("installing firmware: running %s", " ".join(argv))
+        self.log.warning("installing firmware: running %s", " ".join(argv))
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
                 stdin=asyncio.subprocess.DEVNULL, env=env, cwd=str(self.firmware_dir))
         except OSError as exc:
-            log.error("firmware install hook %s cannot be started: %s", argv[0], exc)
+            self.log.error("firmware install hook %s cannot be started: %s", argv[0], exc)
             return "InstallationFailed"
         try:
             output, _ = await asyncio.wait_for(process.communicate(), HOOK_TIMEOUT_S)
         except TimeoutError:
             process.kill()
             await process.wait()
-            log.error("firmware install hook did not finish within %d s: killed", HOOK_TIMEOUT_S)
+            self.log.error("firmware install hook did not finish within %d s: killed", HOOK_TIMEOUT_S)
             return "InstallationFailed"
         except asyncio.CancelledError:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             raise
         for line in output.decode("utf-8", "replace").splitlines()[-20:]:
-            log.info("install hook: %s", line[:300])
+            self.log.info("install hook: %s", line[:300])
         if process.returncode == 0:
-            log.warning("firmware installed by the hook")
+            self.log.warning("firmware installed by the hook")
             return "Installed"
-        log.error("firmware install hook failed with exit code %s", process.returncode)
+        self.log.error("firmware install hook failed with exit code %s", process.returncode)
         if signed and process.returncode == EXIT_VERIFICATION_FAILED:
             return "InstallVerificationFailed"
         return "InstallationFailed"
@@ -736,7 +741,7 @@ class FirmwareManager:
             await _delivery(self._set(op, "InstallRebooting"))
         op.status, op.in_progress, op.delivered = "Installed", False, False
         self._persist(op)
-        log.warning("firmware update installed: restarting the agent")
+        self.log.warning("firmware update installed: restarting the agent")
         await self.station.restart_for_firmware()
 
     # ---- diagnostics and logs ----------------------------------------------------------------------
@@ -756,7 +761,7 @@ class FirmwareManager:
             try:
                 transfer.check_url(location)
             except transfer.TransferError as exc:
-                log.error("%s upload to %s impossible: %s", op.kind, where, exc)
+                self.log.error("%s upload to %s impossible: %s", op.kind, where, exc)
                 self._set(op, failed, final=True)
                 return
             files = self._diagnostics_files(since, until, security)
@@ -768,11 +773,11 @@ class FirmwareManager:
                     await transfer.run(transfer.upload, location, path, name=file_name, timeout=read_timeout,
                                        deadline_s=deadline, cancel=op.cancel)
                 except transfer.TransferError as exc:
-                    log.warning("%s upload attempt %d of %d failed: %s", op.kind, attempt, attempts, exc)
+                    self.log.warning("%s upload attempt %d of %d failed: %s", op.kind, attempt, attempts, exc)
                     if attempt < attempts:
                         await asyncio.sleep(interval)
                     continue
-                log.info("%s: %s uploaded to %s (%d bytes)", op.kind, file_name, where, path.stat().st_size)
+                self.log.info("%s: %s uploaded to %s (%d bytes)", op.kind, file_name, where, path.stat().st_size)
                 self._set(op, "Uploaded", final=True)
                 return
             self._set(op, failed, final=True)
@@ -780,7 +785,7 @@ class FirmwareManager:
             op.cancel.set()
             raise
         except Exception:
-            log.exception("%s failed", op.kind)
+            self.log.exception("%s failed", op.kind)
             if op.in_progress:
                 self._set(op, failed, final=True)
         finally:
@@ -797,7 +802,7 @@ class FirmwareManager:
                     "README.txt": _readme("security log", span, len(lines))}
         entries, _ = self.station.configuration.get_configuration(None)
         configuration = [e for e in entries if not _SECRET_KEY_NAMES.search(str(e.get("key", "")))]
-        lines = recent_log().lines(since, until)
+        lines = recent_log().lines(since, until, station_id=self.station.logs.station_id)
         return {
             "status.json": scrub(json.dumps(self.station.status(), indent=2, default=str)),
             "configuration.json": scrub(json.dumps(configuration, indent=2, default=str)),
@@ -813,13 +818,13 @@ class FirmwareManager:
         period; without that module, the security lines of this process's log."""
         security = getattr(self.station, "security", None)
         if security is None:
-            return recent_log().lines(since, until, only=_is_security_line)
+            return recent_log().lines(since, until, only=_is_security_line, station_id=self.station.logs.station_id)
         lines = []
         for path in security.security_log_files():
             try:
                 text = path.read_text("utf-8", "replace")
             except OSError as exc:
-                log.warning("security log %s cannot be read: %s", path, exc)
+                self.log.warning("security log %s cannot be read: %s", path, exc)
                 continue
             for line in text.splitlines():
                 when = parse_time(line.split(" ", 1)[0])

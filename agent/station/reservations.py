@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from agent.core import controller as ctl
+from agent.logs import StationLogs
 from agent.station.journal import Journal, JournalError
 
 log = logging.getLogger("evse.station")
@@ -25,7 +26,9 @@ SETTING_PREFIX = "reservation."
 class Reservations:
     def __init__(self, journal: Journal, controllers: Mapping[int, ctl.ConnectorController],
                  dispatch: Callable[[int, ctl.Event], None], clock: Callable[[], float],
-                 wall_clock: Callable[[], datetime], journal_failed: Callable[[Exception], None]):
+                 wall_clock: Callable[[], datetime], journal_failed: Callable[[Exception], None],
+                 logs: StationLogs | None = None):
+        self.log = logs.logger(log.name) if logs is not None else log  # the station's (agent.logs)
         self._journal = journal
         self._controllers = controllers
         self._dispatch = dispatch  # (connector id, event): hands an event to that connector's controller
@@ -42,19 +45,19 @@ class Reservations:
         try:
             expiry = datetime.fromisoformat(expiry_date)
         except ValueError:
-            log.warning("ReserveNow %d: unreadable expiryDate %r: Rejected", reservation_id, expiry_date)
+            self.log.warning("ReserveNow %d: unreadable expiryDate %r: Rejected", reservation_id, expiry_date)
             return "Rejected"
         if expiry.tzinfo is None:
             expiry = expiry.replace(tzinfo=UTC)  # OCPP times are UTC
         if expiry <= self._wall_clock():
-            log.warning("ReserveNow %d: expiryDate %s has passed: Rejected", reservation_id, expiry_date)
+            self.log.warning("ReserveNow %d: expiryDate %s has passed: Rejected", reservation_id, expiry_date)
             return "Rejected"
         if connector_id == 0:
             status, held_on = ctl.reserve_any_connector(self._controllers, reservation_id)
         else:
             status, held_on = self._controllers[connector_id].reservation_answer(reservation_id), connector_id
-        log.info("ReserveNow %d for %s on connector %d until %s: %s", reservation_id, id_tag, connector_id,
-                 expiry_date, status)
+        self.log.info("ReserveNow %d for %s on connector %d until %s: %s", reservation_id, id_tag, connector_id,
+                      expiry_date, status)
         if status != "Accepted" or held_on is None:
             return status
         record = {"connectorId": connector_id, "heldOn": held_on, "idTag": id_tag, "parentIdTag": parent_id_tag,
@@ -63,7 +66,7 @@ class Reservations:
         try:
             self._place(reservation_id, record)
         except JournalError as exc:
-            log.error("ReserveNow %d: cannot be stored: %s: Rejected", reservation_id, exc)
+            self.log.error("ReserveNow %d: cannot be stored: %s: Rejected", reservation_id, exc)
             return "Rejected"
         if previous is not None and previous["heldOn"] != held_on:  # replaced by one on another connector
             self._dispatch(previous["heldOn"], ctl.ReservationCancelled(reservation_id, "replaced"))
@@ -73,7 +76,7 @@ class Reservations:
         """CancelReservation: Accepted, or Rejected for an id that no reservation has (TC_052)."""
         record = self._active.get(reservation_id)
         if record is None:
-            log.info("CancelReservation %d: no such reservation: Rejected", reservation_id)
+            self.log.info("CancelReservation %d: no such reservation: Rejected", reservation_id)
             return "Rejected"
         self._dispatch(record["heldOn"], ctl.ReservationCancelled(reservation_id))
         return "Accepted"
@@ -86,15 +89,15 @@ class Reservations:
                 expiry = datetime.fromisoformat(record["expiryDate"])
                 held_on = int(record["heldOn"])
             except (ValueError, KeyError, TypeError):
-                log.warning("ignoring an unreadable stored reservation %s: %.100s", key, value)
+                self.log.warning("ignoring an unreadable stored reservation %s: %.100s", key, value)
                 self._journal.delete_setting(SETTING_PREFIX + key)
                 continue
             if expiry <= self._wall_clock() or held_on not in self._controllers:
-                log.info("reservation %d for %s expired while the agent was down", reservation_id, record["idTag"])
+                self.log.info("reservation %d for %s expired while the agent was down", reservation_id, record["idTag"])
                 self._journal.delete_setting(SETTING_PREFIX + key)
                 continue
-            log.info("reservation %d for %s on connector %d restored (until %s)", reservation_id,
-                     record["idTag"], held_on, record["expiryDate"])
+            self.log.info("reservation %d for %s on connector %d restored (until %s)", reservation_id,
+                          record["idTag"], held_on, record["expiryDate"])
             self._place(reservation_id, record)
 
     def ended(self, connector_id: int, reservation_id: int, reason: str) -> None:
@@ -107,18 +110,18 @@ class Reservations:
             try:
                 self._journal.delete_setting(SETTING_PREFIX + str(reservation_id))
             except JournalError as exc:  # it is dropped at the next start, once expired
-                log.error("reservation %d: cannot be removed from the journal: %s", reservation_id, exc)
-        log.info("connector %d: reservation %d %s", connector_id, reservation_id, reason)
+                self.log.error("reservation %d: cannot be removed from the journal: %s", reservation_id, exc)
+        self.log.info("connector %d: reservation %d %s", connector_id, reservation_id, reason)
         if record["connectorId"] == 0 and reason in ("faulted", "unavailable"):
             # a reservation of the station moves to another connector that can hold it, if there is one
             others = {cid: c for cid, c in self._controllers.items() if cid != connector_id}
             status, held_on = ctl.reserve_any_connector(others, reservation_id)
             if status == "Accepted" and held_on is not None:
-                log.info("reservation %d of the station moves to connector %d", reservation_id, held_on)
+                self.log.info("reservation %d of the station moves to connector %d", reservation_id, held_on)
                 try:
                     self._place(reservation_id, {**record, "heldOn": held_on})
                 except JournalError as exc:  # inside a control step: a storage fault, never a crash
-                    log.error("reservation %d: cannot be moved to connector %d: %s", reservation_id, held_on, exc)
+                    self.log.error("reservation %d: cannot be moved to connector %d: %s", reservation_id, held_on, exc)
                     self._journal_failed(exc)
 
     def used_elsewhere(self, connector_id: int) -> int | None:

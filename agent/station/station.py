@@ -103,8 +103,12 @@ class RestartRequested(Exception):
 class Station:
     def __init__(self, config: AgentConfig, board: Board | ControlLink, journal: Journal,
                  clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], datetime] = utc_now):
-        """`board`: a started ControlLink (ProcessLink: `evse run`), or a Board, run in this process."""
+                 wall_clock: Callable[[], datetime] = utc_now, station_logs: logs.StationLogs | None = None):
+        """`board`: a started ControlLink (ProcessLink: `evse run`), or a Board, run in this process.
+        `station_logs`: this station's loggers and secrets (agent.logs); many stations share a process."""
+        self.logs = station_logs if station_logs is not None else logs.StationLogs(config.station.id)
+        self.log = self.logs.logger(log.name)
+        self.logs.add_basic_auth_secret(config.station.id, config.ocpp.password)  # before anything could log it
         self.config = config
         if isinstance(board, ControlLink):
             self.link, self.board = board, None
@@ -119,7 +123,7 @@ class Station:
         self.journal = journal
         self.clock = clock
         self.wall_clock = wall_clock  # UTC: charging schedules are in wall-clock time
-        self.security = SecurityManager(config, journal, wall_clock)
+        self.security = SecurityManager(config, journal, wall_clock, self.logs)
         self.security.apply_local_settings()  # config-file edits win over what the CSMS set (agent.ocpp.security)
         self.configuration = OcppConfiguration(
             number_of_connectors=len(self.info.connectors),
@@ -129,6 +133,8 @@ class Station:
             check_change=self.security.check_change,
         )
         self.security.attach(self.configuration)
+        with contextlib.suppress(KeyError, ValueError):  # the key in force (a CSMS may have set it)
+            self.logs.add_basic_auth_secret(config.station.id, self.configuration.get("AuthorizationKey"))
         self.auth = AuthStore(journal, wall_clock=wall_clock)
         self.connectors: dict[int, ConnectorRuntime] = {}
         for hw in self.info.connectors:
@@ -137,10 +143,10 @@ class Station:
         self.station_operative = journal.settings("availability.").get("0", "Operative") == "Operative"
         controllers = {cid: rt.controller for cid, rt in self.connectors.items()}
         self.reservations = Reservations(journal, controllers, self._dispatch_to, clock, wall_clock,
-                                         self.journal_failed)
+                                         self.journal_failed, self.logs)
         self.charging_limits = ChargingLimits(self.configuration, journal, self.connectors, self._dispatch_to,
-                                              wall_clock, self.journal_failed)
-        self.ocpp = OcppClient(config, self, journal)
+                                              wall_clock, self.journal_failed, self.logs)
+        self.ocpp = OcppClient(config, self, journal, logs=self.logs, clock=clock)
         self.security.on_event_queued = self.ocpp.journal_changed
         install = list(self.info.firmware_install_command) if self.info.firmware_install_command else None
         self.firmware = FirmwareManager(self, install_command=install,
@@ -177,7 +183,7 @@ class Station:
     def configuration_changed(self, key: str, value: str) -> None:
         self.journal.set_setting(f"ocpp.{key}", value)  # survives reboots
         if key == "AuthorizationKey":
-            logs.add_basic_auth_secret(self.config.station.id, value)  # never in a log line (agent.logs)
+            self.logs.add_basic_auth_secret(self.config.station.id, value)  # never in a log line (agent.logs)
         self.security.configuration_changed(key, value)
         for rt in self.connectors.values():
             self._dispatch(rt, ctl.SettingsChanged(self._session_settings(rt.hw)))
@@ -210,8 +216,8 @@ class Station:
                     register_value(tx.last_meter, "Transaction.End", tx.last_meter_at),
                 ]
             self.journal.end_transaction(tx.local_id, payload)
-            log.warning("transaction %s on connector %d was interrupted: stopped with PowerLoss at %.0f Wh",
-                        tx.csms_id or f"local-{tx.local_id}", tx.connector_id, tx.last_meter)
+            self.log.warning("transaction %s on connector %d was interrupted: stopped with PowerLoss at %.0f Wh",
+                             tx.csms_id or f"local-{tx.local_id}", tx.connector_id, tx.last_meter)
         availability = self.journal.settings("availability.")
         for rt in self.connectors.values():
             operative = self.station_operative and availability.get(str(rt.id), "Operative") == "Operative"
@@ -235,8 +241,8 @@ class Station:
         interval = self.configuration.get_int("MeterValueSampleInterval")
         rt.next_sample_at = self.clock() + interval if interval > 0 else None
         self._dispatch(rt, ctl.ResumeTransaction(tx.id_tag))
-        log.warning("transaction %s on connector %d resumes after the restart (EV still plugged in)",
-                    tx.csms_id or f"local-{tx.local_id}", rt.id)
+        self.log.warning("transaction %s on connector %d resumes after the restart (EV still plugged in)",
+                         tx.csms_id or f"local-{tx.local_id}", rt.id)
         return True
 
     async def start_control(self) -> None:
@@ -304,8 +310,8 @@ class Station:
     async def _flush_journal(self, timeout: float = 5.0) -> None:
         """Give queued messages (a final StopTransaction) a moment to reach the CSMS; the journal keeps
         whatever could not be delivered for the next start."""
-        deadline = time.monotonic() + timeout
-        while self.journal.pending_count() and self.ocpp.accepted and time.monotonic() < deadline:
+        deadline = self.clock() + timeout
+        while self.journal.pending_count() and self.ocpp.accepted and self.clock() < deadline:
             await asyncio.sleep(0.05)
 
     async def _drain_transaction_ops(self, timeout: float = 5.0) -> None:
@@ -342,7 +348,7 @@ class Station:
         if self.control_lost is not None:
             return
         self.control_lost = why
-        log.critical("control loop lost: %s; every connector is reported Faulted", why)
+        self.log.critical("control loop lost: %s; every connector is reported Faulted", why)
         for rt in self.connectors.values():
             self.ocpp.send_status(rt.id, ctl.ConnectorStatus.FAULTED.value, "InternalError",
                                   "control process lost", "ControlLoopLost")
@@ -416,12 +422,12 @@ class Station:
                 rt.ops.put_nowait(_Op("stop", id_tag=id_tag, reason=reason.value))
                 self.charging_limits.transaction_ended(rt)
             case ctl.StatusChanged(status, error_code, info, vendor_code):
-                log.info("connector %d: %s%s", rt.id, status.value,
-                         "" if error_code == "NoError" else f" ({error_code}/{vendor_code})")
+                self.log.info("connector %d: %s%s", rt.id, status.value,
+                              "" if error_code == "NoError" else f" ({error_code}/{vendor_code})")
                 if self.control_lost is None:
                     self.ocpp.send_status(rt.id, status.value, error_code, info, vendor_code)
             case ctl.Notice(text):
-                log.info("connector %d: %s", rt.id, text)
+                self.log.info("connector %d: %s", rt.id, text)
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.create_task(coro)
@@ -460,7 +466,7 @@ class Station:
                 verdict = "Accepted" if decision.accepted else "refused"
         if self.closing and decision.accepted:
             decision, verdict = Decision(False, decision.source, None), "ignored: the agent is shutting down"
-        log.info("connector %d: card %s: %s (%s)", rt.id, id_tag, verdict, decision.source.value)
+        self.log.info("connector %d: card %s: %s (%s)", rt.id, id_tag, verdict, decision.source.value)
         self._dispatch(rt, ctl.AuthorizationResult(id_tag, decision.accepted, decision.parent_id_tag))
 
     def _remember(self, id_tag: str, info: IdTagInfo) -> None:
@@ -470,12 +476,12 @@ class Station:
 
     def present_id_tag(self, id_tag: str) -> int | None:
         if self.closing:
-            log.info("card %s ignored: the agent is shutting down", id_tag)
+            self.log.info("card %s ignored: the agent is shutting down", id_tag)
             return None
         controllers = {cid: rt.controller for cid, rt in self.connectors.items()}
         cid = ctl.route_id_tag(controllers, id_tag)
         if cid is None:
-            log.info("card %s: no connector can take it", id_tag)
+            self.log.info("card %s: no connector can take it", id_tag)
             return None
         self._dispatch(self.connectors[cid], ctl.IdTagPresented(id_tag))
         return cid
@@ -490,11 +496,11 @@ class Station:
         except (channel.RequestFailed, ControlLost, TimeoutError) as exc:
             rt.meter_failures += 1
             if rt.meter_failures == METER_FAILURES_FOR_FAULT:
-                log.error("connector %d: energy meter failed %d times: %s", rt.id, rt.meter_failures, exc)
+                self.log.error("connector %d: energy meter failed %d times: %s", rt.id, rt.meter_failures, exc)
                 self._dispatch(rt, ctl.FaultChanged(ctl.Fault.METER, True))
             return None
         if rt.meter_failures >= METER_FAILURES_FOR_FAULT:
-            log.info("connector %d: energy meter answers again", rt.id)
+            self.log.info("connector %d: energy meter answers again", rt.id)
             self._dispatch(rt, ctl.FaultChanged(ctl.Fault.METER, False))
         rt.meter_failures = 0
         rt.meter_answered = True
@@ -553,11 +559,11 @@ class Station:
                     self._journal_sample(rt, op)
                 self.ocpp.journal_changed()
             except JournalValueError as exc:  # one value the journal cannot hold: that write is refused
-                log.error("connector %d: journal %s refused: %s", rt.id, op.kind, exc)
+                self.log.error("connector %d: journal %s refused: %s", rt.id, op.kind, exc)
             except JournalError as exc:
                 self.journal_failed(exc)
             except Exception:
-                log.exception("connector %d: journal %s failed", rt.id, op.kind)
+                self.log.exception("connector %d: journal %s failed", rt.id, op.kind)
             finally:
                 if op.kind == "start":  # every start is answered, in order: committed, or refused (no energy)
                     self._dispatch(rt, ctl.TransactionRecorded(ok=recorded))
@@ -568,8 +574,8 @@ class Station:
         Every connector faults, its contactor opens; a technician must fix the storage and restart."""
         if self.storage_error is None:
             self.storage_error = str(exc)
-            log.critical("journal cannot be written: %s; all connectors are faulted until the agent is "
-                         "restarted with working storage", exc)
+            self.log.critical("journal cannot be written: %s; all connectors are faulted until the agent is "
+                              "restarted with working storage", exc)
         for rt in self.connectors.values():
             self._dispatch(rt, ctl.FaultChanged(ctl.Fault.STORAGE, True))
 
@@ -587,8 +593,8 @@ class Station:
         rt.tx_begin = (energy, timestamp)  # durable now: the worker tells the controller it may offer energy
         interval = self.configuration.get_int("MeterValueSampleInterval")
         rt.next_sample_at = self.clock() + interval if interval > 0 else None
-        log.info("connector %d: transaction started for %s at %.0f Wh%s", rt.id, op.id_tag, energy,
-                 f" (reservation {op.reservation_id})" if op.reservation_id is not None else "")
+        self.log.info("connector %d: transaction started for %s at %.0f Wh%s", rt.id, op.id_tag, energy,
+                      f" (reservation {op.reservation_id})" if op.reservation_id is not None else "")
 
     async def _journal_stop(self, rt: ConnectorRuntime, op: _Op) -> None:
         if rt.local_tx is None:
@@ -607,7 +613,7 @@ class Station:
                    else register_value(energy, "Transaction.End", timestamp))
             payload["transactionData"] = [register_value(begin_wh, "Transaction.Begin", begin_ts), end]
         self.journal.end_transaction(rt.local_tx, payload)
-        log.info("connector %d: transaction stopped (%s) at %.0f Wh", rt.id, op.reason, energy)
+        self.log.info("connector %d: transaction stopped (%s) at %.0f Wh", rt.id, op.reason, energy)
         rt.local_tx = None
         rt.tx_begin = None
         rt.next_sample_at = None
@@ -707,17 +713,16 @@ class Station:
         if not rt.hw.has_lock:
             return "NotSupported"
         self._dispatch(rt, ctl.UnlockRequested())
-        loop = asyncio.get_running_loop()  # a real wait for the actuator: the event loop's clock
         # the lock's feedback as the control loop reads it (a lock that cannot be read is a device fault); the
         # replica follows a moment later than the control loop: its deadline, and a step's time
-        deadline = loop.time() + rt.controller.settings.lock_timeout_s + 0.1
+        deadline = self.clock() + rt.controller.settings.lock_timeout_s + 0.1
         while True:
             c = rt.controller
             if not c.lock_feedback and ctl.Fault.DEVICE not in c.faults and not c.view().lock_commanded:
-                log.info("connector %d: unlocked by the CSMS", rt.id)
+                self.log.info("connector %d: unlocked by the CSMS", rt.id)
                 return "Unlocked"
-            if loop.time() >= deadline:
-                log.warning("connector %d: unlock failed: the lock still reads locked", rt.id)
+            if self.clock() >= deadline:
+                self.log.warning("connector %d: unlock failed: the lock still reads locked", rt.id)
                 return "UnlockFailed"
             await asyncio.sleep(0.02)
 
@@ -731,8 +736,8 @@ class Station:
             if rt.local_tx == message.local_tx:
                 accepted = info.get("status") == "Accepted"
                 if not accepted:
-                    log.warning("connector %d: CSMS refused id %s in StartTransaction (%s)",
-                                rt.id, message.payload.get("idTag"), info.get("status"))
+                    self.log.warning("connector %d: CSMS refused id %s in StartTransaction (%s)",
+                                     rt.id, message.payload.get("idTag"), info.get("status"))
                 self._dispatch(rt, ctl.TransactionConfirmed(accepted, info.get("parentIdTag")))
 
     def clear_cache(self) -> str:
@@ -752,8 +757,8 @@ class Station:
         )
         if change.status is ListUpdate.ACCEPTED:
             self.auth.apply_list_change(change)
-            log.info("local authorization list: %s update to version %d (%d entries)", update_type,
-                     list_version, self.auth.list_size())
+            self.log.info("local authorization list: %s update to version %d (%d entries)", update_type,
+                          list_version, self.auth.list_size())
         return change.status.value
 
     # ---- Reservation (agent.station.reservations) and Smart Charging (agent.station.charging_limits) ---------------------
@@ -784,7 +789,7 @@ class Station:
 
     async def _reset(self, kind: str) -> None:
         reason = ctl.StopReason.HARD_RESET if kind == "Hard" else ctl.StopReason.SOFT_RESET
-        log.warning("%s reset requested by the CSMS", kind)
+        self.log.warning("%s reset requested by the CSMS", kind)
         self.security.event(RESET_OR_REBOOT, f"{kind} reset requested by the CSMS")
         for rt in self.connectors.values():
             self._dispatch(rt, ctl.StopRequested(reason))

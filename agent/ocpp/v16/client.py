@@ -46,6 +46,7 @@ from ocpp.v16.enums import Action
 
 from agent.config import AgentConfig
 from agent.core.authorization import valid_id_token
+from agent.logs import StationLogs
 from agent.ocpp.rpc import GuardedRouting, short
 from agent.ocpp.security import TlsAwareConnection, redact_frame, redact_text
 from agent.ocpp.v16.config import OcppConfiguration
@@ -251,25 +252,32 @@ class _ReRegister(Exception):
 class _LoggedConnection:
     """Logs every frame at debug (one line each) and remembers when traffic last flowed."""
 
-    def __init__(self, ws, on_traffic: Callable[[], None]):
+    def __init__(self, ws, on_traffic: Callable[[], None], frame_log: logging.Logger | logging.LoggerAdapter):
         self._ws = ws
+        self.frame_log = frame_log
         self._on_traffic = on_traffic
 
     async def send(self, message: str) -> None:
-        if frame_log.isEnabledFor(logging.DEBUG):
-            frame_log.debug("> %s", redact_frame(message))  # no AuthorizationKey, no certificate
+        if self.frame_log.isEnabledFor(logging.DEBUG):
+            self.frame_log.debug("> %s", redact_frame(message))  # no AuthorizationKey, no certificate
         await self._ws.send(message)
         self._on_traffic()
 
     async def recv(self) -> str:
         message = await self._ws.recv()
-        if frame_log.isEnabledFor(logging.DEBUG):
-            frame_log.debug("< %s", redact_frame(message))
+        if self.frame_log.isEnabledFor(logging.DEBUG):
+            self.frame_log.debug("< %s", redact_frame(message))
         return message
 
 
 class OcppClient:
-    def __init__(self, config: AgentConfig, station: StationPort, journal: Journal):
+    def __init__(self, config: AgentConfig, station: StationPort, journal: Journal, *,
+                 logs: StationLogs | None = None, clock: Callable[[], float] = time.monotonic):
+        # the station's loggers (tagged with its id, its secrets redacted: agent.logs.StationLogs)
+        self.logs = logs if logs is not None else StationLogs(config.station.id)
+        self.log = self.logs.logger(log.name)
+        self.security_log = self.logs.logger("evse.security.ocpp")
+        self._clock = clock  # monotonic: when traffic last flowed (heartbeat)
         self._config = config
         self._station = station
         self._journal = journal
@@ -282,7 +290,7 @@ class OcppClient:
         self._security_event_timeouts: dict[str, int] = {}  # event payload -> timeouts (in memory only)
         self._refused_security_events = False  # logged once per connection
         self._journal_wakeup = asyncio.Event()
-        self._last_traffic = time.monotonic()
+        self._last_traffic = self._clock()
         self._cp: _ChargePoint | None = None
         self._ws = None
         self._stopping = False
@@ -331,7 +339,7 @@ class OcppClient:
         all (not an IdToken: more than 20 characters, not printable ASCII) is refused here, never None:
         it must not reach the offline rules (AllowOfflineTxForUnknownId)."""
         if not valid_id_token(id_tag):
-            log.warning("card id %.40r cannot be sent to the CSMS (not an OCPP IdToken): refused", id_tag)
+            self.log.warning("card id %.40r cannot be sent to the CSMS (not an OCPP IdToken): refused", id_tag)
             return {"status": "Invalid"}
         if not self.accepted:
             return None
@@ -344,7 +352,7 @@ class OcppClient:
             self._outgoing.discard(item)  # not sent yet: nobody waits for its answer any more
             if not item.done.done():
                 item.done.cancel()
-            log.warning("Authorize: no answer within %ss: the offline rules decide", self.authorize_deadline_s)
+            self.log.warning("Authorize: no answer within %ss: the offline rules decide", self.authorize_deadline_s)
             return None
         except (OCPPError, ConnectionError, websockets.ConnectionClosed):
             return None
@@ -367,12 +375,12 @@ class OcppClient:
                     if not self._registered and not self._stopping:
                         self.last_error = (f"CSMS closed the connection before registration "
                                            f"(code {ws.close_code}, reason {ws.close_reason!r})")
-                        log.warning("OCPP connection to %s: %s", self._endpoint, self.last_error)
+                        self.log.warning("OCPP connection to %s: %s", self._endpoint, self.last_error)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # every network or protocol failure leads to a retry, never to exit
                 self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("OCPP connection to %s failed: %s", self._endpoint, self.last_error)
+                self.log.warning("OCPP connection to %s failed: %s", self._endpoint, self.last_error)
                 self._station.security.connection_failed(exc)  # security event, profile fallback
             finally:
                 self.connected = False
@@ -393,7 +401,7 @@ class OcppClient:
         AuthorizationKey, SecurityProfile or certificate). Call it after the CSMS's command was answered."""
         if self._ws is None or self._stopping:
             return
-        log.info("reconnecting to apply %s", reason)
+        self.log.info("reconnecting to apply %s", reason)
         self._reconnect_now = True
         self._closing = asyncio.ensure_future(self._ws.close(code=1000, reason="reconnecting"))
 
@@ -439,13 +447,13 @@ class OcppClient:
         self._ws = ws
         cp = _ChargePoint(
             self._config.station.id,
-            _LoggedConnection(ws, self._touch),
+            _LoggedConnection(ws, self._touch, self.logs.logger(frame_log.name)),
             client=self,
             response_timeout=self._station.configuration.get_int("MessageTimeout"),
         )
         self._cp = cp
         self.connected = True
-        log.info("connected to %s (security profile %d)", self._endpoint, self._station.security.profile)
+        self.log.info("connected to %s (security profile %d)", self._endpoint, self._station.security.profile)
         reader = asyncio.create_task(cp.start(), name="ocpp-reader")
         worker = asyncio.create_task(self._work(cp), name="ocpp-worker")
         try:
@@ -464,10 +472,10 @@ class OcppClient:
                 exc = exc.exceptions[0]
             if exc is not None and not isinstance(exc, websockets.ConnectionClosed):
                 raise exc
-        log.warning("OCPP connection closed")
+        self.log.warning("OCPP connection closed")
 
     def _touch(self) -> None:
-        self._last_traffic = time.monotonic()
+        self._last_traffic = self._clock()
 
     def _fail_pending_outgoing(self) -> None:
         while not self._outgoing.empty():
@@ -506,7 +514,7 @@ class OcppClient:
                 reason = security.certificate_renewal_due()
                 if reason is not None:
                     security.certificate_renewal_requested()
-                    log.warning("%s: asking the CSMS to sign a new one (SignCertificate)", reason)
+                    self.log.warning("%s: asking the CSMS to sign a new one (SignCertificate)", reason)
                     cp.send_sign_certificate()
             except JournalError as exc:
                 self._station.journal_failed(exc)
@@ -527,12 +535,12 @@ class OcppClient:
             try:
                 result = await cp.call(boot, suppress=False)
             except (TimeoutError, OCPPError) as exc:
-                log.warning("BootNotification failed: %s; retrying", exc)
+                self.log.warning("BootNotification failed: %s; retrying", exc)
                 await asyncio.sleep(self._config.ocpp.reconnect_min_s * 10)
                 continue
             self.registration = result.status
             interval = max(int(result.interval), 1) if result.interval else 60
-            log.info("BootNotification: %s (interval %ss)", result.status, interval)
+            self.log.info("BootNotification: %s (interval %ss)", result.status, interval)
             if result.status == "Accepted":
                 self._accepted_once = True
                 self._station.configuration.set_internal("HeartbeatInterval", str(int(result.interval)))
@@ -545,7 +553,7 @@ class OcppClient:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval):
                     await self._boot_now.wait()
-                log.info("BootNotification triggered by the CSMS")
+                self.log.info("BootNotification triggered by the CSMS")
             self._may_send.clear()
 
     async def _send_outgoing(self, cp: _ChargePoint) -> None:
@@ -566,7 +574,7 @@ class OcppClient:
                     item.done.set_exception(exc)
                 self._registration_lost(exc)
             except (TimeoutError, OCPPError) as exc:
-                log.warning("%s failed: %s", type(item.payload).__name__, exc)
+                self.log.warning("%s failed: %s", type(item.payload).__name__, exc)
                 if item.done and not item.done.done():
                     item.done.set_exception(exc)
                 continue
@@ -609,7 +617,7 @@ class OcppClient:
             # an answer the station cannot keep is no answer: an attempt, as for a CALLERROR; after
             # TransactionMessageAttempts the message is dropped and the rest of the transaction is
             # sent with transactionId -1 (errata 3.18)
-            log.error("%s (seq %d): unusable answer from the CSMS: %s", message.action, message.seq, exc)
+            self.log.error("%s (seq %d): unusable answer from the CSMS: %s", message.action, message.seq, exc)
             await self._failed_attempt(message, exc)
             return
         try:
@@ -617,7 +625,7 @@ class OcppClient:
         except JournalError:
             raise
         except Exception:  # delivered and recorded: a station-side failure must not end the session
-            log.exception("%s (seq %d): applying the CSMS's answer failed", message.action, message.seq)
+            self.log.exception("%s (seq %d): applying the CSMS's answer failed", message.action, message.seq)
         await asyncio.sleep(0)  # let heartbeats and commands through during a long replay
 
     async def _send_journaled_event(self, cp: _ChargePoint, message: QueuedMessage) -> None:
@@ -633,19 +641,19 @@ class OcppClient:
         except OCPPError as exc:
             level = logging.INFO if self._refused_security_events else logging.WARNING
             self._refused_security_events = True  # said once per connection; each event is dropped
-            log.log(level, "CSMS refused %s (%s: %s): dropped, not sent again", message.action, exc.code,
-                    short(str(exc.description or ""), 100))
+            self.log.log(level, "CSMS refused %s (%s: %s): dropped, not sent again", message.action, exc.code,
+                         short(str(exc.description or ""), 100))
             self._journal.drop_message(message)
             return
         except TimeoutError as exc:
             key = json.dumps(message.payload, sort_keys=True)  # the same event after it was queued again
             timeouts = self._security_event_timeouts.pop(key, 0) + 1
             if timeouts >= self._station.configuration.get_int("TransactionMessageAttempts"):
-                log.error("%s (seq %d) dropped after %d timeouts", message.action, message.seq, timeouts)
+                self.log.error("%s (seq %d) dropped after %d timeouts", message.action, message.seq, timeouts)
                 self._journal.drop_message(message)
                 return
-            log.warning("%s (seq %d) not answered (%s): sent again after the queued messages",
-                        message.action, message.seq, exc)
+            self.log.warning("%s (seq %d) not answered (%s): sent again after the queued messages",
+                             message.action, message.seq, exc)
             self._journal.enqueue(message.action, message.payload)  # first the copy: a crash loses nothing
             self._journal.drop_message(message)
             if len(self._security_event_timeouts) < MAX_PENDING_OUTGOING:
@@ -657,7 +665,7 @@ class OcppClient:
     def _registration_lost(self, exc: BaseException) -> None:
         """The CSMS no longer knows us as registered (errata 3.8: it answers SecurityError before
         Accepted, e.g. after losing its state): boot again on a fresh connection."""
-        log.warning("CSMS answered SecurityError (%s): registering again with BootNotification", exc)
+        self.log.warning("CSMS answered SecurityError (%s): registering again with BootNotification", exc)
         self.registration = None
         raise _ReRegister()
 
@@ -667,12 +675,12 @@ class OcppClient:
         if attempts >= cfg.get_int("TransactionMessageAttempts"):
             self._journal.drop_message(message)
             self.dropped_messages += 1
-            log.error(
+            self.log.error(
                 "dropped %s (seq %d) after %d failed attempts: %s", message.action, message.seq, attempts, exc
             )
             return
         delay = cfg.get_int("TransactionMessageRetryInterval") * attempts
-        log.warning(
+        self.log.warning(
             "%s (seq %d) attempt %d failed: %s; retrying in %ss",
             message.action,
             message.seq,
@@ -685,7 +693,7 @@ class OcppClient:
     async def _heartbeat(self, cp: _ChargePoint) -> None:
         while True:
             interval = self._station.configuration.get_int("HeartbeatInterval") or 86400
-            idle = time.monotonic() - self._last_traffic
+            idle = self._clock() - self._last_traffic
             if idle < interval:
                 # woken at once when the CSMS changes HeartbeatInterval: the new interval applies now
                 with contextlib.suppress(TimeoutError):
@@ -710,7 +718,7 @@ class OcppClient:
         `triggered`: asked for by (Extended)TriggerMessage; not queued again while one on the same subject
         (the connector's status, the heartbeat...) still waits, so a CSMS repeating triggers adds nothing."""
         if not self._outgoing.put(_Outgoing(payload, done), triggered=triggered):
-            log.debug("triggered %s: one already waits to be sent", type(payload).__name__)
+            self.log.debug("triggered %s: one already waits to be sent", type(payload).__name__)
 
 
 def _status_payload(
@@ -767,7 +775,9 @@ class _ChargePoint(SecurityHandlers, FirmwareHandlers, SmartChargingHandlers, Re
     reservation handlers come from their mixins."""
 
     def __init__(self, station_id: str, connection, *, client: OcppClient, response_timeout: int):
-        super().__init__(station_id, connection, response_timeout=response_timeout, logger=library_log)
+        # the library's own lines, as the station's (its id, its secrets); library_log's filter still applies
+        super().__init__(station_id, connection, response_timeout=response_timeout,
+                         logger=client.logs.logger(library_log.name))
         self._client = client
         self._station = client._station
         self._follow_ups: set[asyncio.Task] = set()
@@ -787,6 +797,10 @@ class _ChargePoint(SecurityHandlers, FirmwareHandlers, SmartChargingHandlers, Re
         "FormatViolation": "FormationViolation",
         "OccurrenceConstraintViolation": "OccurenceConstraintViolation",
     }
+
+    @property
+    def rpc_log(self):
+        return self._client.log  # tagged with the station's id, its secrets redacted
 
     def _accepting_calls(self) -> bool:
         return self._client.registration != "Rejected"  # OCPP 1.6 §4.2: a rejected station answers nothing

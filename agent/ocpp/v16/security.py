@@ -11,11 +11,15 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from typing import TYPE_CHECKING
 
 from ocpp.charge_point import camel_to_snake_case, snake_to_camel_case
 from ocpp.routing import after, on
 from ocpp.v16 import call, call_result
 from ocpp.v16.enums import Action
+
+if TYPE_CHECKING:
+    from agent.ocpp.v16.client import OcppClient
 
 log = logging.getLogger("evse.security.ocpp")
 
@@ -35,12 +39,14 @@ class SecurityHandlers:
     """Mixin: SignCertificate, CertificateSigned, InstallCertificate, DeleteCertificate,
     GetInstalledCertificateIds, ExtendedTriggerMessage; reconnects after a security key changed."""
 
+    _client: OcppClient  # set by _ChargePoint: its loggers are the station's (security_log)
+
     def _security_call(self, action: str, work, failed: str):
         self._station.security.csms_uses_security_extension()
         try:
             return work()
         except Exception:  # logged without the request: it may hold a certificate
-            log.exception("%s failed", action)
+            self._client.security_log.exception("%s failed", action)
             return failed
 
     # ---- ChangeConfiguration of AuthorizationKey / SecurityProfile: reconnect (TC_073, TC_083) ---------
@@ -84,14 +90,14 @@ class SecurityHandlers:
             else:  # BootNotification, Heartbeat, MeterValues, StatusNotification: as TriggerMessage
                 self.after_trigger_message(requested_message=requested_message, connector_id=connector_id)
         except Exception:
-            log.exception("ExtendedTriggerMessage %s: the follow-up failed", requested_message)
+            self._client.security_log.exception("ExtendedTriggerMessage %s: the follow-up failed", requested_message)
 
     def send_sign_certificate(self) -> None:
         """A02: new key pair (kept on the station) and CSR, sent with SignCertificate."""
         try:
             csr = self._station.security.new_csr()
         except OSError as exc:
-            log.error("cannot create a key pair for the CSR: %s", exc)
+            self._client.security_log.error("cannot create a key pair for the CSR: %s", exc)
             return
         done = asyncio.get_running_loop().create_future()
         done.add_done_callback(_log_sign_certificate_answer)
