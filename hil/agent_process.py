@@ -242,14 +242,18 @@ class AgentProcess:
         if level:
             command += ["--log-level", level]
 
-        def limit_file_size() -> None:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+        limit_file_size = None
+        if max_file_bytes is not None:
+            cap = max_file_bytes
+
+            def limit_file_size() -> None:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (cap, cap))
 
         self.close_connection()  # one to an earlier process is dead
         with open(self.log_path, "ab") as log:
             started = time.time()
             self.proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.cwd,
-                                         preexec_fn=limit_file_size if max_file_bytes is not None else None)
+                                         preexec_fn=limit_file_size)
         return started
 
     @property

@@ -3,15 +3,23 @@ benchmarks all start the agent with: against the bundled CSMS on 127.0.0.1, with
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from hil.agent_process import AgentProcess, cpu_seconds_of, proc_status_of, write_agent_config, write_sim_board
+from hil.agent_process import (
+    AgentProcess,
+    cpu_seconds_of,
+    proc_status_of,
+    write_agent_config,
+    write_sim_board,
+)
 
 pytestmark = pytest.mark.slow
 
 
 def _command_line(pid: int) -> list[str]:
-    return open(f"/proc/{pid}/cmdline", "rb").read().decode().split("\0")[:-1]
+    return Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")[:-1]
 
 
 async def test_a_started_agent_is_ready_with_the_written_config_and_registers(csms, tmp_path):
