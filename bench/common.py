@@ -32,7 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hil.station_files import write_agent_config as write_station_config
+from hil.agent_process import AgentProcess as HarnessProcess
+from hil.agent_process import cpu_seconds_of, proc_status_of  # noqa: F401 (for the benchmarks)
+from hil.agent_process import write_agent_config as write_station_config
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DIR = Path(__file__).resolve().parent
@@ -180,170 +182,26 @@ def write_agent_config(workdir: Path, csms_url: str, *, board_file: Path = SIM_1
         journal=journal or workdir / "journal.sqlite", socket=runtime_dir / "control.sock", log_level=log_level)
 
 
-# ---- the agent as a process -------------------------------------------------------------------------
+# ---- the agent as a process (hil.agent_process, with a benchmark's settings) -------------------------
 
 
-class ControlClient:
-    """One persistent connection to the agent's control socket (JSON lines), for low-latency polling.
-    The agent closes a connection idle for 30 s (agent.cli.control_socket): one idle longer than IDLE_S is replaced."""
+class AgentProcess(HarnessProcess):
+    """`python -m agent run --config FILE`, exactly as a station runs it: its config's log level, Python's
+    own output buffering, one persistent control connection for low-latency polling."""
 
-    IDLE_S = 20.0
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._used_at = 0.0
-
-    async def connect(self) -> None:
-        self._reader, self._writer = await asyncio.open_unix_connection(str(self.path), limit=2**20)
-
-    async def request(self, cmd: str, **args: Any) -> Any:
-        if self._writer is not None and time.monotonic() - self._used_at > self.IDLE_S:
-            self.close()
-        self._used_at = time.monotonic()
-        if self._writer is None:
-            await self.connect()
-        assert self._reader is not None and self._writer is not None
-        self._writer.write(json.dumps({"cmd": cmd, "args": args}).encode() + b"\n")
-        line = await self._reader.readline()
-        if not line:
-            raise ConnectionError("the agent closed the control connection")
-        reply = json.loads(line)
-        if not reply.get("ok"):
-            raise RuntimeError(f"{cmd}: {reply.get('error')}")
-        return reply.get("result")
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-
-class AgentProcess:
-    """`python -m agent run --config FILE`, exactly as a station runs it."""
+    ready_timeout_s = 20.0
+    wait_timeout_s = 15.0
 
     def __init__(self, config: Path, socket: Path, log_path: Path):
-        self.config = config
-        self.socket = socket
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
-        self.control = ControlClient(socket)
+        super().__init__(config.parent, config, socket=socket, log_path=log_path, cwd=REPO, log_level=None,
+                         unbuffered=False, keep_connection=True)
 
-    def start(self) -> float:
-        """Start the process; returns the wall-clock time (time.time()) just before the fork."""
-        env = {**os.environ, "PYTHONPATH": str(REPO)}
-        env.pop("PYTHONUNBUFFERED", None)
-        log = open(self.log_path, "ab")
-        started = time.time()
-        self.proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "--config", str(self.config)],
-                                     stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        log.close()
-        return started
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    async def cmd(self, cmd: str, **args: Any) -> Any:
-        return await self.control.request(cmd, **args)
-
-    async def ready(self, timeout: float = 20.0) -> dict:
+    async def ready(self, timeout: float | None = None, *, registered: bool = True) -> dict:
         """Wait for the control socket, then for BootNotification Accepted."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self._check_alive()
-            try:
-                status = await self.cmd("status")
-                if status["ocpp"]["connected"] and status["ocpp"]["registration"] == "Accepted":
-                    return status
-            except (OSError, ConnectionError, RuntimeError, ValueError):
-                self.control.close()
-            await asyncio.sleep(0.05)
-        raise TimeoutError(f"agent not connected and accepted within {timeout} s:\n{self.log_tail()}")
+        return await super().ready(timeout, registered=registered)
 
-    async def wait_connector(self, predicate: Callable[[dict], bool], connector: int = 1, timeout: float = 15.0,
-                             what: str = "connector state") -> dict:
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            self._check_alive()
-            last = (await self.cmd("status"))["connectors"][connector - 1]
-            if predicate(last):
-                return last
-            await asyncio.sleep(0.05)
-        raise TimeoutError(f"timed out waiting for {what}; last {last}\n{self.log_tail()}")
-
-    async def charge(self, connector: int = 1, tag: str = TAG) -> None:
-        """Plug in, present a card, wait for Charging with the contactor closed."""
-        await self.cmd("sim.plug", connector=connector)
-        await self.wait_connector(lambda c: c["status"] == "Preparing", connector, what="Preparing")
-        await self.cmd("sim.swipe", tag=tag)
-        await self.wait_connector(lambda c: c["contactor_closed"] and c["status"] == "Charging", connector,
-                                  what="Charging")
-
-    def _check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError(f"agent exited with {self.proc.returncode}:\n{self.log_tail()}")
-
-    # /proc readings ------------------------------------------------------------------------------
-
-    def proc_status(self) -> dict[str, int]:
-        """VmRSS, VmHWM ... of /proc/PID/status, in kB."""
-        values = {}
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if rest.strip().endswith("kB"):
-                values[key] = int(rest.split()[0])
-        return values
-
-    def cpu_seconds(self) -> float:
-        """utime + stime of the process (main thread and every thread), in seconds."""
-        return cpu_seconds_of(self.pid)
-
-    def io(self) -> dict[str, int]:
-        values = {}
-        for line in Path(f"/proc/{self.pid}/io").read_text().splitlines():
-            key, _, value = line.partition(":")
-            values[key.strip()] = int(value)
-        return values
-
-    async def stop(self, timeout: float = 15.0) -> None:
-        self.control.close()
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while self.proc.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
-        return "\n".join(line[:300] for line in text.splitlines()[-lines:])
-
-
-def cpu_seconds_of(pid: int | str) -> float:
-    """utime + stime of a process (every thread), in seconds; pid "self" for this one."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def proc_status_of(pid: int | str) -> dict[str, int]:
-    """VmRSS, VmHWM ... of /proc/PID/status, in kB."""
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if rest.strip().endswith("kB"):
-            values[key] = int(rest.split()[0])
-    return values
+    async def charge(self, tag: str = TAG, connector: int = 1) -> dict:
+        return await super().charge(tag, connector)
 
 
 # ---- the sim board's timing marks (hal.sim: `sim.marks`) -----------------------------------------

@@ -111,7 +111,7 @@ async def _measure(window_s: float) -> dict:
             try:
                 status = await agent.ready()
                 control_pid = status["station"]["control_pid"]
-                agent.cli.control_socket.close()  # nothing talks to the agent during the window but the CSMS
+                agent.close_connection()  # nothing talks to the agent during the window but the CSMS
                 await asyncio.sleep(SETTLE_S)
                 pids = {"agent": agent.pid, "control": control_pid}
                 cpu0, t0 = {name: cpu_seconds_of(pid) for name, pid in pids.items()}, time.monotonic()

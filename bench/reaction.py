@@ -68,7 +68,7 @@ async def _measure(cycles: int) -> dict:
                 status = await agent.ready()
                 control_pid = status["station"]["control_pid"]
                 for cid, tag in zip(CONNECTORS, tags, strict=True):
-                    await agent.charge(cid, tag)
+                    await agent.charge(tag, cid)
                 await asyncio.sleep(2.0)  # MeterValues flowing on every connector
                 for cid in CONNECTORS:
                     await agent.cmd("sim.marks", connector=cid)  # forget the charging's marks

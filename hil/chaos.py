@@ -70,12 +70,9 @@ import asyncio
 import bisect
 import contextlib
 import json
-import os
 import random
 import shutil
-import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -85,12 +82,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from agent.cli.control_socket import ControlClientError, request
+from agent.cli.control_socket import ControlClientError
 from agent.ocpp.v16.meter_values import ocpp_timestamp
+from hil.agent_process import AgentProcess as HarnessProcess
+from hil.agent_process import write_agent_config
 from hil.csms import Frame, LocalCsms, StationNotConnected
-from hil.station_files import write_agent_config
 
-REPO = Path(__file__).resolve().parent.parent
 STATION_ID = "CP-CHAOS"
 TAG = "04C4A05C01"  # as the sim reader reports UIDs: uppercase hex
 TX_ACTIONS = ("StartTransaction", "MeterValues", "StopTransaction")
@@ -168,58 +165,13 @@ class _Interrupted(Exception):
     """The agent was killed (or is down) while a session step was running."""
 
 
-class AgentProcess:
-    """The agent as a station runs it, in `workdir`; SIGKILL and start again on the same files."""
+class AgentProcess(HarnessProcess):
+    """The agent as a station runs it, in `workdir`, debug-logged; SIGKILL and start again on the same files."""
+
+    ready_timeout_s = 20.0  # a start after a kill, on a loaded machine
 
     def __init__(self, workdir: Path, config: Path):
-        self.workdir = workdir
-        self.config = config
-        self.socket = workdir / "control.sock"
-        self.log_path = workdir / "agent.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-        with open(self.log_path, "a") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "agent", "run", "--config", str(self.config), "--log-level", "debug"],
-                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
-            )
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    async def cmd(self, cmd: str, **args):
-        return await asyncio.to_thread(request, self.socket, cmd, args, 5.0)
-
-    async def ready(self, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.running:
-                raise RuntimeError(f"agent exited with {self.proc.returncode if self.proc else None}")
-            try:
-                await self.cmd("status")
-                return
-            except (ControlClientError, OSError, ValueError):
-                await asyncio.sleep(0.05)
-        raise TimeoutError("agent control socket not up")
-
-    def kill9(self) -> None:
-        if self.running:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    async def terminate(self, timeout: float = 15.0) -> None:
-        if not self.running:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while self.running and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if self.running:
-            self.proc.kill()
-            self.proc.wait(5)
+        super().__init__(workdir, config, log_level="debug")
 
 
 def read_journal(workdir: Path) -> tuple[list[dict], list[tuple[int, str, dict]]]:
@@ -336,7 +288,7 @@ class ChaosRun:
                 chaos.cancel()
                 with contextlib.suppress(BaseException):
                     await chaos
-            await self.agent.terminate()
+            await self.agent.stop()
             with contextlib.suppress(Exception):
                 self._check_journal_empty()
             await self.csms.stop()

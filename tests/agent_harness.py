@@ -2,25 +2,18 @@
 
 The agent is started exactly as a station runs it (`python -m agent run --config FILE`), with its
 journal, sim-board state and control socket in the test's temporary directory. Tests drive the
-simulated EV and card reader through the control socket, like `evse sim ...` does.
+simulated EV and card reader through the control socket, like `evse sim ...` does. The process harness
+itself is hil/agent_process.py (shared with the chaos run and the benchmarks); this module holds the
+end-to-end tests' settings and helpers.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-import resource
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from agent.cli.control_socket import ControlClientError, request
+from hil.agent_process import REPO, AgentProcess, is_registered, write_agent_config  # noqa: F401 (REPO: for tests)
 from hil.csms import LocalCsms
-from hil.station_files import write_agent_config
 
-REPO = Path(__file__).resolve().parent.parent
 STATION_ID = "CP-T1"
 TAG_OK = "0411223344"  # card UIDs as the reader reports them: uppercase hex
 TAG_2 = "0455667788"
@@ -38,105 +31,8 @@ def write_config(workdir: Path, csms_url: str, *, station_id: str = STATION_ID, 
                               extra_charging_lines=extra)
 
 
-class Agent:
-    """One agent process; can be killed (SIGKILL) and started again on the same files."""
-
-    def __init__(self, workdir: Path, config: Path):
-        self.workdir = workdir
-        self.config = config
-        self.socket = workdir / "control.sock"
-        self.log_path = workdir / "agent.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, log_level: str | None = None, max_file_bytes: int | None = None) -> None:
-        """Start the agent. max_file_bytes caps every file it writes (RLIMIT_FSIZE): a disk that fills up."""
-        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-        level = log_level or os.environ.get("EVSE_TEST_LOG_LEVEL", "debug")
-
-        def limit_file_size():
-            if max_file_bytes is not None:
-                resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
-
-        log = open(self.log_path, "a")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--config", str(self.config), "--log-level", level],
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir, preexec_fn=limit_file_size,
-        )
-        log.close()
-
-    async def ready(self, timeout: float = 15.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"agent exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                return await self.cmd("status")
-            except (ControlClientError, OSError, ValueError):
-                await asyncio.sleep(0.05)
-        raise TimeoutError(f"agent control socket not up:\n{self.log_tail()}")
-
-    async def cmd(self, cmd: str, **args):
-        return await asyncio.to_thread(request, self.socket, cmd, args, 5.0)
-
-    async def status(self) -> dict:
-        return await self.cmd("status")
-
-    async def connector(self, connector: int = 1) -> dict:
-        return (await self.status())["connectors"][connector - 1]
-
-    async def wait_connector(self, predicate, connector: int = 1, timeout: float = 10.0,
-                             what: str = "connector state") -> dict:
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            last = await self.connector(connector)
-            if predicate(last):
-                return last
-            await asyncio.sleep(0.05)
-        raise TimeoutError(f"timed out waiting for {what}; last: {last}\n{self.log_tail()}")
-
-    async def wait_status(self, predicate, timeout: float = 10.0, what: str = "agent status") -> dict:
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            try:
-                last = await self.status()
-                if predicate(last):
-                    return last
-            except (ControlClientError, OSError):
-                pass
-            await asyncio.sleep(0.05)
-        raise TimeoutError(f"timed out waiting for {what}; last: {last}\n{self.log_tail()}")
-
-    def cleanup(self) -> None:
-        """Test clean-up: SIGKILL the process if it still runs, and reap it."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    async def terminate(self, timeout: float = 15.0) -> int:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else 0
-        self.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while self.proc.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-            raise TimeoutError(f"agent ignored SIGTERM:\n{self.log_tail()}")
-        return self.proc.returncode
-
-    def log_tail(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(line[:300] for line in self.log_path.read_text().splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
+# One agent process in the test's directory (control socket, log, journal there): hil.agent_process's harness.
+Agent = AgentProcess
 
 
 async def start_agent(tmp_path: Path, csms: LocalCsms, **config_args) -> Agent:
@@ -150,8 +46,7 @@ async def start_agent(tmp_path: Path, csms: LocalCsms, **config_args) -> Agent:
 async def registered(agent: Agent, timeout: float = 10.0) -> dict:
     """Wait until the agent is connected and its BootNotification is Accepted. Before that a card is
     decided offline (an unknown one is refused) and the CSMS's commands are not all served yet."""
-    return await agent.wait_status(lambda s: s["ocpp"]["registration"] == "Accepted" and s["ocpp"]["connected"],
-                                   timeout=timeout, what="registration")
+    return await agent.wait_status(is_registered, timeout=timeout, what="registration")
 
 
 async def online(run_agent, csms: LocalCsms, connectors: int = 1, **config_args) -> Agent:
@@ -166,11 +61,7 @@ async def online(run_agent, csms: LocalCsms, connectors: int = 1, **config_args)
 
 async def charge(agent: Agent, csms: LocalCsms, tag: str, connector: int = 1) -> dict:
     """Plug in, present a card, wait until the contactor is closed. Returns the connector status."""
-    await agent.cmd("sim.plug", connector=connector)
-    await agent.wait_connector(lambda c: c["status"] == "Preparing", connector, what="Preparing")
-    await agent.cmd("sim.swipe", tag=tag)
-    return await agent.wait_connector(lambda c: c["contactor_closed"] and c["status"] == "Charging",
-                                      connector, what="Charging")
+    return await agent.charge(tag, connector)
 
 
 CALL = 2  # OCPP-J MessageTypeId of a CALL
