@@ -151,7 +151,8 @@ def _check_range(value: float, minimum: float | None, maximum: float | None, uni
         raise Invalid(f"must be at most {maximum:g}{_suffix(unit)}, got {value}")
 
 
-Check = Callable[["TableReader", dict[str, Any]], None]
+# check(reader, values): the reader is the caller's TableReader (subclass), hence Any
+Check = Callable[[Any, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
