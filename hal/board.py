@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from hal.interfaces import Board
-from hal.schema import OMITTED, Boolean, Integer, Number, Schema, String, StringList, TableReader, show
 from hal.registry import BackendClash, BackendLoadError, BackendRegistry
+from hal.schema import OMITTED, Boolean, Integer, Number, Schema, String, StringList, TableReader, show
 
 Clock = Callable[[], float]
 
