@@ -9,18 +9,18 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import math
 import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 from agent.ocpp.v16 import config as ocpp_config
+from hal.schema import OMITTED, Boolean, Integer, Number, Schema, String, TableReader, did_you_mean, show
 
 DEFAULT_BOARD_FILE = "board-configs/sim.toml"
 DEFAULT_JOURNAL_PATH = "/var/lib/evse-agent/journal.sqlite"
@@ -151,6 +151,17 @@ class AgentConfig:
 _SECTIONS = ("station", "ocpp", "board", "journal", "control", "charging", "transfer", "log")
 
 
+class _Section(TableReader):
+    """One [section] of the agent's config file: errors read "file: [section] key: reason"."""
+
+    error_type = ConfigError
+    separator = " "
+
+    def __init__(self, data: dict[str, Any], where: str, path: Path, base_dir: Path) -> None:
+        super().__init__(data, where, path)
+        self.base_dir = base_dir  # relative paths are relative to the config file's directory
+
+
 def load_config(path: Path) -> AgentConfig:
     """Read and validate the config file at `path`. Raises ConfigError."""
     path = Path(path)
@@ -160,24 +171,24 @@ def load_config(path: Path) -> AgentConfig:
     for name, value in document.items():
         if name not in _SECTIONS:
             if isinstance(value, dict):
-                raise ConfigError(f"{path}: [{name}]: unknown section")
+                raise ConfigError(f"{path}: [{name}]: unknown section{did_you_mean(name, _SECTIONS)}")
             raise ConfigError(f"{path}: {name}: unknown key (keys belong in a [section])")
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: {name}: expected a table [{name}], got {_describe(value)}")
+            raise ConfigError(f"{path}: {name}: expected a table [{name}], got {show(value)}")
 
-    def section(name: str, cls: type) -> _SectionReader:
-        return _SectionReader(path, name, document.get(name, {}), cls)
+    def section(name: str, schema: Schema, *, extra_keys: tuple[str, ...] = ()) -> dict[str, Any]:
+        return _Section(document.get(name, {}), f"[{name}]", path, base_dir).read(schema, extra_keys=extra_keys)
 
     return AgentConfig(
         path=Path(os.path.abspath(path)),
-        station=_read_station(section("station", StationConfig)),
-        ocpp=_read_ocpp(section("ocpp", OcppConfig), base_dir),
-        board=_read_board(section("board", BoardConfig), base_dir),
-        journal=_read_journal(section("journal", JournalConfig), base_dir),
-        control=_read_control(section("control", ControlConfig), base_dir),
-        charging=_read_charging(section("charging", ChargingConfig)),
-        transfer=_read_transfer(section("transfer", TransferConfig)),
-        log=_read_log(section("log", LogConfig)),
+        station=StationConfig(**section("station", STATION_SECTION)),
+        ocpp=OcppConfig(**section("ocpp", OCPP_SECTION, extra_keys=("configuration",))),
+        board=BoardConfig(**section("board", BOARD_SECTION)),
+        journal=JournalConfig(**section("journal", JOURNAL_SECTION)),
+        control=ControlConfig(**section("control", CONTROL_SECTION)),
+        charging=ChargingConfig(**section("charging", CHARGING_SECTION)),
+        transfer=TransferConfig(**section("transfer", TRANSFER_SECTION)),
+        log=LogConfig(**section("log", LOG_SECTION)),
     )
 
 
@@ -204,113 +215,6 @@ def _parse_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: line {line}: invalid TOML: {reason} (column {column})") from None
 
 
-def _describe(value: object) -> str:
-    """A TOML value as the user wrote it, for error messages."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return "a date/time"
-
-
-def _format_number(number: float) -> str:
-    return f"{number:g}"
-
-
-class _SectionReader:
-    """Type-checks the keys of one TOML table.
-
-    Only keys present in the file end up in `values`, so the dataclass defaults stay the single source of
-    the defaults.
-    """
-
-    def __init__(self, file: Path, name: str, table: dict[str, Any], cls: type) -> None:
-        self.file = file
-        self.name = name
-        self.table = table
-        self.values: dict[str, Any] = {}
-        # Checked first so that a misspelt required key reports the typo, not "required".
-        known = {f.name for f in fields(cls)}
-        for key in table:
-            if key not in known:
-                raise self.error(key, "unknown key")
-
-    def error(self, key: str, reason: str) -> ConfigError:
-        return ConfigError(f"{self.file}: [{self.name}] {key}: {reason}")
-
-    def string(
-        self, key: str, *, required_example: str | None = None, check: Callable[[str], str] | None = None
-    ) -> None:
-        """Read a string; `check` returns the value to store or raises ValueError with the reason."""
-        if key not in self.table:
-            if required_example is not None:
-                raise self.error(key, f"required, e.g. {key} = {json.dumps(required_example)}")
-            return
-        value = self.table[key]
-        if not isinstance(value, str):
-            raise self.error(key, f"expected a string, got {_describe(value)}")
-        if check is not None:
-            try:
-                value = check(value)
-            except ValueError as reason:
-                raise self.error(key, str(reason)) from None
-        self.values[key] = value
-
-    def number(
-        self,
-        key: str,
-        *,
-        minimum: float | None = None,
-        maximum: float | None = None,
-        greater_than: float | None = None,
-    ) -> None:
-        if key not in self.table:
-            return
-        value = self.table[key]
-        # bool is a subclass of int in Python, but `true` is not a number in TOML.
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.error(key, f"expected a number, got {_describe(value)}")
-        if not math.isfinite(value):
-            raise self.error(key, f"expected a finite number, got {_describe(value)}")
-        if minimum is not None and maximum is not None:
-            if not minimum <= value <= maximum:
-                raise self.error(
-                    key,
-                    f"must be between {_format_number(minimum)} and {_format_number(maximum)}, got {value}",
-                )
-        elif minimum is not None and value < minimum:
-            raise self.error(key, f"must be >= {_format_number(minimum)}, got {value}")
-        if greater_than is not None and value <= greater_than:
-            raise self.error(key, f"must be greater than {_format_number(greater_than)}, got {value}")
-        self.values[key] = float(value)
-
-    def boolean(self, key: str) -> None:
-        if key not in self.table:
-            return
-        value = self.table[key]
-        if not isinstance(value, bool):
-            raise self.error(key, f"expected true or false, got {_describe(value)}")
-        self.values[key] = value
-
-    def path(self, key: str, default: str, base_dir: Path) -> None:
-        """Read a path; relative paths are relative to the config file's directory."""
-        self.string(key, check=_non_empty)
-        value = self.values.get(key, default)
-        self.values[key] = Path(os.path.abspath(base_dir / value))
-
-
-def _non_empty(value: str) -> str:
-    if not value:
-        raise ValueError("must not be empty")
-    return value
-
-
 def _check_station_id(value: str) -> str:
     if not 1 <= len(value) <= MAX_STATION_ID_LENGTH:
         raise ValueError(f"must be 1 to {MAX_STATION_ID_LENGTH} characters, got {len(value)}")
@@ -321,30 +225,13 @@ def _check_station_id(value: str) -> str:
     return value
 
 
-def _max_length(limit: int, *, allow_empty: bool = True) -> Callable[[str], str]:
+def _max_length(limit: int) -> Callable[[str], str]:
     def check(value: str) -> str:
-        if not value and not allow_empty:
-            raise ValueError("must not be empty")
         if len(value) > limit:
             raise ValueError(f"at most {limit} characters (OCPP BootNotification), got {len(value)}")
         return value
 
     return check
-
-
-def _read_station(section: _SectionReader) -> StationConfig:
-    section.string("id", required_example="CP-1", check=_check_station_id)
-    section.string("vendor", check=_max_length(MAX_VENDOR_LENGTH, allow_empty=False))
-    section.string("model", check=_max_length(MAX_MODEL_LENGTH, allow_empty=False))
-    section.string("serial", check=_max_length(MAX_SERIAL_LENGTH))
-    section.string("firmware_version", check=_max_length(MAX_FIRMWARE_VERSION_LENGTH))
-    return StationConfig(**section.values)
-
-
-def _check_ocpp_version(value: str) -> str:
-    if value not in SUPPORTED_OCPP_VERSIONS:
-        raise ValueError("must be " + " or ".join(json.dumps(version) for version in SUPPORTED_OCPP_VERSIONS))
-    return value
 
 
 def _check_websocket_url(value: str) -> str:
@@ -365,68 +252,75 @@ def _check_websocket_url(value: str) -> str:
     return value
 
 
-def _read_ocpp(section: _SectionReader, base_dir: Path) -> OcppConfig:
-    section.string("version", check=_check_ocpp_version)
-    section.string("url", required_example="ws://127.0.0.1:9000/ocpp", check=_check_websocket_url)
-    section.number("reconnect_min_s", greater_than=0)
-    section.number("reconnect_max_s", greater_than=0)
-    _check_reconnect_bounds(section)
-    section.string("password")
-    if "configuration" in section.table:
-        section.values["configuration"] = _read_ocpp_configuration(section)
-    _read_ocpp_security(section, base_dir)
-    return OcppConfig(**section.values)
-
-
 def _check_tls_url(value: str) -> str:
     if value and urlsplit(value).scheme.lower() != "wss":
         raise ValueError(f"must start with wss://, got {json.dumps(value)}")
     return _check_websocket_url(value) if value else value
 
 
-def _check_key_encoding(value: str) -> str:
-    if value not in ("hex-decoded", "string"):
-        raise ValueError(f'must be "hex-decoded" or "string", got {json.dumps(value)}')
-    return value
+def _absolute_paths(*keys: str) -> Callable[[_Section, dict[str, Any]], None]:
+    """A check that makes the paths under `keys` absolute, relative ones taken from the config file's directory."""
+
+    def check(section: _Section, values: dict[str, Any]) -> None:
+        for key in keys:
+            if key in values:
+                values[key] = Path(os.path.abspath(section.base_dir / values[key]))
+
+    return check
 
 
-def _read_ocpp_security(section: _SectionReader, base_dir: Path) -> None:
-    """[ocpp] security_profile, authorization_key_encoding, tls_url and the certificate files; the OCPP keys
-    SecurityProfile and AuthorizationKey in [ocpp.configuration] are the same settings under their OCPP
-    names (agent.ocpp.security)."""
-    if "security_profile" in section.table:
-        value = section.table["security_profile"]
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 3:
-            raise section.error("security_profile", f"must be 0, 1, 2 or 3, got {_describe(value)}")
-        section.values["security_profile"] = value
-    section.string("authorization_key_encoding", check=_check_key_encoding)
-    section.string("tls_url", check=_check_tls_url)
-    section.number("certificate_renewal_days", minimum=0, maximum=3650)
-    for key in ("csms_ca_file", "client_cert_file", "client_key_file"):
-        section.string(key, check=_non_empty)
-        if key in section.values:
-            section.values[key] = Path(os.path.abspath(base_dir / section.values[key]))
-    _merge_ocpp_key_aliases(section)
-    _check_certificate_files(section)
-    _check_profile_prerequisites(section)
+def _check_reconnect_bounds(section: _Section, values: dict[str, Any]) -> None:
+    reconnect_min_s = values.get("reconnect_min_s", OcppConfig.reconnect_min_s)
+    reconnect_max_s = values.get("reconnect_max_s", OcppConfig.reconnect_max_s)
+    if reconnect_max_s >= reconnect_min_s:
+        return
+    # Blame the key the user wrote; if both are written, the maximum.
+    if "reconnect_max_s" in section.data:
+        raise section.error(
+            "reconnect_max_s", f"must be >= reconnect_min_s ({reconnect_min_s:g}), got {reconnect_max_s:g}"
+        )
+    raise section.error(
+        "reconnect_min_s",
+        f"must be <= reconnect_max_s ({reconnect_max_s:g}, the default), got {reconnect_min_s:g}",
+    )
 
 
-def _merge_ocpp_key_aliases(section: _SectionReader) -> None:
-    keys = section.values.get("configuration", {})
+def _read_ocpp_configuration(section: _Section, values: dict[str, Any]) -> None:
+    if "configuration" not in section.data:
+        return
+    table = section.data["configuration"]
+    if not isinstance(table, dict):
+        raise section.error("configuration", f"expected a table [ocpp.configuration], got {show(table)}")
+    configuration: dict[str, str] = {}
+    for name, value in table.items():
+        where = f"{section.path}: [ocpp.configuration] {name}"
+        if not isinstance(value, str | int | bool):
+            raise ConfigError(f"{where}: expected a string, integer or boolean, got {show(value)}")
+        try:
+            # The connector count is the board's, unknown here; OcppConfiguration checks it against the board.
+            configuration[name] = ocpp_config.normalise_initial_value(name, value)
+        except ValueError as reason:
+            raise ConfigError(f"{where}: {reason}") from None
+    values["configuration"] = MappingProxyType(configuration)
+
+
+def _merge_ocpp_key_aliases(section: _Section, values: dict[str, Any]) -> None:
+    """The OCPP keys SecurityProfile and AuthorizationKey in [ocpp.configuration] are [ocpp] security_profile
+    and password under their OCPP names (agent.ocpp.security)."""
+    keys = values.get("configuration", {})
     if "SecurityProfile" in keys:
         profile = int(keys["SecurityProfile"])
-        if "security_profile" in section.values and section.values["security_profile"] != profile:
+        if "security_profile" in values and values["security_profile"] != profile:
             raise section.error("security_profile", f"differs from [ocpp.configuration] SecurityProfile ({profile})")
-        section.values["security_profile"] = profile
+        values["security_profile"] = profile
     key = keys.get("AuthorizationKey")
     if key:
-        if section.values.get("password") and section.values["password"] != key:
+        if values.get("password") and values["password"] != key:
             raise section.error("password", "differs from [ocpp.configuration] AuthorizationKey")
-        section.values["password"] = key
+        values["password"] = key
 
 
-def _check_certificate_files(section: _SectionReader) -> None:
-    values = section.values
+def _check_certificate_files(section: _Section, values: dict[str, Any]) -> None:
     if not {"csms_ca_file", "client_cert_file", "client_key_file"} & set(values):
         return
     from agent.ocpp import (
@@ -435,7 +329,7 @@ def _check_certificate_files(section: _SectionReader) -> None:
 
     ca_file = values.get("csms_ca_file")
     if ca_file is not None:
-        for number, cert in enumerate(certs.load_pem_certificates(_read_pem(section, "csms_ca_file")), 1):
+        for number, cert in enumerate(certs.load_pem_certificates(_read_pem(section, values, "csms_ca_file")), 1):
             if not certs.is_ca(cert) or not certs.issued_by(cert, cert):
                 raise section.error(
                     "csms_ca_file",
@@ -446,20 +340,20 @@ def _check_certificate_files(section: _SectionReader) -> None:
         missing = "client_key_file" if has_cert else "client_cert_file"
         raise section.error(missing, "required together with " + ("client_cert_file" if has_cert else "client_key_file"))
     if has_cert:
-        chain = certs.load_pem_certificates(_read_pem(section, "client_cert_file"))
+        chain = certs.load_pem_certificates(_read_pem(section, values, "client_cert_file"))
         try:
-            key = certs.load_private_key(_read_pem(section, "client_key_file").encode())
+            key = certs.load_private_key(_read_pem(section, values, "client_key_file").encode())
         except certs.CertificateError as reason:
             raise section.error("client_key_file", str(reason)) from None
         if not certs.same_public_key(chain[0].public_key(), key.public_key()):
             raise section.error("client_key_file", "is not the key of client_cert_file's (first) certificate")
 
 
-def _read_pem(section: _SectionReader, key: str) -> str:
+def _read_pem(section: _Section, values: dict[str, Any], key: str) -> str:
     """The text of a PEM file named by [ocpp] `key`; checks that a certificate file holds certificates."""
     from agent.ocpp import security_certs as certs
 
-    path = section.values[key]
+    path = values[key]
     try:
         text = path.read_text(encoding="ascii")
     except (OSError, UnicodeDecodeError) as error:
@@ -473,8 +367,7 @@ def _read_pem(section: _SectionReader, key: str) -> str:
     return text
 
 
-def _check_profile_prerequisites(section: _SectionReader) -> None:
-    values = section.values
+def _check_profile_prerequisites(section: _Section, values: dict[str, Any]) -> None:
     profile = values.get("security_profile", 0)
     if profile == 0:
         return
@@ -493,96 +386,16 @@ def _check_profile_prerequisites(section: _SectionReader) -> None:
         raise section.error("client_cert_file", f"required by {where} (the charge point certificate and key)")
 
 
-def _check_reconnect_bounds(section: _SectionReader) -> None:
-    reconnect_min_s = section.values.get("reconnect_min_s", OcppConfig.reconnect_min_s)
-    reconnect_max_s = section.values.get("reconnect_max_s", OcppConfig.reconnect_max_s)
-    if reconnect_max_s >= reconnect_min_s:
-        return
-    # Blame the key the user wrote; if both are written, the maximum.
-    if "reconnect_max_s" in section.table:
+def _check_socket_length(section: _Section, values: dict[str, Any]) -> None:
+    if len(os.fsencode(values["socket"])) > MAX_SOCKET_PATH_BYTES:
         raise section.error(
-            "reconnect_max_s", f"must be >= reconnect_min_s ({reconnect_min_s:g}), got {reconnect_max_s:g}"
+            "socket", f"{values['socket']} is longer than the {MAX_SOCKET_PATH_BYTES} bytes a Unix socket path allows"
         )
-    raise section.error(
-        "reconnect_min_s",
-        f"must be <= reconnect_max_s ({reconnect_max_s:g}, the default), got {reconnect_min_s:g}",
-    )
-
-
-def _read_ocpp_configuration(ocpp_section: _SectionReader) -> Mapping[str, str]:
-    table = ocpp_section.table["configuration"]
-    if not isinstance(table, dict):
-        raise ocpp_section.error(
-            "configuration", f"expected a table [ocpp.configuration], got {_describe(table)}"
-        )
-    values: dict[str, str] = {}
-    for name, value in table.items():
-        where = f"{ocpp_section.file}: [ocpp.configuration] {name}"
-        if not isinstance(value, str | int | bool):
-            raise ConfigError(f"{where}: expected a string, integer or boolean, got {_describe(value)}")
-        try:
-            # The connector count is the board's, unknown here; OcppConfiguration checks it against the board.
-            values[name] = ocpp_config.normalise_initial_value(name, value)
-        except ValueError as reason:
-            raise ConfigError(f"{where}: {reason}") from None
-    return MappingProxyType(values)
-
-
-def _read_board(section: _SectionReader, base_dir: Path) -> BoardConfig:
-    section.path("file", DEFAULT_BOARD_FILE, base_dir)
-    return BoardConfig(**section.values)
-
-
-def _read_journal(section: _SectionReader, base_dir: Path) -> JournalConfig:
-    section.path("path", DEFAULT_JOURNAL_PATH, base_dir)
-    section.number("max_messages", minimum=100, maximum=10_000_000)
-    if "max_messages" in section.values:
-        if not float(section.values["max_messages"]).is_integer():
-            raise section.error("max_messages", f"expected a whole number, got {section.table['max_messages']}")
-        section.values["max_messages"] = int(section.values["max_messages"])
-    return JournalConfig(**section.values)
-
-
-def _read_control(section: _SectionReader, base_dir: Path) -> ControlConfig:
-    section.path("socket", DEFAULT_CONTROL_SOCKET, base_dir)
-    socket_path = section.values["socket"]
-    if len(os.fsencode(socket_path)) > MAX_SOCKET_PATH_BYTES:
-        raise section.error(
-            "socket",
-            f"{socket_path} is longer than the {MAX_SOCKET_PATH_BYTES} bytes a Unix socket path allows",
-        )
-    section.string("group", check=_check_group_name)
-    return ControlConfig(**section.values)
 
 
 def _check_group_name(value: str) -> str:
     if value and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*\$?", value):
         raise ValueError(f"not a group name: {json.dumps(value)}")
-    return value
-
-
-def _read_charging(section: _SectionReader) -> ChargingConfig:
-    # IEC 61851-1: 6 A is the lowest current the PWM duty cycle can announce, 80 A the highest.
-    section.number("max_current_a", minimum=6, maximum=80)
-    section.boolean("stop_on_shutdown")
-    section.boolean("resume_after_power_loss")
-    section.boolean("reservations")
-    section.string("meter_failure", check=_check_meter_failure)
-    section.number("control_period_s", minimum=0.001, maximum=0.1)
-    section.number("meter_poll_s", greater_than=0)
-    return ChargingConfig(**section.values)
-
-
-def _read_transfer(section: _SectionReader) -> TransferConfig:
-    section.number("firmware_deadline_s", minimum=0, maximum=24 * 3600)
-    section.number("upload_deadline_s", minimum=1, maximum=24 * 3600)
-    section.number("read_timeout_s", minimum=1, maximum=600)
-    return TransferConfig(**section.values)
-
-
-def _check_meter_failure(value: str) -> str:
-    if value not in ("stop", "continue"):
-        raise ValueError(f'must be "stop" or "continue", got "{value}"')
     return value
 
 
@@ -592,9 +405,58 @@ def _check_log_level(value: str) -> str:
     return value.lower()
 
 
-def _read_log(section: _SectionReader) -> LogConfig:
-    section.string("level", check=_check_log_level)
-    return LogConfig(**section.values)
+# The sections' keys. Their defaults are the dataclasses' above (OMITTED: an absent key is left to them),
+# except paths, whose defaults are made absolute like the values.
+STATION_SECTION = Schema({
+    "id": String(example="CP-1", empty_ok=True, check=_check_station_id),
+    "vendor": String(default=OMITTED, check=_max_length(MAX_VENDOR_LENGTH)),
+    "model": String(default=OMITTED, check=_max_length(MAX_MODEL_LENGTH)),
+    "serial": String(default=OMITTED, empty_ok=True, check=_max_length(MAX_SERIAL_LENGTH)),
+    "firmware_version": String(default=OMITTED, empty_ok=True, check=_max_length(MAX_FIRMWARE_VERSION_LENGTH)),
+})  # fmt: skip
+OCPP_SECTION = Schema({
+    "version": String(default=OMITTED, choices=SUPPORTED_OCPP_VERSIONS),
+    "url": String(example="ws://127.0.0.1:9000/ocpp", check=_check_websocket_url),
+    "reconnect_min_s": Number(default=OMITTED, above=0),
+    "reconnect_max_s": Number(default=OMITTED, above=0),
+    "password": String(default=OMITTED, empty_ok=True),
+    "security_profile": Integer(default=OMITTED, choices=(0, 1, 2, 3)),
+    "authorization_key_encoding": String(default=OMITTED, choices=("hex-decoded", "string")),
+    "tls_url": String(default=OMITTED, empty_ok=True, check=_check_tls_url),
+    "certificate_renewal_days": Number(default=OMITTED, minimum=0, maximum=3650),
+    "csms_ca_file": String(default=OMITTED),
+    "client_cert_file": String(default=OMITTED),
+    "client_key_file": String(default=OMITTED),
+    # and [ocpp.configuration], read by _read_ocpp_configuration
+}, checks=(
+    _check_reconnect_bounds, _read_ocpp_configuration, _absolute_paths("csms_ca_file", "client_cert_file", "client_key_file"),
+    _merge_ocpp_key_aliases, _check_certificate_files, _check_profile_prerequisites,
+))  # fmt: skip
+BOARD_SECTION = Schema({"file": String(default=DEFAULT_BOARD_FILE)}, checks=(_absolute_paths("file"),))
+JOURNAL_SECTION = Schema({
+    "path": String(default=DEFAULT_JOURNAL_PATH),
+    "max_messages": Integer(default=OMITTED, minimum=100, maximum=10_000_000),
+}, checks=(_absolute_paths("path"),))  # fmt: skip
+CONTROL_SECTION = Schema({
+    "socket": String(default=DEFAULT_CONTROL_SOCKET),
+    "group": String(default=OMITTED, empty_ok=True, check=_check_group_name),
+}, checks=(_absolute_paths("socket"), _check_socket_length))  # fmt: skip
+CHARGING_SECTION = Schema({
+    # IEC 61851-1: 6 A is the lowest current the PWM duty cycle can announce, 80 A the highest.
+    "max_current_a": Number(default=OMITTED, minimum=6, maximum=80),
+    "stop_on_shutdown": Boolean(default=OMITTED),
+    "resume_after_power_loss": Boolean(default=OMITTED),
+    "reservations": Boolean(default=OMITTED),
+    "meter_failure": String(default=OMITTED, choices=("stop", "continue")),
+    "control_period_s": Number(default=OMITTED, minimum=0.001, maximum=0.1),
+    "meter_poll_s": Number(default=OMITTED, above=0),
+})  # fmt: skip
+TRANSFER_SECTION = Schema({
+    "firmware_deadline_s": Number(default=OMITTED, minimum=0, maximum=24 * 3600),
+    "upload_deadline_s": Number(default=OMITTED, minimum=1, maximum=24 * 3600),
+    "read_timeout_s": Number(default=OMITTED, minimum=1, maximum=600),
+})  # fmt: skip
+LOG_SECTION = Schema({"level": String(default=OMITTED, check=_check_log_level)})
 
 
 def _ocpp_configuration_example_lines() -> list[str]:

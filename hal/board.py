@@ -4,10 +4,10 @@ Back-ends are looked up by `[board] backend` in BACKENDS (a hal.registry.Backend
 the entry-point group evse_agent.backends.board), the way python-can maps `interface=` to a bus class:
     "sim"      the simulated station (hal.sim), configured by a [sim] table
     "devices"  real hardware, each device of each connector chosen by its own table (hal.devices_board)
-The loader validates what every back-end shares ([board] and the common [[connectors]] keys) and
-checks that no table or key is unknown; a back-end (BoardBackend) names the top-level tables and the
-connector keys it accepts besides those, and its builder validates them, using ConfigTable so errors
-look the same.
+The loader validates what every back-end shares (the schemas BOARD_TABLE and CONNECTOR_TABLE, declared
+with hal.schema) and checks that no table or key is unknown; a back-end (BoardBackend) names the top-level
+tables and the connector keys it accepts besides those, and its builder validates them with ConfigTable
+(a hal.schema.TableReader) so errors look the same.
 
 Every error is a BoardConfigError with a one-line message naming the file and the key, e.g.
     board-configs/x.toml: [[connectors]][0].max_current_a: expected a number, got "abc"
@@ -16,7 +16,6 @@ Every error is a BoardConfigError with a one-line message naming the file and th
 from __future__ import annotations
 
 import json
-import math
 import os
 import stat
 import time
@@ -28,6 +27,7 @@ from typing import Any
 
 from hal.interfaces import Board
 from hal.registry import BackendClash, BackendLoadError, BackendRegistry
+from hal.schema import OMITTED, Boolean, Integer, Number, Schema, String, StringList, TableReader, show
 
 Clock = Callable[[], float]
 
@@ -56,9 +56,8 @@ class BoardBackend:
 
     build: BoardBuilder  # gets the validated config (defaults filled in), the file's path and the options
     tables: tuple[str, ...] = ()  # top-level tables it accepts besides [board] and [[connectors]]
-    connector_keys: tuple[str, ...] = ()  # [[connectors]] keys besides COMMON_CONNECTOR_KEYS
+    connector_keys: tuple[str, ...] = ()  # [[connectors]] keys besides CONNECTOR_TABLE's
 
-COMMON_CONNECTOR_KEYS = ("id", "max_current_a", "phases", "cable", "lock")
 CABLE_KINDS = ("socket", "fixed")
 MIN_CONNECTOR_CURRENT_A = 6.0  # IEC 61851-1: nothing below 6 A can be offered
 MAX_CONNECTOR_CURRENT_A = 80.0  # end of the PWM duty table
@@ -69,130 +68,44 @@ class BoardConfigError(Exception):
     """The board config cannot be used; the message names the file and the offending key."""
 
 
-_REQUIRED = object()
+class ConfigTable(TableReader):
+    """One table of a board file (hal.schema.TableReader): errors read "file: [table].key: reason"."""
+
+    error_type = BoardConfigError
 
 
-def _show(value: Any) -> str:
-    """A value as it would look in TOML, for error messages."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, dict):
-        return "a table"
-    if isinstance(value, list):
-        return "an array"
-    return str(value)
-
-
-def _one_of(choices: tuple[int, ...]) -> str:
-    """(1, 2, 3) -> "1, 2 or 3"."""
-    *rest, last = (str(c) for c in choices)
-    return f"{', '.join(rest)} or {last}" if rest else last
-
-
-class ConfigTable:
-    """Typed access to one TOML table that produces uniform error messages and tracks the keys read."""
-
-    def __init__(self, data: Any, where: str, path: Path):
-        self.where = where  # e.g. "[board]" or "[[connectors]][0]"
-        self.path = path
-        if not isinstance(data, dict):
-            raise BoardConfigError(f"{path}: {where}: expected a table, got {_show(data)}")
-        self.data = data
-
-    def error(self, key: str, message: str) -> BoardConfigError:
-        return BoardConfigError(f"{self.path}: {self.where}.{key}: {message}")
-
-    def _get(self, key: str, default: Any) -> Any:
-        if key in self.data:
-            return self.data[key]
-        if default is _REQUIRED:
-            raise self.error(key, "required key is missing")
-        return default
-
-    def number(
-        self,
-        key: str,
-        *,
-        default: Any = _REQUIRED,
-        minimum: float | None = None,
-        maximum: float | None = None,
-        unit: str = "",
-    ) -> float:
-        value = self._get(key, default)
-        if key not in self.data:
-            return value
-        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-            raise self.error(key, f"expected a number, got {_show(value)}")
-        self._check_range(key, value, minimum, maximum, unit)
-        return float(value)
-
-    def integer(
-        self,
-        key: str,
-        *,
-        default: Any = _REQUIRED,
-        minimum: int | None = None,
-        maximum: int | None = None,
-        choices: tuple[int, ...] | None = None,
-    ) -> int:
-        value = self._get(key, default)
-        if key not in self.data:
-            return value
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(key, f"expected an integer, got {_show(value)}")
-        if choices is not None and value not in choices:
-            raise self.error(key, f"must be {_one_of(choices)}, got {value}")
-        self._check_range(key, value, minimum, maximum, "")
-        return value
-
-    def string(self, key: str, *, default: Any = _REQUIRED, choices: tuple[str, ...] | None = None) -> str:
-        value = self._get(key, default)
-        if key not in self.data:
-            return value
-        if not isinstance(value, str):
-            raise self.error(key, f"expected a string, got {_show(value)}")
-        if choices is not None and value not in choices:
-            options = ", ".join(json.dumps(c) for c in choices)
-            raise self.error(key, f"must be one of {options}, got {_show(value)}")
-        if not value.strip():
-            raise self.error(key, "must not be empty")
-        return value
-
-    def boolean(self, key: str, *, default: Any = _REQUIRED) -> bool:
-        value = self._get(key, default)
-        if key in self.data and not isinstance(value, bool):
-            raise self.error(key, f"expected true or false, got {_show(value)}")
-        return value
-
-    def string_list(self, key: str, *, default: Any = _REQUIRED) -> list[str]:
-        value = self._get(key, default)
-        if key not in self.data:
-            return value
-        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
-            raise self.error(key, f"expected a non-empty array of non-empty strings, got {_show(value)}")
-        return list(value)
-
-    def reject_unknown(self, allowed: tuple[str, ...] | set[str] | frozenset[str]) -> None:
-        for key in self.data:
-            if key not in allowed:
-                known = ", ".join(sorted(allowed))
-                raise self.error(key, f"unknown key (known keys: {known})")
-
-    def _check_range(
-        self, key: str, value: float, minimum: float | None, maximum: float | None, unit: str
-    ) -> None:
-        suffix = f" {unit}" if unit else ""
-        if minimum is not None and maximum is not None and not minimum <= value <= maximum:
-            raise self.error(key, f"must be between {minimum:g} and {maximum:g}{suffix}, got {_show(value)}")
-        if minimum is not None and value < minimum:
-            raise self.error(key, f"must be at least {minimum:g}{suffix}, got {_show(value)}")
-        if maximum is not None and value > maximum:
-            raise self.error(key, f"must be at most {maximum:g}{suffix}, got {_show(value)}")
+BOARD_TABLE = Schema({
+    "name": String(doc="shown in logs and `evse status`"),
+    "backend": String(doc="the board back-end: sim, devices, or one an installed package registers"),
+    "reboot_command": StringList(default=None, doc="argv that reboots the station (OCPP Reset Hard)"),
+    "firmware_install_command": StringList(
+        default=None, doc='argv that installs a downloaded firmware file, "{file}" standing for its path'),
+    "firmware_max_download_mb": Number(default=200.0, minimum=1, maximum=1_000_000, unit="MB",
+                                       doc="largest firmware download accepted"),
+})  # fmt: skip
+# The [[connectors]] keys every back-end shares; `lock` defaults to whether the cable is a socket.
+CONNECTOR_TABLE = Schema({
+    "id": Integer(minimum=1, doc="OCPP connector id: 1..N in any order, without gaps"),
+    "max_current_a": Number(minimum=MIN_CONNECTOR_CURRENT_A, maximum=MAX_CONNECTOR_CURRENT_A, unit="A",
+                            doc="the most this connector may offer"),
+    "phases": Integer(choices=(1, 3), doc="phases wired to the connector"),
+    "cable": String(choices=CABLE_KINDS, doc="a Type 2 socket or a fixed (tethered) cable"),
+    "lock": Boolean(default=None, doc="has a plug lock (default: true for a socket)"),
+})  # fmt: skip
 
 
 # --- back-ends -----------------------------------------------------------------------------------------
+
+
+# [sim]: the simulated EV (hal.sim.SimEvSpec, whose defaults apply) and the mains voltage.
+SIM_TABLE = Schema({
+    "ev_response_s": Number(default=OMITTED, minimum=0, maximum=60, unit="s", doc="the EV's reaction time"),
+    "ev_max_current_a": Number(default=OMITTED, minimum=1, maximum=80, unit="A", doc="the most the EV draws"),
+    "ev_phases": Integer(default=OMITTED, choices=(1, 2, 3), doc="phases the EV charges on"),
+    "battery_kwh": Number(default=OMITTED, minimum=1, maximum=1000, unit="kWh", doc="battery capacity"),
+    "initial_soc": Number(default=OMITTED, minimum=0, maximum=1, doc="state of charge when plugged in"),
+    "voltage_v": Number(default=OMITTED, minimum=100, maximum=280, unit="V", doc="mains voltage (default 230)"),
+})  # fmt: skip
 
 
 def build_sim_board(config: dict, path: Path, options: LoadOptions) -> Board:
@@ -200,23 +113,9 @@ def build_sim_board(config: dict, path: Path, options: LoadOptions) -> Board:
     from hal.pilot_math import PP_NOMINAL_OHMS
     from hal.sim import SimBoard, SimConnectorSpec, SimEvSpec
 
-    sim = ConfigTable(config.get("sim", {}), "[sim]", path)
-    sim.reject_unknown(
-        {"ev_response_s", "ev_max_current_a", "ev_phases", "battery_kwh", "initial_soc", "voltage_v"}
-    )
-    defaults = SimEvSpec()
-    ev = SimEvSpec(
-        response_s=sim.number("ev_response_s", default=defaults.response_s, minimum=0, maximum=60, unit="s"),
-        max_current_a=sim.number(
-            "ev_max_current_a", default=defaults.max_current_a, minimum=1, maximum=80, unit="A"
-        ),
-        phases=sim.integer("ev_phases", default=defaults.phases, choices=(1, 2, 3)),
-        battery_kwh=sim.number(
-            "battery_kwh", default=defaults.battery_kwh, minimum=1, maximum=1000, unit="kWh"
-        ),
-        initial_soc=sim.number("initial_soc", default=defaults.initial_soc, minimum=0, maximum=1),
-    )
-    voltage_v = sim.number("voltage_v", default=230.0, minimum=100, maximum=280, unit="V")
+    sim = ConfigTable(config.get("sim", {}), "[sim]", path).read(SIM_TABLE)
+    voltage_v = sim.pop("voltage_v", 230.0)
+    ev = SimEvSpec(**{key.removeprefix("ev_"): value for key, value in sim.items()})
 
     specs = []
     for index, conn in enumerate(config["connectors"]):
@@ -226,9 +125,7 @@ def build_sim_board(config: dict, path: Path, options: LoadOptions) -> Board:
             ampacity = table.number("cable_ampacity_a", default=32.0)
             if ampacity not in PP_NOMINAL_OHMS:
                 allowed = ", ".join(f"{a:g}" for a in PP_NOMINAL_OHMS)
-                raise table.error(
-                    "cable_ampacity_a", f"must be one of {allowed} (the PP codings), got {ampacity:g}"
-                )
+                raise table.error("cable_ampacity_a", f"must be one of {allowed} (the PP codings), got {ampacity:g}")
         elif "cable_ampacity_a" in conn:
             raise table.error(
                 "cable_ampacity_a", 'only applies to cable = "socket" (a fixed cable has no PP)'
@@ -344,31 +241,21 @@ def _validate(raw: dict, path: Path, *, dry_run: bool = False) -> tuple[dict, Bo
     if "board" not in raw:
         raise BoardConfigError(f"{path}: [board]: required table is missing")
     board = ConfigTable(raw["board"], "[board]", path)
-    board.reject_unknown(
-        ("name", "backend", "reboot_command", "firmware_install_command", "firmware_max_download_mb"))
-    backend = board.string("backend")
+    board_section = board.read(BOARD_TABLE)
+    backend = board_section["backend"]
     try:
         board_backend: BoardBackend = BACKENDS.lookup(backend, check_installed=dry_run)
     except KeyError:
         known = ", ".join(json.dumps(b) for b in BACKENDS)
-        raise board.error("backend", f"unknown back-end {_show(backend)} (known: {known})") from None
+        raise board.error("backend", f"unknown back-end {show(backend)} (known: {known})") from None
     except (BackendClash, BackendLoadError) as exc:
         raise board.error("backend", str(exc)) from exc
-    board_section = {
-        "name": board.string("name"),
-        "backend": backend,
-        "reboot_command": board.string_list("reboot_command", default=None),
-        # argv that installs a downloaded firmware file, "{file}" standing for its path (agent.station.firmware)
-        "firmware_install_command": board.string_list("firmware_install_command", default=None),
-        "firmware_max_download_mb": board.number("firmware_max_download_mb", default=200.0, minimum=1,
-                                                 maximum=1_000_000, unit="MB"),
-    }
 
     tables = board_backend.tables
     for key in raw:
         if key not in ("board", "connectors", *tables):
             known = ", ".join(f"[{t}]" for t in tables) or "none"
-            hint = f"; back-end tables for backend = {_show(backend)}: {known}"
+            hint = f"; back-end tables for backend = {show(backend)}: {known}"
             raise BoardConfigError(f"{path}: {key}: unknown table or key{hint}")
 
     connectors_raw = raw.get("connectors")
@@ -377,39 +264,21 @@ def _validate(raw: dict, path: Path, *, dry_run: bool = False) -> tuple[dict, Bo
     if not isinstance(connectors_raw, list) or not connectors_raw:
         raise BoardConfigError(f"{path}: [[connectors]]: expected a non-empty array of tables")
 
-    allowed_keys = set(COMMON_CONNECTOR_KEYS + board_backend.connector_keys)
     connectors = []
     ids_seen: dict[int, int] = {}
     for index, entry in enumerate(connectors_raw):
-        table = ConfigTable(entry, f"[[connectors]][{index}]", path)
-        table.reject_unknown(allowed_keys)
-        connector_id = table.integer("id", minimum=1)
-        if connector_id in ids_seen:
-            raise table.error(
-                "id", f"duplicate connector id {connector_id} (also [[connectors]][{ids_seen[connector_id]}])"
-            )
-        ids_seen[connector_id] = index
-        cable = table.string("cable", choices=CABLE_KINDS)
         lock_table = None
-        if isinstance(entry.get("lock"), dict) and "lock" in board_backend.connector_keys:
+        if isinstance(entry, dict) and isinstance(entry.get("lock"), dict) and "lock" in board_backend.connector_keys:
             lock_table = entry["lock"]  # a back-end whose lock is a device table: the table means "has a lock"
-        connectors.append(
-            {
-                **entry,
-                "id": connector_id,
-                "max_current_a": table.number(
-                    "max_current_a",
-                    minimum=MIN_CONNECTOR_CURRENT_A,
-                    maximum=MAX_CONNECTOR_CURRENT_A,
-                    unit="A",
-                ),
-                "phases": table.integer("phases", choices=(1, 3)),
-                "cable": cable,
-                # A Type 2 socket must lock the plug while charging; a tethered cable needs no lock.
-                "lock": True if lock_table is not None else table.boolean("lock", default=cable == "socket"),
-                "lock_table": lock_table,
-            }
-        )
+        shared = entry if lock_table is None else {key: value for key, value in entry.items() if key != "lock"}
+        table = ConfigTable(shared, f"[[connectors]][{index}]", path)
+        conn = table.read(CONNECTOR_TABLE, extra_keys=board_backend.connector_keys)
+        if conn["id"] in ids_seen:
+            raise table.error("id", f"duplicate connector id {conn['id']} (also [[connectors]][{ids_seen[conn['id']]}])")
+        ids_seen[conn["id"]] = index
+        # A Type 2 socket must lock the plug while charging; a tethered cable needs no lock.
+        lock = lock_table is not None or (conn["cable"] == "socket" if conn["lock"] is None else conn["lock"])
+        connectors.append({**entry, **conn, "lock": lock, "lock_table": lock_table})
 
     count = len(connectors)
     for index, conn in enumerate(connectors):

@@ -239,9 +239,9 @@ def test_toml_syntax_error(tmp_path):
         (
             "phases = 3",
             "phases = 3\nmax_curent_a = 16",
-            r"\[\[connectors\]\]\[0\]\.max_curent_a: unknown key",
+            r'\[\[connectors\]\]\[0\]\.max_curent_a: unknown key \(did you mean "max_current_a"\?\)',
         ),
-        ('backend = "sim"', 'backend = "sim"\nmodel = "x"', r"\[board\]\.model: unknown key"),
+        ('backend = "sim"', 'backend = "sim"\nmodel = "x"', r"\[board\]\.model: unknown key \(known keys: backend, "),
     ],
 )
 def test_bad_values_name_the_file_and_key(tmp_path, old, new, expected):

@@ -204,12 +204,19 @@ def test_ocpp_endpoint_appends_the_percent_encoded_station_id(tmp_path, url, sta
         ("", '[station] id: required, e.g. id = "CP-1"'),
         ('[station]\nid = "CP-1"\n', '[ocpp] url: required, e.g. url = "ws://127.0.0.1:9000/ocpp"'),
         # unknown sections and keys
-        (MINIMAL + "[stations]\n", "[stations]: unknown section"),
+        (MINIMAL + "[stations]\n", '[stations]: unknown section (did you mean "station"?)'),
         ("colour = 1\n" + MINIMAL, "colour: unknown key (keys belong in a [section])"),
         ('[station]\nid = "CP-1"\ncolour = "red"\n', "[station] colour: unknown key"),
-        ('[station]\nidd = "CP-1"\n', "[station] idd: unknown key"),
-        (MINIMAL + "[charging]\nmax_current = 16\n", "[charging] max_current: unknown key"),
-        (MINIMAL + "[log]\nfile = 'x'\n", "[log] file: unknown key"),
+        ('[station]\nidd = "CP-1"\n', '[station] idd: unknown key (did you mean "id"?)'),
+        (
+            MINIMAL + "[charging]\nmax_current = 16\n",
+            '[charging] max_current: unknown key (did you mean "max_current_a"?)',
+        ),
+        (MINIMAL + "[log]\nfile = 'x'\n", "[log] file: unknown key (known keys: level)"),
+        (
+            MINIMAL + "[journal]\nmax_messages = 1000.0\n",
+            "[journal] max_messages: expected an integer, got 1000.0",
+        ),
         ('station = "CP-1"\n', 'station: expected a table [station], got "CP-1"'),
         # types
         ('[station]\nid = "CP-1"\n[ocpp]\nurl = 42\n', "[ocpp] url: expected a string, got 42"),
@@ -255,7 +262,10 @@ def test_ocpp_endpoint_appends_the_percent_encoded_station_id(tmp_path, url, sta
             "[station] serial: at most 25 characters (OCPP BootNotification), got 26",
         ),
         # ocpp
-        (MINIMAL.replace("[ocpp]\n", '[ocpp]\nversion = "2.0.1"\n'), '[ocpp] version: must be "1.6"'),
+        (
+            MINIMAL.replace("[ocpp]\n", '[ocpp]\nversion = "2.0.1"\n'),
+            '[ocpp] version: must be one of "1.6", got "2.0.1"',
+        ),
         (
             MINIMAL.replace("[ocpp]\n", "[ocpp]\nversion = 1.6\n"),
             "[ocpp] version: expected a string, got 1.6",
