@@ -140,7 +140,7 @@ def write_sim_fleet(directory: Path, count: int, csms_url: str, *, prefix: str =
                     ocpp_keys: dict | None = None) -> list[Path]:
     """`count` agent configs on fast simulated boards, one directory per station under `directory`
     (`<prefix>-0001`, ...): what `evse fleet` runs."""
-    from hil.station_files import write_agent_config  # the test and demo station files
+    from hil.agent_process import write_agent_config  # the station files of the tests, the bench and the demo
 
     paths = []
     for number in range(1, count + 1):
