@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from agent.config import load_config
 from agent.core.controller import AuthorizationResult, IdTagPresented
+from agent.ocpp.v16.client import OcppClient
 from agent.station.journal import Journal
 from agent.station.station import ConnectorRuntime, Station
 from hal.board import load_board
@@ -24,10 +25,10 @@ async def sim_station(tmp_path, *, connectors: int = 1, clock: Callable[[], floa
     board = load_board(config.board.file, state_dir=tmp_path)
     prepare(board)
     clock_args = {} if clock is None else {"clock": clock}
-    station = Station(config, board, Journal(config.journal.path), **clock_args)
+    station = Station(config, board, Journal(config.journal.path), csms=OcppClient, **clock_args)
     await station.start_control()
     for rt in station.connectors.values():  # journal writes (TransactionRecorded), as Station.run() has them
-        station._tasks.append(asyncio.create_task(station._transaction_worker(rt)))
+        station._tasks.append(asyncio.create_task(station.recorder.worker(rt)))
     return station, board
 
 
@@ -40,5 +41,5 @@ async def steps(station: Station, count: int = 30) -> None:
 
 def authorize(station: Station, rt: ConnectorRuntime, tag: str = TAG_OK) -> None:
     """A card presented and accepted, as the reader and the CSMS would answer."""
-    station._dispatch(rt, IdTagPresented(tag))
-    station._dispatch(rt, AuthorizationResult(tag, True))
+    station.channel.dispatch(rt, IdTagPresented(tag))
+    station.channel.dispatch(rt, AuthorizationResult(tag, True))

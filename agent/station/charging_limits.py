@@ -117,7 +117,7 @@ class ChargingLimits:
             self._save_or_report()
         self._all_dirty()
 
-    # ---- the CSMS's requests (StationPort) -------------------------------------------------------
+    # ---- the CSMS's requests (CsmsPort, agent.station.csms_link) -------------------------------------------------------
 
     def accept_remote_start_profile(self, rt: ConnectorRuntime, data: dict) -> bool:
         """RemoteStartTransaction with a chargingProfile: only a TxProfile without transactionId (errata
