@@ -23,9 +23,9 @@ from agent.cli.control_socket import CommandError, ControlServer
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.control.channel import RequestFailed
 from agent.control.link import ControlLost, ProcessLink
+from agent.ocpp.v16.client import OcppClient
 from agent.service import ServiceNotifier, watchdog_interval_s
 from agent.station.journal import Journal
-from agent.ocpp.v16.client import OcppClient
 from agent.station.station import RestartRequested, Station
 from hal.board import load_board
 from hal.interfaces import HardwareError

@@ -22,8 +22,8 @@ import pytest
 
 from agent import service
 from agent.config import load_config
-from agent.service import ServiceNotifier, watchdog_interval_s
 from agent.ocpp.v16.client import OcppClient
+from agent.service import ServiceNotifier, watchdog_interval_s
 from agent.station.journal import Journal
 from agent.station.station import Station
 from hal.board import load_board

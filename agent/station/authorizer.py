@@ -10,7 +10,15 @@ from collections.abc import Callable
 from datetime import datetime
 
 from agent.core import controller as ctl
-from agent.core.authorization import AuthSettings, Decision, IdTagInfo, ListUpdate, Source, decide, plan_send_local_list
+from agent.core.authorization import (
+    AuthSettings,
+    Decision,
+    IdTagInfo,
+    ListUpdate,
+    Source,
+    decide,
+    plan_send_local_list,
+)
 from agent.core.clock import utc_now
 from agent.ocpp.v16.config import OcppConfiguration
 from agent.station.auth_store import AuthStore

@@ -121,6 +121,7 @@ class CsmsFacade:
     def remote_start(self, connector_id: int | None, id_tag: str, charging_profile: dict | None = None) -> bool:
         if self._closing():
             return False
+        chosen: ConnectorRuntime | None
         if connector_id is None:
             candidates = [rt for rt in self._connectors.values() if rt.controller.can_accept_remote_start(id_tag)]
             # the connector reserved for this id first; a connector reserved for another id last
@@ -128,7 +129,7 @@ class CsmsFacade:
                         and rt.controller.reservation.id_tag.casefold() == id_tag.casefold()]
             unreserved = [rt for rt in candidates if rt.controller.reservation is None]
             plugged = [rt for rt in unreserved if rt.controller.plugged]
-            chosen = (reserved or plugged or unreserved or candidates or [None])[0]
+            chosen = next(iter(reserved or plugged or unreserved or candidates), None)
         else:
             chosen = self._connectors.get(connector_id)
         if chosen is None or not chosen.controller.can_accept_remote_start(id_tag):

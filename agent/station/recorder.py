@@ -20,7 +20,7 @@ from agent.ocpp.v16.config import OcppConfiguration
 from agent.ocpp.v16.meter_values import meter_value, ocpp_timestamp, register_value
 from agent.station.connector import ConnectorRuntime, TransactionOp
 from agent.station.csms_link import CsmsLink
-from agent.station.journal import Journal, JournalError, JournalValueError
+from agent.station.journal import Journal, JournalError, JournalValueError, TransactionRecord
 from hal.interfaces import CpState, MeterReading
 
 log = logging.getLogger("evse.station")
@@ -172,7 +172,7 @@ class TransactionRecorder:
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Wait (a while) until every queued journal write is done."""
-        async def drained():
+        async def drained() -> None:
             for rt in self._connectors.values():
                 await rt.ops.join()
         with contextlib.suppress(TimeoutError):
@@ -208,7 +208,7 @@ class TransactionRecorder:
             log.warning("transaction %s on connector %d was interrupted: stopped with PowerLoss at %.0f Wh",
                         tx.csms_id or f"local-{tx.local_id}", tx.connector_id, tx.last_meter)
 
-    def _resume(self, tx, info: BoardInfo, on_resumed: Callable[[ConnectorRuntime, str], None]) -> bool:
+    def _resume(self, tx: TransactionRecord, info: BoardInfo, on_resumed: Callable[[ConnectorRuntime, str], None]) -> bool:
         """Continue an interrupted transaction when its EV is still plugged in."""
         rt = self._connectors.get(tx.connector_id)
         if rt is None or rt.local_tx is not None:

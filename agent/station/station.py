@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
+from typing import Any
 
 from agent import logs
 from agent.config import AgentConfig
@@ -39,8 +40,6 @@ from hal.interfaces import Board
 
 __all__ = ["ConnectorRuntime", "RestartRequested", "Station", "StationCrashed"]  # ConnectorRuntime: tests
 log = logging.getLogger("evse.station")
-
-CHARGING_LIMITS_PERIOD_S = 0.25  # how often schedule period boundaries are looked for
 
 
 class StationCrashed(Exception):
@@ -90,7 +89,7 @@ class Station:
         self._restart: RestartRequested | None = None
         self._shutdown = asyncio.Event()
         self.closing = False  # SIGTERM: no new session starts (cards, remote starts) while shutting down
-        adapter: Callable[[], CsmsLink] = lambda: self.ocpp  # built last: it is given the finished facade
+        adapter = self._adapter  # the CSMS adapter is built last: it is given the finished facade
         self.channel = ControlChannel(self.link, self.connectors, journal, adapter, self._execute, clock)
         dispatch = self.channel.dispatch
         self.metering = MeterSampling(self.link, self.configuration, dispatch, adapter,
@@ -129,6 +128,9 @@ class Station:
         self.security.on_event_queued = self.ocpp.journal_changed
 
     # ---- settings -------------------------------------------------------------------------------
+
+    def _adapter(self) -> CsmsLink:
+        return self.ocpp
 
     def _session_settings(self, hw: channel.ConnectorInfo) -> ctl.SessionSettings:
         return session_settings(self.config.charging, self.configuration, hw)
@@ -183,7 +185,7 @@ class Station:
             self._tasks.append(asyncio.create_task(self.recorder.worker(rt), name=f"tx-{rt.id}"))
             self._tasks.append(asyncio.create_task(self.metering.run(rt), name=f"meter-{rt.id}"))
         self._tasks.append(asyncio.create_task(self.channel.run(), name="control"))
-        self._tasks.append(asyncio.create_task(self._charging_limits_loop(), name="charging-limits"))
+        self._tasks.append(asyncio.create_task(self.charging_limits.run(), name="charging-limits"))
         self._tasks.append(asyncio.create_task(self.recorder.journal_watch(), name="journal-watch"))
         self._tasks.append(asyncio.create_task(self.ocpp.run(), name="ocpp"))
         shutdown = asyncio.create_task(self._shutdown.wait(), name="shutdown")
@@ -235,23 +237,23 @@ class Station:
         log.warning("%s reset requested by the CSMS", kind)
         self.security.event(RESET_OR_REBOOT, f"{kind} reset requested by the CSMS")
         self.channel.dispatch_all(ctl.StopRequested(reason))
-        await self.link.sync()  # the StopTransactions decided by the control loop are queued here now
-        await self.recorder.drain()
-        await self.recorder.flush()
-        await self.recorder.contactors_opened()
         reboot = list(self.info.reboot_command) if kind == "Hard" and self.info.reboot_command else None
-        self._restart = RestartRequested(kind, reboot)
-        self._shutdown.set()
+        await self._restart_in_place(RestartRequested(kind, reboot), contactors_opened=True)
 
     async def _restart_for_firmware(self) -> None:
         """After the install hook succeeded: restart in place, the way a Soft reset does."""
-        await self.link.sync()
+        await self._restart_in_place(RestartRequested("Firmware update", None))
+
+    async def _restart_in_place(self, restart: RestartRequested, contactors_opened: bool = False) -> None:
+        await self.link.sync()  # the StopTransactions decided by the control loop are queued here now
         await self.recorder.drain()
         await self.recorder.flush()
-        self._restart = RestartRequested("Firmware update", None)
+        if contactors_opened:
+            await self.recorder.contactors_opened()
+        self._restart = restart
         self._shutdown.set()
 
-    def _spawn(self, coro) -> asyncio.Task:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task:
         task = asyncio.create_task(coro)
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)
@@ -281,19 +283,10 @@ class Station:
             case ctl.Notice(text):
                 log.info("connector %d: %s", rt.id, text)
 
-    async def _charging_limits_loop(self) -> None:
-        """Smart-charging schedules change at their period boundaries (and validFrom/validTo): look for one
-        every CHARGING_LIMITS_PERIOD_S; a change of profile or transaction re-evaluates at once."""
-        while True:
-            for rt in self.connectors.values():
-                self.charging_limits.update(rt)
-            await asyncio.sleep(CHARGING_LIMITS_PERIOD_S)
-
     def control_step(self) -> None:
         """One step of an in-process control loop (tests and benchmarks drive it by hand)."""
         self.channel.step()
-        for rt in self.connectors.values():
-            self.charging_limits.update(rt)
+        self.charging_limits.update_all()
 
     # ---- what the agent's process, the CLI and systemd use ------------------------------------------
 

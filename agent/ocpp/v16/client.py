@@ -31,7 +31,6 @@ import random
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from datetime import datetime
 from typing import Any
 
 import websockets
