@@ -113,9 +113,10 @@ class Station:
             firmware_status=lambda: self.firmware.status())
         install = list(self.info.firmware_install_command) if self.info.firmware_install_command else None
         self.firmware = FirmwareManager(FirmwareHost(
-            lambda: self.config, journal, self.configuration, self.security, adapter, wall_clock, self._spawn,
-            self.availability.hold_for_firmware, self.recorder.transactions_active, self._restart_for_firmware,
-            self.status_view.status, self.info.name,
+            config=lambda: self.config, journal=journal, configuration=self.configuration, security=self.security,
+            csms=adapter, wall_clock=wall_clock, spawn=self._spawn, hold_for_firmware=self.availability.hold_for_firmware,
+            transactions_active=self.recorder.transactions_active, restart_for_firmware=self._restart_for_firmware,
+            status=self.status_view.status, board_name=self.info.name,
         ), install_command=install, max_download_bytes=self.info.firmware_max_download_bytes)
         self.hardware = HardwareTests(self.link, lambda: bool(self.channel.control_loop_alive_at))
         self.csms_port = CsmsFacade(
