@@ -23,6 +23,7 @@ from agent.cli.control_socket import CommandError, ControlServer
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.control.channel import RequestFailed
 from agent.control.link import ControlLost, ProcessLink
+from agent.ocpp.v16.client import OcppClient
 from agent.service import ServiceNotifier, watchdog_interval_s
 from agent.station.journal import Journal
 from agent.station.station import RestartRequested, Station
@@ -64,7 +65,7 @@ def command_handler(station: Station):
             case "stop":
                 return {"stopped": station.stop_transaction(_connector(station, args))}
             case "fault.reset":
-                return _faults(station.reset_faults(_connector(station, args)))
+                return _faults(station.hardware.reset_faults(_connector(station, args)))
             case "availability":
                 operative = args.get("operative")
                 if not isinstance(operative, bool):
@@ -74,13 +75,13 @@ def command_handler(station: Station):
             case "swipe":
                 return {"connector": station.present_id_tag(str(args.get("tag", "")))}
             case "hw.meter":  # technician's checks (`evse hw ...`): each answers a report dict
-                return station.hw_meter(_connector(station, args))
+                return station.hardware.hw_meter(_connector(station, args))
             case "hw.pilot":
-                return station.hw_pilot(_connector(station, args))
+                return station.hardware.hw_pilot(_connector(station, args))
             case "hw.contactor_test":
-                return station.hw_contactor_test(_connector(station, args))
+                return station.hardware.hw_contactor_test(_connector(station, args))
             case "hw.rcd_test":
-                return station.hw_rcd_test(_connector(station, args))
+                return station.hardware.hw_rcd_test(_connector(station, args))
             case "sim.plug":
                 return _done(cmd, _sim(station, "plug", connector=_connector(station, args)))
             case "sim.unplug":
@@ -195,11 +196,11 @@ async def run_agent(config: AgentConfig, log_level_override: str | None = None) 
         raise HardwareError(str(exc)) from exc
     # the station owns this process: its secrets (the AuthorizationKey in force, later ones) also go to the
     # process-wide filter, for what libraries log outside the station's loggers
-    station = Station(config, link, journal, station_logs=logs.StationLogs(config.station.id,
-                                                                            process_redactor=logs.REDACTOR))
+    station = Station(config, link, journal, csms=OcppClient,
+                      station_logs=logs.StationLogs(config.station.id, process_redactor=logs.REDACTOR))
     notifier = ServiceNotifier(station, ping_watchdog=False)  # the control process pings, once READY is out
     notifier.on_ready = link.arm_watchdog
-    station.after_control_step = notifier.control_step_done  # READY, WATCHDOG, STATUS: agent.service
+    station.channel.after_control_step = notifier.control_step_done  # READY, WATCHDOG, STATUS: agent.service
     control = ControlServer(config.control.socket, command_handler(station), group=config.control.group)
     await control.start()
 

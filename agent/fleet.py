@@ -26,6 +26,7 @@ from pathlib import Path
 from agent import logs
 from agent.config import AgentConfig, load_config
 from agent.core.clock import utc_now
+from agent.ocpp.v16.client import OcppClient
 from agent.station.journal import Journal
 from agent.station.station import RestartRequested, Station, StationCrashed
 from hal.board import load_board
@@ -110,8 +111,8 @@ class Fleet:
             journal = Journal(config.journal.path)
             try:
                 board = load_board(config.board.file, state_dir=member.state_dir, clock=self.clock)
-                member.station = Station(config, board, journal, clock=self.clock, wall_clock=self.wall_clock,
-                                         station_logs=member.logs)
+                member.station = Station(config, board, journal, csms=OcppClient, clock=self.clock,
+                                         wall_clock=self.wall_clock, station_logs=member.logs)
                 member.builds += 1
                 member.built.set()
                 await member.station.run()

@@ -57,7 +57,7 @@ def status_line(station: Station) -> str:
     else:
         link = "OCPP DISCONNECTED" + (f" ({ocpp.last_error})" if ocpp.last_error else "")
     parts = [link[:120]]
-    if not station.station_operative:
+    if not station.availability.station_operative:
         parts.append("station Inoperative")
     for rt in station.connectors.values():
         view = rt.controller.view()
@@ -68,9 +68,9 @@ def status_line(station: Station) -> str:
             text += f" {rt.last_reading.power_w / 1000:.1f} kW"
         parts.append(text)
     parts.append(f"journal {station.journal.pending_count()} pending")
-    if station.control_lost:
+    if station.channel.control_lost:
         parts.append("CONTROL LOOP LOST")
-    if station.storage_error:
+    if station.recorder.storage_error:
         parts.append("JOURNAL NOT WRITABLE")
     # `systemctl status` is readable by every user: the patterns and the station's secrets (agent.logs)
     return station.logs.redact(logs.REDACTOR.redact("; ".join(parts)))
@@ -96,7 +96,7 @@ class ServiceNotifier:
             self._notifier.notify(message)
 
     def control_step_done(self) -> None:
-        """Called by the control loop after every completed step (Station.after_control_step)."""
+        """Called by the control loop after every completed step (ControlChannel.after_control_step)."""
         if not self.enabled:
             return
         now = self.clock()

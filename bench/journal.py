@@ -1,7 +1,7 @@
 """Durable journal append rate, with the durability the agent uses, on a real (disk-backed) file.
 
 * MeterValues: Journal.add_meter_values, one write-back commit each (WAL, synchronous=NORMAL: no fsync),
-  as agent.station.station journals every periodic sample.
+  as agent.station.recorder journals every periodic sample.
 * Start/Stop: Journal.begin_transaction + end_transaction, one fsynced commit each (synchronous=FULL).
 Both queue one outgoing message per commit, so commits/s = messages/s.
 """

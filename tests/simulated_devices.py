@@ -513,6 +513,7 @@ class InProcessAgent:
         from agent.app import command_handler
         from agent.cli.control_socket import ControlServer
         from agent.config import load_config
+        from agent.ocpp.v16.client import OcppClient
         from agent.station.journal import Journal
         from agent.station.station import Station
         from hal.board import load_board
@@ -522,7 +523,7 @@ class InProcessAgent:
         self.socket = config.control.socket
         board = load_board(config.board.file, state_dir=config.control.socket.parent, pin_factory=self.pin_factory)
         self._journal = Journal(config.journal.path)
-        self.station = Station(config, board, self._journal)
+        self.station = Station(config, board, self._journal, csms=OcppClient)
         self._control = ControlServer(config.control.socket, command_handler(self.station))
         await self._control.start()
         self._task = asyncio.create_task(self.station.run(), name="in-process agent")

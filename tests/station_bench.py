@@ -1,14 +1,20 @@
 """A real Station on the simulated board, stepped by the test itself: the shell's own behaviour (faults,
 re-entrant events, reservations, charging limits) without an agent process. Its CSMS URL leads nowhere:
-the OCPP client is built but never connected."""
+the OCPP client is built but never connected. RecordingCsmsLink stands on the other side of the station's
+CsmsLink seam instead when a test needs to see what the station tells its CSMS adapter, or to put it online."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import datetime
+from typing import Any
 
 from agent.config import load_config
+from agent.core.authorization import IdTagInfo
 from agent.core.controller import AuthorizationResult, IdTagPresented
+from agent.ocpp.v16.client import OcppClient
+from agent.station.csms_link import CsmsLinkFactory, CsmsPort
 from agent.station.journal import Journal
 from agent.station.station import ConnectorRuntime, Station
 from hal.board import load_board
@@ -16,18 +22,64 @@ from hal.interfaces import Board
 from tests.agent_harness import TAG_OK, write_config
 
 
+class RecordingCsmsLink:
+    """A CsmsLink (agent.station.csms_link) that records what the station tells its CSMS adapter; `online`
+    and `answers` (id -> IdTagInfo) play the CSMS for the station's questions."""
+
+    def __init__(self, config, port: CsmsPort, journal: Journal, *, logs=None, clock=None):
+        self.port = port
+        self.connected, self.registration, self.last_error, self.dropped_messages = False, None, None, 0
+        self.online = False
+        self.answers: dict[str, IdTagInfo] = {}
+        self.statuses: list[tuple] = []
+        self.meter_values: list[tuple[int, list[dict]]] = []
+        self.follow_ups: list[Any] = []
+        self.wakeups = 0
+
+    @property
+    def accepted(self) -> bool:
+        return self.online
+
+    def send_status(self, connector_id, status, error_code="NoError", info=None, vendor_error_code=None):
+        self.statuses.append((connector_id, status, error_code, info, vendor_error_code))
+
+    def send_meter_values(self, connector_id: int, meter_value: list[dict]) -> None:
+        self.meter_values.append((connector_id, meter_value))
+
+    def journal_changed(self) -> None:
+        self.wakeups += 1
+
+    async def authorize_id(self, id_tag: str) -> IdTagInfo | None:
+        return self.answers.get(id_tag) if self.online else None
+
+    def queue_follow_up(self, payload, done=None, *, triggered=False) -> None:
+        self.follow_ups.append(payload)
+
+    def apply_config(self, config) -> None:
+        pass
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+    async def stop(self) -> None:
+        pass
+
+
 async def sim_station(tmp_path, *, connectors: int = 1, clock: Callable[[], float] | None = None,
+                      wall_clock: Callable[[], datetime] | None = None, csms: CsmsLinkFactory = OcppClient,
                       prepare: Callable[[Board], None] = lambda board: None) -> tuple[Station, Board]:
     """A started sim board and a Station on it; `prepare(board)` runs before the Station is built."""
     config = load_config(write_config(tmp_path, "ws://127.0.0.1:9/ocpp", connectors=connectors))
     config.journal.path.parent.mkdir(parents=True, exist_ok=True)
     board = load_board(config.board.file, state_dir=tmp_path)
     prepare(board)
-    clock_args = {} if clock is None else {"clock": clock}
-    station = Station(config, board, Journal(config.journal.path), **clock_args)
+    clock_args: dict[str, Any] = {} if clock is None else {"clock": clock}
+    if wall_clock is not None:
+        clock_args["wall_clock"] = wall_clock
+    station = Station(config, board, Journal(config.journal.path), csms=csms, **clock_args)
     await station.start_control()
     for rt in station.connectors.values():  # journal writes (TransactionRecorded), as Station.run() has them
-        station._tasks.append(asyncio.create_task(station._transaction_worker(rt)))
+        station._tasks.append(asyncio.create_task(station.recorder.worker(rt)))
     return station, board
 
 
@@ -40,5 +92,5 @@ async def steps(station: Station, count: int = 30) -> None:
 
 def authorize(station: Station, rt: ConnectorRuntime, tag: str = TAG_OK) -> None:
     """A card presented and accepted, as the reader and the CSMS would answer."""
-    station._dispatch(rt, IdTagPresented(tag))
-    station._dispatch(rt, AuthorizationResult(tag, True))
+    station.channel.dispatch(rt, IdTagPresented(tag))
+    station.channel.dispatch(rt, AuthorizationResult(tag, True))

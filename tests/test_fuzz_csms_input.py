@@ -49,7 +49,7 @@ from ocpp.v16.enums import Action
 
 from agent.config import load_config
 from agent.core import controller as ctl
-from agent.ocpp.v16.client import _ChargePoint
+from agent.ocpp.v16.client import OcppClient, _ChargePoint
 from agent.ocpp.v16.config import KEYS as CONFIGURATION_KEYS
 from agent.ocpp.v16.meter_values import ocpp_timestamp
 from agent.station.journal import Journal
@@ -467,17 +467,17 @@ class Rig:
         config = load_config(write_config(workdir, "ws://127.0.0.1:9/ocpp", connectors=2))
         config.journal.path.parent.mkdir(parents=True, exist_ok=True)
         board = load_board(config.board.file, state_dir=config.journal.path.parent, clock=self.clock)
-        self.station = station = Station(config, board, Journal(config.journal.path), clock=self.clock)
+        self.station = station = Station(config, board, Journal(config.journal.path), csms=OcppClient, clock=self.clock)
         self.sim = board.simulator
         await station.start_control()
         for rt in station.connectors.values():  # the journal's work (TransactionRecorded), as Station.run() has it
-            station._tasks.append(asyncio.create_task(station._transaction_worker(rt)))
+            station._tasks.append(asyncio.create_task(station.recorder.worker(rt)))
         await self._steps(3)
         self.sim.plug(1)
         await self._steps(5)
         assert station.present_id_tag(TAG_OK) == 1
         # the CSMS's answer, given before the Authorize the station asks for could go out
-        station._dispatch(station.connectors[1], ctl.AuthorizationResult(TAG_OK, True, None))
+        station.channel.dispatch(station.connectors[1], ctl.AuthorizationResult(TAG_OK, True, None))
         await self._steps(20)
         assert self.contactors() == (True, False), station.status()
         assert station.connectors[1].controller.view().status.value == "Charging"

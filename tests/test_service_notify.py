@@ -22,6 +22,7 @@ import pytest
 
 from agent import service
 from agent.config import load_config
+from agent.ocpp.v16.client import OcppClient
 from agent.service import ServiceNotifier, watchdog_interval_s
 from agent.station.journal import Journal
 from agent.station.station import Station
@@ -153,10 +154,10 @@ async def test_no_watchdog_while_the_control_loop_hangs_and_everything_else_runs
     config = load_config(write_config(tmp_path, "ws://127.0.0.1:9/ocpp"))  # no CSMS: it keeps reconnecting
     config.journal.path.parent.mkdir(parents=True, exist_ok=True)
     board = load_board(config.board.file, state_dir=tmp_path)
-    station = Station(config, board, Journal(config.journal.path))  # the control loop in this process
+    station = Station(config, board, Journal(config.journal.path), csms=OcppClient)  # the control loop in this process
     notifier = ServiceNotifier(station, environ={"NOTIFY_SOCKET": str(notify_socket.path),
                                                 "WATCHDOG_USEC": "300000"})  # a ping every 0.1 s
-    station.after_control_step = notifier.control_step_done
+    station.channel.after_control_step = notifier.control_step_done
     steps_before_ready: list[int] = []
     steps = 0
     control = station.link.control

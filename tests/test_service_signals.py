@@ -16,6 +16,7 @@ import time
 import pytest
 
 from agent.config import load_config
+from agent.ocpp.v16.client import OcppClient
 from agent.station.journal import Journal
 from agent.station.station import Station
 from hal.board import load_board
@@ -94,9 +95,9 @@ async def test_after_sigterm_no_card_remote_start_or_late_authorization_starts_a
     config = load_config(write_config(tmp_path, "ws://127.0.0.1:9/ocpp", connectors=2))
     config.journal.path.parent.mkdir(parents=True, exist_ok=True)
     board = load_board(config.board.file, state_dir=tmp_path)
-    station = Station(config, board, Journal(config.journal.path))
+    station = Station(config, board, Journal(config.journal.path), csms=OcppClient)
     await station.start_control()
-    worker_tasks = [asyncio.create_task(station._transaction_worker(rt)) for rt in station.connectors.values()]
+    worker_tasks = [asyncio.create_task(station.recorder.worker(rt)) for rt in station.connectors.values()]
 
     async def steps(seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -124,7 +125,7 @@ async def test_after_sigterm_no_card_remote_start_or_late_authorization_starts_a
     await asyncio.sleep(0)
     assert station.closing
     assert station.present_id_tag(TAG_2) is None
-    assert station.remote_start(2, TAG_2) is False  # RemoteStartTransaction: Rejected
+    assert station.csms_port.remote_start(2, TAG_2) is False  # RemoteStartTransaction: Rejected
     answer.set()  # the CSMS accepts the first card after the SIGTERM
     await shutdown
     await steps(0.3)
@@ -147,7 +148,7 @@ async def test_a_crashed_control_loop_ends_the_agent_with_every_contactor_open(t
     config = load_config(write_config(tmp_path, "ws://127.0.0.1:9/ocpp"))
     config.journal.path.parent.mkdir(parents=True, exist_ok=True)
     board = load_board(config.board.file, state_dir=tmp_path)
-    station = Station(config, board, Journal(config.journal.path))
+    station = Station(config, board, Journal(config.journal.path), csms=OcppClient)
 
     def broken_step():
         raise RuntimeError("simulated bug in the control step")

@@ -20,14 +20,14 @@ async def test_power_limit_just_below_6_amps_suspends_instead_of_rounding_up(tmp
     contactor open), as GetCompositeSchedule (5.9 A) says; rounding to 6.0 A would exceed the CSMS's limit."""
     station, board = await sim_station(tmp_path)
     rt = station.connectors[1]
-    assert station.set_charging_profile(0, default_profile("W", 4130.0)) == "Accepted"
+    assert station.csms_port.set_charging_profile(0, default_profile("W", 4130.0)) == "Accepted"
     board.simulator.plug(1)
     await steps(station, 5)
     authorize(station, rt)
     await steps(station, 60)
     view = rt.controller.view()
     assert rt.controller.charging_limit_a == 5.9
-    assert station.composite_schedule(1, 60, "A")["chargingSchedulePeriod"][0]["limit"] == 5.9
+    assert station.csms_port.composite_schedule(1, 60, "A")["chargingSchedulePeriod"][0]["limit"] == 5.9
     assert view.status.value == "SuspendedEVSE" and not view.contactor_closed
     await board.close()
 
@@ -40,7 +40,7 @@ async def test_composite_schedule_answers_for_at_most_a_week(tmp_path):
     daily["chargingSchedule"]["startSchedule"] = "2025-01-01T00:00:00Z"
     daily["chargingSchedule"]["chargingSchedulePeriod"] = [
         {"startPeriod": i * 1800, "limit": 6.0 + i % 2} for i in range(48)]
-    assert station.set_charging_profile(1, daily) == "Accepted"
-    assert station.composite_schedule(1, 365 * 86400, "A")["duration"] == MAX_COMPOSITE_DURATION_S
-    assert station.composite_schedule(1, 3600, "A")["duration"] == 3600
+    assert station.csms_port.set_charging_profile(1, daily) == "Accepted"
+    assert station.csms_port.composite_schedule(1, 365 * 86400, "A")["duration"] == MAX_COMPOSITE_DURATION_S
+    assert station.csms_port.composite_schedule(1, 3600, "A")["duration"] == 3600
     await board.close()

@@ -68,9 +68,9 @@ async def test_meter_ok_is_false_until_the_meter_has_answered_once(tmp_path):
     station, board = await sim_station(tmp_path, prepare=lambda b: b.simulator.set_fault("meter", True))
     rt = station.connectors[1]
     assert station.status()["connectors"][0]["meter_ok"] is False  # no reading yet, no failure counted yet
-    assert await station._read_meter(rt) is None
+    assert await station.metering.read_meter(rt) is None
     assert station.status()["connectors"][0]["meter_ok"] is False
     board.simulator.set_fault("meter", False)
-    assert await station._read_meter(rt) is not None
+    assert await station.metering.read_meter(rt) is not None
     assert station.status()["connectors"][0]["meter_ok"] is True
     await board.close()

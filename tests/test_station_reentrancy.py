@@ -50,7 +50,7 @@ async def test_storage_fault_at_transaction_stop_is_the_last_status_reported(tmp
     authorize(station, rt)
     await steps(station, 40)
     assert rt.controller.transaction_active
-    assert station.set_charging_profile(1, TX_PROFILE) == "Accepted"
+    assert station.csms_port.set_charging_profile(1, TX_PROFILE) == "Accepted"
 
     def broken_save(profiles):
         raise JournalError("disk I/O error")
@@ -58,7 +58,7 @@ async def test_storage_fault_at_transaction_stop_is_the_last_status_reported(tmp
     station.charging_limits._store.save = broken_save
     board.simulator.set_ev_state("B")  # EV stops drawing, then the driver stops the session locally
     await steps(station, 5)
-    station._dispatch(rt, IdTagPresented(TAG_OK))  # stop -> TxProfile cleanup -> JournalError -> storage fault
+    station.channel.dispatch(rt, IdTagPresented(TAG_OK))  # stop -> TxProfile cleanup -> JournalError -> storage fault
     await steps(station, 5)
     assert rt.controller.view().status.value == "Faulted"
     assert sent[-1] == "Faulted", f"last StatusNotification {sent[-1]!r} while the connector is Faulted"
@@ -78,7 +78,7 @@ async def test_energy_withheld_for_a_newer_event_is_granted_when_that_event_chan
 
     def started_with_a_reentrant_event(runtime):
         started(runtime)
-        station._dispatch(runtime, Tick())
+        station.channel.dispatch(runtime, Tick())
 
     station.charging_limits.transaction_started = started_with_a_reentrant_event
     authorize(station, rt)

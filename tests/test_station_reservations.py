@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from agent.core import controller as ctl
+from agent.station.csms_link import ReservationRequest
 from agent.station.journal import JournalError
 from tests.station_bench import sim_station, steps
 
@@ -17,7 +18,7 @@ async def test_moving_a_station_reservation_with_a_broken_journal_is_a_storage_f
     station, board = await sim_station(tmp_path, connectors=2)
     await steps(station, 3)
     expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    assert station.reserve_now(0, expiry, "TAG9", 42, None) == "Accepted"
+    assert station.csms_port.reserve_now(ReservationRequest(0, expiry, "TAG9", 42)) == "Accepted"
     holder = next(cid for cid, rt in station.connectors.items() if rt.controller.reservation is not None)
 
     def broken(*_):
@@ -27,7 +28,7 @@ async def test_moving_a_station_reservation_with_a_broken_journal_is_a_storage_f
     station.journal.delete_setting = broken
     try:
         # the holder's RCD trips: the reservation ends ("faulted") and moves to the other connector
-        station._dispatch(station.connectors[holder], ctl.FaultChanged(ctl.Fault.RCD, True))
+        station.channel.dispatch(station.connectors[holder], ctl.FaultChanged(ctl.Fault.RCD, True))
     except JournalError as exc:
         pytest.fail(f"JournalError escaped the controller's command execution (control loop would crash): {exc}")
     finally:

@@ -22,6 +22,12 @@ LOGGING_METHODS = {"debug", "info", "warning", "error", "exception", "critical",
 # (file, class, module variable, what it becomes in that class's methods)
 RULES: list[tuple[str, str, str, str]] = [
     ("agent/station/station.py", "Station", "log", "self.log"),
+    ("agent/station/control_channel.py", "ControlChannel", "log", "self.log"),
+    ("agent/station/recorder.py", "TransactionRecorder", "log", "self.log"),
+    ("agent/station/authorizer.py", "Authorizer", "log", "self.log"),
+    ("agent/station/meter_sampling.py", "MeterSampling", "log", "self.log"),
+    ("agent/station/csms_facade.py", "StationAvailability", "log", "self.log"),
+    ("agent/station/csms_facade.py", "CsmsFacade", "log", "self.log"),
     ("agent/station/reservations.py", "Reservations", "log", "self.log"),
     ("agent/station/charging_limits.py", "ChargingLimits", "log", "self.log"),
     ("agent/station/firmware.py", "FirmwareManager", "log", "self.log"),

@@ -19,7 +19,7 @@ Exit codes: 0 ok, 1 a device does not answer or fails its test, 2 usage or confi
 refused (an EV is plugged in, a transaction runs) or not possible on this board.
 
 The device-level procedures below are shared: the CLI runs them on devices it opened itself, and the agent
-(agent/station/station.py, control commands hw.meter, hw.pilot, hw.contactor_test, hw.rcd_test) on its own devices.
+(agent/station/hardware_tests.py, control commands hw.meter, hw.pilot, hw.contactor_test, hw.rcd_test) on its own devices.
 Each returns a report: {"ok": true, ...} or {"ok": false, "exit_code": 1|2, "error": "one line", ...}.
 """
 

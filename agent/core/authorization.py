@@ -140,7 +140,8 @@ class ListChange:
 def plan_send_local_list(*, enabled: bool, current_version: int, current_size: int, list_version: int,
                          update_type: str, entries: list[dict], max_length: int,
                          send_max_length: int) -> ListChange:
-    """SendLocalList.req → what to change (§5.15): Full replaces, Differential adds/updates/removes."""
+    """SendLocalList.req → what to change (§5.15): Full replaces, Differential adds/updates/removes. An
+    entry's idTagInfo is the wire object or an IdTagInfo the adapter already read."""
     if not enabled:
         return ListChange(ListUpdate.NOT_SUPPORTED)
     if len(entries) > send_max_length:
@@ -159,7 +160,7 @@ def plan_send_local_list(*, enabled: bool, current_version: int, current_size: i
                 return ListChange(ListUpdate.FAILED)  # a full list carries idTagInfo for every entry
             removals.append(tag)
         else:
-            upserts.append((tag, IdTagInfo.from_ocpp(info)))
+            upserts.append((tag, info if isinstance(info, IdTagInfo) else IdTagInfo.from_ocpp(info)))
     if len({tag for tag, _ in upserts} | set(removals)) != len(entries):
         return ListChange(ListUpdate.FAILED)  # the same id twice in one update is ambiguous
     new_size = len(upserts) if update_type == "Full" else current_size + len(upserts)

@@ -9,6 +9,7 @@ something it depends on changes, and hands the limit to the connector's session 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping
@@ -24,7 +25,9 @@ from agent.station.journal import Journal, JournalError
 from agent.station.profile_store import ProfileStore
 
 if TYPE_CHECKING:
-    from agent.station.station import ConnectorRuntime
+    from agent.station.connector import ConnectorRuntime
+
+CHARGING_LIMITS_PERIOD_S = 0.25  # how often schedule period boundaries are looked for
 
 log = logging.getLogger("evse.smart_charging")
 
@@ -65,6 +68,17 @@ class ChargingLimits:
         self._schedules: dict[int, _ConnectorSchedule] = {cid: _ConnectorSchedule() for cid in connectors}
 
     # ---- the control loop and the transactions ------------------------------------------------------
+
+    async def run(self) -> None:
+        """Smart-charging schedules change at their period boundaries (and validFrom/validTo): look for one
+        every CHARGING_LIMITS_PERIOD_S; a change of profile or transaction re-evaluates at once."""
+        while True:
+            self.update_all()
+            await asyncio.sleep(CHARGING_LIMITS_PERIOD_S)
+
+    def update_all(self) -> None:
+        for rt in self._connectors.values():
+            self.update(rt)
 
     def update(self, rt: ConnectorRuntime) -> None:
         """Each control step: re-evaluate the composite limit when a period boundary (or validFrom/validTo)
@@ -120,7 +134,7 @@ class ChargingLimits:
             self._save_or_report()
         self._all_dirty()
 
-    # ---- the CSMS's requests (StationPort) -------------------------------------------------------
+    # ---- the CSMS's requests (CsmsPort, agent.station.csms_link) -------------------------------------------------------
 
     def accept_remote_start_profile(self, rt: ConnectorRuntime, data: dict) -> bool:
         """RemoteStartTransaction with a chargingProfile: only a TxProfile without transactionId (errata

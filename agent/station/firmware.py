@@ -51,7 +51,7 @@ import re
 import sys
 import threading
 import zipfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,12 +60,17 @@ from urllib.parse import urlsplit
 
 from ocpp.v16 import call
 
+from agent.logs import StationLogs
 from agent.ocpp import transfer
 from agent.ocpp.v16.meter_values import ocpp_timestamp
 from agent.station.journal import JournalError
 
 if TYPE_CHECKING:
-    from agent.station.station import Station
+    from agent.config import AgentConfig
+    from agent.ocpp.security import SecurityManager
+    from agent.ocpp.v16.config import OcppConfiguration
+    from agent.station.csms_link import CsmsLink
+    from agent.station.journal import Journal
 
 log = logging.getLogger("evse.firmware")
 security_log = logging.getLogger("evse.security.firmware")
@@ -307,15 +312,36 @@ class Operation:
                 "requestId": self.request_id}
 
 
+@dataclass
+class FirmwareHost:
+    """What the firmware manager needs of the station, given to it explicitly (agent.station.station)."""
+
+    config: Callable[[], AgentConfig]  # the config in force (a SIGHUP may replace it)
+    journal: Journal  # its state, and beside the journal file: the firmware and upload directories
+    configuration: OcppConfiguration  # for the diagnostics archive
+    security: SecurityManager | None  # security events and the security log; None: events go to the journal
+    csms: Callable[[], CsmsLink]  # the adapter: status notifications, the journal sender's wake-up
+    wall_clock: Callable[[], datetime]
+    spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task]  # a task the station cancels at shutdown
+    hold_for_firmware: Callable[[bool], None]  # no new session while an update waits to install
+    transactions_active: Callable[[], bool]
+    restart_for_firmware: Callable[[], Awaitable[None]]  # restart in place, as a Soft reset does
+    status: Callable[[], dict]  # the technician's view, for the diagnostics archive
+    board_name: str
+    logs: StationLogs | None = None  # the station's loggers (tagged with its id); None: the module's
+
+
 class FirmwareManager:
-    def __init__(self, station: Station, *, install_command: list[str] | None = None,
+    def __init__(self, host: FirmwareHost, *, install_command: list[str] | None = None,
                  max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES):
-        self.station = station
-        self.log = station.logs.logger(log.name)  # the station's loggers (agent.logs.StationLogs)
-        self.security_log = station.logs.logger(security_log.name)
+        self.host = host
+        station_logs = host.logs if host.logs is not None else StationLogs("")
+        self.station_logs = station_logs
+        self.log = station_logs.logger(log.name)  # the station's loggers (agent.logs.StationLogs)
+        self.security_log = station_logs.logger(security_log.name)
         self.install_command = install_command
         self.max_download_bytes = max_download_bytes
-        self.journal_dir = Path(station.journal.path).parent
+        self.journal_dir = Path(host.journal.path).parent
         self.firmware: Operation | None = None
         self.diagnostics: Operation | None = None
         self.log_upload: Operation | None = None
@@ -325,7 +351,7 @@ class FirmwareManager:
 
     def _transfer_bounds(self) -> tuple[float, float, float]:
         """(read timeout, firmware download deadline, upload deadline) in seconds: [transfer] in the config."""
-        settings = getattr(self.station.config, "transfer", None)
+        settings = getattr(self.host.config(), "transfer", None)
         read_timeout = getattr(settings, "read_timeout_s", TRANSFER_TIMEOUT_S)
         download = getattr(settings, "firmware_deadline_s", 0.0) or max(
             DOWNLOAD_DEADLINE_S, self.max_download_bytes / MIN_DOWNLOAD_RATE)
@@ -348,7 +374,7 @@ class FirmwareManager:
                 for leftover in directory.iterdir():
                     with contextlib.suppress(OSError):
                         leftover.unlink()
-        raw = self.station.journal.settings("firmware.").get("state")
+        raw = self.host.journal.settings("firmware.").get("state")
         if not raw:
             return
         try:
@@ -373,7 +399,7 @@ class FirmwareManager:
         self.firmware = Operation(kind, request_id, status, in_progress=False, delivered=False)
         self._persist(self.firmware)
         if status == "Installed":
-            version = self.station.config.station.firmware_version
+            version = self.host.config().station.firmware_version
             self.log.info("firmware update installed; agent version %s", version)
             request = "" if request_id is None else f" (request {request_id})"
             self._security_event("FirmwareUpdated", f"{kind}{request} installed, agent version {version}")
@@ -428,7 +454,7 @@ class FirmwareManager:
         try:
             certificate = verify_signing_certificate(firmware.get("signing_certificate", ""),
                                                      manufacturer_roots(self.journal_dir),
-                                                     self.station.wall_clock())
+                                                     self.host.wall_clock())
         except ImportError:
             self.log.error("SignedUpdateFirmware rejected: the cryptography package is not installed")
             return "Rejected"
@@ -544,7 +570,7 @@ class FirmwareManager:
         return self._send(op)
 
     def _send(self, op: Operation) -> asyncio.Future | None:
-        client = self.station.ocpp
+        client = self.host.csms()
         if not client.accepted:
             return None  # sent by connected() once the station is registered again
         done = asyncio.get_running_loop().create_future()
@@ -567,30 +593,30 @@ class FirmwareManager:
         value = "" if op is None else json.dumps(
             {"operation": op.kind, "requestId": op.request_id, "status": op.status, "delivered": op.delivered})
         try:
-            self.station.journal.set_setting(STATE_KEY, value)
+            self.host.journal.set_setting(STATE_KEY, value)
         except JournalError as exc:
             self.log.error("firmware state cannot be saved: %s", exc)
 
     def _security_event(self, kind: str, tech_info: str) -> None:
-        security = getattr(self.station, "security", None)
+        security = self.host.security
         if security is not None:  # agent.ocpp.security: security log file + SecurityEventNotification in the journal
             security.event(kind, tech_info)
             return
         self.security_log.warning("security event %s: %s", kind, tech_info)
         try:
-            self.station.journal.enqueue(
+            self.host.journal.enqueue(
                 "SecurityEventNotification",
-                {"type": kind, "timestamp": ocpp_timestamp(self.station.wall_clock()),
+                {"type": kind, "timestamp": ocpp_timestamp(self.host.wall_clock()),
                  "techInfo": tech_info[:255]})
         except JournalError as exc:
             self.log.error("security event %s cannot be queued: %s", kind, exc)
             return
-        self.station.ocpp.journal_changed()
+        self.host.csms().journal_changed()
 
     # ---- firmware ----------------------------------------------------------------------------------
 
     def _spawn(self, coro) -> asyncio.Task:
-        return self.station._spawn(coro)
+        return self.host.spawn(coro)
 
     def _replace_firmware(self, op: Operation) -> Operation:
         if self.firmware is not None and self.firmware.in_progress:
@@ -613,11 +639,11 @@ class FirmwareManager:
         signed = op.kind == SIGNED_UPDATE_FIRMWARE
         path: Path | None = None
         try:
-            if retrieve_at > self.station.wall_clock():
+            if retrieve_at > self.host.wall_clock():
                 if signed:
                     self._set(op, "DownloadScheduled")
                 self.log.info("firmware download scheduled for %s", retrieve_at.isoformat())
-                await sleep_until(retrieve_at, self.station.wall_clock)
+                await sleep_until(retrieve_at, self.host.wall_clock)
             path = self._firmware_path(op, location)
             self._set(op, "Downloading")
             digest = await self._download(op, location, path, attempts, interval)
@@ -634,9 +660,9 @@ class FirmwareManager:
                     return
                 self.security_log.info("firmware signature verified (request %s, SHA-256 %s)", op.request_id, digest)
                 self._set(op, "SignatureVerified")
-                if install_at is not None and install_at > self.station.wall_clock():
+                if install_at is not None and install_at > self.host.wall_clock():
                     self._set(op, "InstallScheduled")
-                    await sleep_until(install_at, self.station.wall_clock)
+                    await sleep_until(install_at, self.host.wall_clock)
             await self._wait_for_no_transaction()
             await _delivery(self._set(op, "Installing"))  # the hook may reboot the board right away
             outcome = await self._install(op, path, digest, signed)
@@ -686,14 +712,14 @@ class FirmwareManager:
 
     def _hold(self, hold: bool) -> None:
         self._holding = hold
-        self.station.hold_for_firmware(hold)
+        self.host.hold_for_firmware(hold)
 
     async def _wait_for_no_transaction(self) -> None:
         """No new session from here on; wait until the running ones (and their journal writes) end."""
         self._hold(True)
-        if self.station.transactions_active():
+        if self.host.transactions_active():
             self.log.info("firmware installation waits until the running transaction(s) end")
-            while self.station.transactions_active():
+            while self.host.transactions_active():
                 await asyncio.sleep(0.5)
             self._hold(True)  # again: a ChangeAvailability meanwhile must not let a session start now
 
@@ -742,13 +768,13 @@ class FirmwareManager:
         op.status, op.in_progress, op.delivered = "Installed", False, False
         self._persist(op)
         self.log.warning("firmware update installed: restarting the agent")
-        await self.station.restart_for_firmware()
+        await self.host.restart_for_firmware()
 
     # ---- diagnostics and logs ----------------------------------------------------------------------
 
     def _archive_name(self, what: str) -> str:
-        station = _safe_name(self.station.config.station.id, "station")
-        stamp = self.station.wall_clock().strftime("%Y%m%dT%H%M%SZ")
+        station = _safe_name(self.host.config().station.id, "station")
+        stamp = self.host.wall_clock().strftime("%Y%m%dT%H%M%SZ")
         return f"{station}-{what}-{stamp}.zip"[-255:]
 
     async def _run_upload(self, op: Operation, location: str, attempts: int, interval: float,
@@ -795,20 +821,20 @@ class FirmwareManager:
     def _diagnostics_files(self, since: datetime | None, until: datetime | None, security: bool) -> dict[str, str]:
         """The archive's contents. Never a secret: no config file, no passwords, keys or certificates."""
         span = {"from": since.isoformat() if since else None, "to": until.isoformat() if until else None,
-                "created": ocpp_timestamp(self.station.wall_clock())}
+                "created": ocpp_timestamp(self.host.wall_clock())}
         if security:
             lines = self._security_log_lines(since, until)
             return {"security.log": "\n".join(lines) + "\n",
                     "README.txt": _readme("security log", span, len(lines))}
-        entries, _ = self.station.configuration.get_configuration(None)
+        entries, _ = self.host.configuration.get_configuration(None)
         configuration = [e for e in entries if not _SECRET_KEY_NAMES.search(str(e.get("key", "")))]
-        lines = recent_log().lines(since, until, station_id=self.station.logs.station_id)
+        lines = recent_log().lines(since, until, station_id=self.station_logs.station_id)
         return {
-            "status.json": scrub(json.dumps(self.station.status(), indent=2, default=str)),
+            "status.json": scrub(json.dumps(self.host.status(), indent=2, default=str)),
             "configuration.json": scrub(json.dumps(configuration, indent=2, default=str)),
             "firmware.json": json.dumps(self.status(), indent=2),
             "agent.log": "\n".join(lines) + "\n",
-            "system.txt": _system_info(self.station),
+            "system.txt": _system_info(self.host),
             "README.txt": _readme("diagnostics", span, len(lines)),
         }
 
@@ -816,9 +842,9 @@ class FirmwareManager:
     def _security_log_lines(self, since: datetime | None, until: datetime | None) -> list[str]:
         """The security log (agent.ocpp.security's rolling file, `<timestamp> <event> <techInfo>` lines) within the
         period; without that module, the security lines of this process's log."""
-        security = getattr(self.station, "security", None)
+        security = self.host.security
         if security is None:
-            return recent_log().lines(since, until, only=_is_security_line, station_id=self.station.logs.station_id)
+            return recent_log().lines(since, until, only=_is_security_line, station_id=self.station_logs.station_id)
         lines = []
         for path in security.security_log_files():
             try:
@@ -859,13 +885,13 @@ def _readme(what: str, span: dict, count: int) -> str:
             "earlier runs are in the system journal)\n")
 
 
-def _system_info(station: Station) -> str:
+def _system_info(host: FirmwareHost) -> str:
     import ocpp
 
-    cfg = station.config.station
+    cfg = host.config().station
     return "\n".join([
         f"station id: {cfg.id}", f"vendor/model: {cfg.vendor} / {cfg.model}",
-        f"firmware (agent) version: {cfg.firmware_version}", f"board: {station.info.name}",
+        f"firmware (agent) version: {cfg.firmware_version}", f"board: {host.board_name}",
         f"python: {sys.version.split()[0]}", f"ocpp library: {getattr(ocpp, '__version__', '?')}",
         f"platform: {platform.platform()}", "",
     ])

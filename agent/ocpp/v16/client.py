@@ -10,7 +10,8 @@ session around it:
   TransactionMessageRetryInterval x attempt), a lost connection does not;
 * other messages (StatusNotification, Authorize, Heartbeat, triggered messages) go through an
   in-memory queue and may overtake the journal;
-* CSMS calls are answered through the StationPort; this module never touches hardware.
+* CSMS calls are answered through the station's CsmsPort (agent.station.csms_link); this module never
+  touches hardware. It is the station's CsmsLink: the station receives it and calls only that interface.
 
 Library pitfalls handled here (see ocpp-notes 1.5-1.7): NotImplemented/NotSupported are swapped by
 the library and FormatViolation is spelt FormationViolation in OCPP-J 1.6, so errors are mapped
@@ -30,8 +31,7 @@ import random
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
-from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 import websockets
 from ocpp.charge_point import camel_to_snake_case, snake_to_camel_case
@@ -45,21 +45,17 @@ from ocpp.v16 import call, call_result
 from ocpp.v16.enums import Action
 
 from agent.config import AgentConfig
-from agent.core.authorization import valid_id_token
+from agent.core.authorization import IdTagInfo, valid_id_token
 from agent.logs import StationLogs
 from agent.ocpp.rpc import GuardedRouting, short
 from agent.ocpp.security import TlsAwareConnection, redact_frame, redact_text
-from agent.ocpp.v16.config import OcppConfiguration
 from agent.ocpp.v16.firmware import FirmwareHandlers
 from agent.ocpp.v16.meter_values import ocpp_timestamp
 from agent.ocpp.v16.reservation import ReservationHandlers
 from agent.ocpp.v16.security import SecurityHandlers
 from agent.ocpp.v16.smart_charging import SmartChargingHandlers, tolerate_limits
+from agent.station.csms_link import CsmsPort, LocalListEntry, StatusReport
 from agent.station.journal import Journal, JournalError, JournalValueError, QueuedMessage
-
-if TYPE_CHECKING:
-    from agent.ocpp.security import SecurityManager
-    from agent.station.firmware import FirmwareManager
 
 log = logging.getLogger("evse.ocpp")
 frame_log = logging.getLogger("evse.ocpp.frames")
@@ -94,58 +90,6 @@ AUTHORIZE_DEADLINE_S = 5.0
 MAX_PENDING_OUTGOING = 200
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what the journal (SQLite INTEGER) can hold
 
-
-
-class StationPort(Protocol):
-    """What the OCPP layer may ask of the station. Implemented by agent.station.station.Station."""
-
-    configuration: OcppConfiguration
-    firmware: FirmwareManager  # firmware updates, diagnostics and log uploads (agent.station.firmware)
-    security: SecurityManager  # security profile, credentials, TLS, certificates, events (agent.ocpp.security)
-    wall_clock: Callable[[], datetime]  # UTC: the timestamps of the messages it sends
-
-    @property
-    def connector_ids(self) -> list[int]: ...
-
-    def remote_start(self, connector_id: int | None, id_tag: str, charging_profile: dict | None = None) -> bool: ...
-
-    def remote_stop(self, transaction_id: int) -> bool: ...
-
-    def change_availability(self, connector_id: int, operative: bool) -> str: ...
-
-    async def unlock_connector(self, connector_id: int) -> str: ...
-
-    def reset(self, kind: str) -> None: ...
-
-    def statuses(self) -> list[dict]: ...
-
-    def meter_values_now(self, connector_id: int) -> list[dict]: ...
-
-    def transaction_message_delivered(self, message: QueuedMessage, response: dict) -> None: ...
-
-    def journal_failed(self, exc: Exception) -> None: ...
-
-    def configuration_changed(self, key: str, value: str) -> None: ...
-
-    def clear_cache(self) -> str: ...
-
-    def local_list_version(self) -> int: ...
-
-    def send_local_list(self, list_version: int, update_type: str, entries: list[dict]) -> str: ...
-
-    # Reservation (agent.ocpp.v16.reservation): ReserveNow.conf / CancelReservation.conf statuses
-    def reserve_now(self, connector_id: int, expiry_date: str, id_tag: str, reservation_id: int,
-                    parent_id_tag: str | None) -> str: ...
-
-    def cancel_reservation(self, reservation_id: int) -> str: ...
-
-    # Smart Charging (agent.ocpp.v16.smart_charging): profiles are camelCase dicts as on the wire
-    def set_charging_profile(self, connector_id: int, profile: dict) -> str: ...
-
-    def clear_charging_profile(self, profile_id: int | None, connector_id: int | None, purpose: str | None,
-                               stack_level: int | None) -> str: ...
-
-    def composite_schedule(self, connector_id: int, duration: int, rate_unit: str | None) -> dict | None: ...
 
 
 @dataclasses.dataclass
@@ -271,7 +215,7 @@ class _LoggedConnection:
 
 
 class OcppClient:
-    def __init__(self, config: AgentConfig, station: StationPort, journal: Journal, *,
+    def __init__(self, config: AgentConfig, station: CsmsPort, journal: Journal, *,
                  logs: StationLogs | None = None, clock: Callable[[], float] = time.monotonic):
         # the station's loggers (tagged with its id, its secrets redacted: agent.logs.StationLogs)
         self.logs = logs if logs is not None else StationLogs(config.station.id)
@@ -357,6 +301,11 @@ class OcppClient:
         except (OCPPError, ConnectionError, websockets.ConnectionClosed):
             return None
         return snake_to_camel_case(result.id_tag_info) if result else None
+
+    async def authorize_id(self, id_tag: str) -> IdTagInfo | None:
+        """authorize(), read: the CsmsLink's question."""
+        info = await self.authorize(id_tag)
+        return IdTagInfo.from_ocpp(info) if info is not None else None
 
     async def run(self) -> None:
         """Connect, serve, reconnect with back-off; forever, until stop()."""
@@ -498,7 +447,7 @@ class OcppClient:
             # what the CSMS sees first: the current status of the station and every connector
             for status in self._station.statuses():
                 timestamp = ocpp_timestamp(self._station.wall_clock())
-                self._outgoing.put_nowait(_Outgoing(_status_payload(**status, timestamp=timestamp)))
+                self._outgoing.put_nowait(_Outgoing(_report_payload(status, timestamp)))
             self._station.firmware.connected()  # the latest firmware/diagnostics status, if the CSMS may lack it
             self._journal_wakeup.set()
             group.create_task(self._send_journal(cp))
@@ -721,6 +670,11 @@ class OcppClient:
             self.log.debug("triggered %s: one already waits to be sent", type(payload).__name__)
 
 
+def _report_payload(report: StatusReport, timestamp: str) -> call.StatusNotification:
+    return _status_payload(report.connector_id, report.status, report.error_code, report.info,
+                           report.vendor_error_code, timestamp=timestamp)
+
+
 def _status_payload(
     connector_id: int,
     status: str,
@@ -883,7 +837,9 @@ class _ChargePoint(SecurityHandlers, FirmwareHandlers, SmartChargingHandlers, Re
     @on(Action.send_local_list)
     def on_send_local_list(self, list_version: int, update_type: str, local_authorization_list=None, **_):
         entries = snake_to_camel_case(local_authorization_list or [])  # incoming nested data is snake_case
-        status = self._station.send_local_list(list_version, update_type, entries)
+        status = self._station.send_local_list(list_version, update_type, [
+            LocalListEntry(entry.get("idTag"), None if entry.get("idTagInfo") is None
+                           else IdTagInfo.from_ocpp(entry["idTagInfo"])) for entry in entries])
         return call_result.SendLocalList(status=status)
 
     @on(Action.data_transfer)
@@ -919,8 +875,8 @@ class _ChargePoint(SecurityHandlers, FirmwareHandlers, SmartChargingHandlers, Re
             queue(call.BootNotification(charge_point_vendor=cfg.vendor, charge_point_model=cfg.model))
         elif requested_message == "StatusNotification":
             for status in self._station.statuses():
-                if connector_id is None or status["connector_id"] == connector_id:
-                    queue(_status_payload(**status, timestamp=ocpp_timestamp(self._station.wall_clock())))
+                if connector_id is None or status.connector_id == connector_id:
+                    queue(_report_payload(status, ocpp_timestamp(self._station.wall_clock())))
         elif requested_message == "MeterValues":
             for cid in self._station.connector_ids:
                 if connector_id in (None, cid):

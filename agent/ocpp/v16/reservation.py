@@ -1,7 +1,7 @@
 """OCPP 1.6 Reservation profile handlers: ReserveNow, CancelReservation.
 
 A mixin of agent.ocpp.v16.client._ChargePoint (the `ocpp` library finds @on handlers on any base class). The
-station decides (agent.station.station.Station.reserve_now / cancel_reservation, with the session controllers
+station decides (agent.station.csms_facade.CsmsFacade.reserve_now / cancel_reservation, with the session controllers
 holding the reservations, agent.core.controller); this module only checks what it can tell from the request
 itself and never touches hardware. The Reserved StatusNotification follows the answer: the controller's
 status change is queued behind the CALLRESULT this handler returns.
@@ -13,6 +13,8 @@ from ocpp.routing import on
 from ocpp.v16 import call_result
 from ocpp.v16.enums import Action
 
+from agent.station.csms_link import ReservationRequest
+
 
 class ReservationHandlers:
     """Mixin: ReserveNow, CancelReservation (OCPP 1.6 §5.13, §5.3)."""
@@ -22,7 +24,8 @@ class ReservationHandlers:
                        parent_id_tag: str | None = None, **_):
         if self._client.registration != "Accepted" or not (connector_id == 0 or self._known_connector(connector_id)):
             return call_result.ReserveNow(status="Rejected")
-        status = self._station.reserve_now(connector_id, expiry_date, id_tag, reservation_id, parent_id_tag)
+        status = self._station.reserve_now(
+            ReservationRequest(connector_id, expiry_date, id_tag, reservation_id, parent_id_tag))
         return call_result.ReserveNow(status=status)
 
     @on(Action.cancel_reservation)

@@ -1,9 +1,9 @@
 """OCPP 1.6 Smart Charging handlers: SetChargingProfile, ClearChargingProfile, GetCompositeSchedule.
 
 A mixin of agent.ocpp.v16.client._ChargePoint (the `ocpp` library finds @on handlers on any base class). The
-handlers translate messages and ask the station (StationPort.set_charging_profile, ...); the rules are in
+handlers translate messages and ask the station (CsmsPort.set_charging_profile, ...); the rules are in
 agent.core.smart_charging, the profile store and the limit that reaches the pilot in agent.station.station. The
-chargingProfile of a RemoteStartTransaction goes to StationPort.remote_start with the request.
+chargingProfile of a RemoteStartTransaction goes to CsmsPort.remote_start with the request.
 """
 
 from __future__ import annotations
