@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Callable
 
 from agent.config import load_config
-from agent.core.controller import AuthorizationResult, IdTagPresented
+from agent.core.controller import AuthorizationResult, TokenPresented
 from agent.station.journal import Journal
 from agent.station.station import ConnectorRuntime, Station
 from hal.board import load_board
@@ -40,5 +40,5 @@ async def steps(station: Station, count: int = 30) -> None:
 
 def authorize(station: Station, rt: ConnectorRuntime, tag: str = TAG_OK) -> None:
     """A card presented and accepted, as the reader and the CSMS would answer."""
-    station._dispatch(rt, IdTagPresented(tag))
+    station._dispatch(rt, TokenPresented(tag))
     station._dispatch(rt, AuthorizationResult(tag, True))

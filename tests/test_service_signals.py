@@ -116,14 +116,14 @@ async def test_after_sigterm_no_card_remote_start_or_late_authorization_starts_a
         return {"status": "Accepted"}
 
     station.ocpp.authorize = authorize
-    assert station.present_id_tag(TAG_OK) == 1  # Authorize.req is out
+    assert station.present_id_token(TAG_OK) == 1  # Authorize.req is out
     await steps(0.1)
 
     caplog.set_level(logging.INFO, logger="evse.station")
     shutdown = asyncio.create_task(station.shutdown())  # what SIGTERM does
     await asyncio.sleep(0)
     assert station.closing
-    assert station.present_id_tag(TAG_2) is None
+    assert station.present_id_token(TAG_2) is None
     assert station.remote_start(2, TAG_2) is False  # RemoteStartTransaction: Rejected
     answer.set()  # the CSMS accepts the first card after the SIGTERM
     await shutdown

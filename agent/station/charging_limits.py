@@ -70,7 +70,7 @@ class ChargingLimits:
         now = self._wall_clock()
         c = rt.controller
         waiting = (s.pending_tx_profile is not None and not c.transaction_active
-                   and c.view().authorized_id_tag is None and c.can_accept_remote_start())
+                   and c.view().authorized_id_token is None and c.can_accept_remote_start())
         if s.pending_tx_profile is not None and not waiting:
             s.pending_taken_up = True
         if waiting and (s.pending_taken_up or s.pending_since is None

@@ -31,9 +31,9 @@ from agent.core import controller as ctl
 from agent.core.authorization import (
     AuthSettings,
     Decision,
-    IdTagInfo,
     ListUpdate,
     Source,
+    TokenInfo,
     decide,
     plan_send_local_list,
 )
@@ -42,6 +42,13 @@ from agent.ocpp.security import RESET_OR_REBOOT, STARTUP, SecurityManager
 from agent.ocpp.v16.client import OcppClient
 from agent.ocpp.v16.config import OcppConfiguration
 from agent.ocpp.v16.meter_values import meter_value, ocpp_timestamp, register_value
+from agent.ocpp.v16.vocabulary import (
+    authorization_status,
+    connector_status,
+    error_codes,
+    stop_reason,
+    token_info,
+)
 from agent.station.auth_store import AuthStore
 from agent.station.charging_limits import ChargingLimits
 from agent.station.firmware import FirmwareManager
@@ -60,7 +67,7 @@ CONTROL_LOST_REPORT_S = 5.0  # a lost control process: time for the Faulted stat
 @dataclass
 class _Op:
     kind: str  # "start" | "stop" | "sample"
-    id_tag: str | None = None
+    id_token: str | None = None
     reason: str | None = None
     reading: MeterReading | None = None
     context: str = "Sample.Periodic"  # or "Sample.Clock" for clock-aligned values
@@ -113,7 +120,7 @@ class Station:
         self.info = self.link.info
         self.link.on_output = self._on_output
         self.link.on_state = self._on_state
-        self.link.on_tag = self.present_id_tag
+        self.link.on_tag = self.present_id_token
         self.link.on_alive = self._control_alive
         self.link.on_lost = self._control_lost
         self.journal = journal
@@ -202,7 +209,7 @@ class Station:
             payload = {
                 "meterStop": round(tx.last_meter),
                 "timestamp": tx.last_meter_at,
-                "reason": ctl.StopReason.POWER_LOSS.value,
+                "reason": stop_reason(ctl.StopReason.POWER_LOSS),
             }
             if "Energy.Active.Import.Register" in stop_measurands:
                 payload["transactionData"] = [
@@ -344,8 +351,7 @@ class Station:
         self.control_lost = why
         log.critical("control loop lost: %s; every connector is reported Faulted", why)
         for rt in self.connectors.values():
-            self.ocpp.send_status(rt.id, ctl.ConnectorStatus.FAULTED.value, "InternalError",
-                                  "control process lost", "ControlLoopLost")
+            self.ocpp.send_status(rt.id, ctl.ConnectorStatus.FAULTED, info="control process lost", control_lost=True)
 
     async def _charging_limits_loop(self) -> None:
         """Smart-charging schedules change at their period boundaries (and validFrom/validTo): look for one
@@ -403,23 +409,22 @@ class Station:
 
     def _execute(self, rt: ConnectorRuntime, command: ctl.Command) -> None:
         match command:
-            case ctl.RequestAuthorization(id_tag):
-                self._spawn(self._authorize(rt, id_tag))
-            case ctl.StartTransaction(id_tag, reservation_id):
+            case ctl.RequestAuthorization(id_token):
+                self._spawn(self._authorize(rt, id_token))
+            case ctl.BeginTransaction(id_token, reservation_id):
                 if reservation_id is None:
                     reservation_id = self.reservations.used_elsewhere(rt.id)
-                rt.ops.put_nowait(_Op("start", id_tag=id_tag, reservation_id=reservation_id))
+                rt.ops.put_nowait(_Op("start", id_token=id_token, reservation_id=reservation_id))
                 self.charging_limits.transaction_started(rt)
             case ctl.ReservationEnded(reservation_id, reason):
                 self.reservations.ended(rt.id, reservation_id, reason)
-            case ctl.StopTransaction(reason, id_tag):
-                rt.ops.put_nowait(_Op("stop", id_tag=id_tag, reason=reason.value))
+            case ctl.EndTransaction(reason, id_token):
+                rt.ops.put_nowait(_Op("stop", id_token=id_token, reason=stop_reason(reason)))
                 self.charging_limits.transaction_ended(rt)
-            case ctl.StatusChanged(status, error_code, info, vendor_code):
-                log.info("connector %d: %s%s", rt.id, status.value,
-                         "" if error_code == "NoError" else f" ({error_code}/{vendor_code})")
+            case ctl.StatusChanged(status, fault, info):
+                log.info("connector %d: %s%s", rt.id, status.value, f" ({fault.value} fault)" if fault else "")
                 if self.control_lost is None:
-                    self.ocpp.send_status(rt.id, status.value, error_code, info, vendor_code)
+                    self.ocpp.send_status(rt.id, status, fault, info)
             case ctl.Notice(text):
                 log.info("connector %d: %s", rt.id, text)
 
@@ -441,43 +446,42 @@ class Station:
             allow_offline_unknown=cfg.get_bool("AllowOfflineTxForUnknownId"),
         )
 
-    def _local_decision(self, id_tag: str, online: bool) -> Decision:
-        return decide(id_tag, online=online, now=self.wall_clock(), list_entry=self.auth.listed(id_tag),
-                      cache_entry=self.auth.cached(id_tag), settings=self._auth_settings())
+    def _local_decision(self, id_token: str, online: bool) -> Decision:
+        return decide(id_token, online=online, now=self.wall_clock(), list_entry=self.auth.listed(id_token),
+                      cache_entry=self.auth.cached(id_token), settings=self._auth_settings())
 
-    async def _authorize(self, rt: ConnectorRuntime, id_tag: str) -> None:
-        decision = self._local_decision(id_tag, online=self.ocpp.accepted)
+    async def _authorize(self, rt: ConnectorRuntime, id_token: str) -> None:
+        decision = self._local_decision(id_token, online=self.ocpp.accepted)
         verdict = "Accepted" if decision.accepted else "refused"
         if decision.ask_csms:
-            info = await self.ocpp.authorize(id_tag)
+            info = await self.ocpp.authorize(id_token)
             if info is not None:
-                tag_info = IdTagInfo.from_ocpp(info)
-                self._remember(id_tag, tag_info)
-                decision = Decision(tag_info.status == "Accepted", Source.CSMS, tag_info.parent_id_tag)
-                verdict = tag_info.status
+                self._remember(id_token, info)
+                decision = Decision(info.accepted, Source.CSMS, info.parent_id_token)
+                verdict = authorization_status(info.status)  # the CSMS's word
             else:  # the CSMS could not be asked after all: offline rules
-                decision = self._local_decision(id_tag, online=False)
+                decision = self._local_decision(id_token, online=False)
                 verdict = "Accepted" if decision.accepted else "refused"
         if self.closing and decision.accepted:
             decision, verdict = Decision(False, decision.source, None), "ignored: the agent is shutting down"
-        log.info("connector %d: card %s: %s (%s)", rt.id, id_tag, verdict, decision.source.value)
-        self._dispatch(rt, ctl.AuthorizationResult(id_tag, decision.accepted, decision.parent_id_tag))
+        log.info("connector %d: card %s: %s (%s)", rt.id, id_token, verdict, decision.source.value)
+        self._dispatch(rt, ctl.AuthorizationResult(id_token, decision.accepted, decision.parent_id_token))
 
-    def _remember(self, id_tag: str, info: IdTagInfo) -> None:
+    def _remember(self, id_token: str, info: TokenInfo) -> None:
         """Every IdTagInfo the CSMS sends updates the Authorization Cache (§3.5.1)."""
         if self.configuration.get_bool("AuthorizationCacheEnabled"):
-            self.auth.remember(id_tag, info)
+            self.auth.remember(id_token, info)
 
-    def present_id_tag(self, id_tag: str) -> int | None:
+    def present_id_token(self, id_token: str) -> int | None:
         if self.closing:
-            log.info("card %s ignored: the agent is shutting down", id_tag)
+            log.info("card %s ignored: the agent is shutting down", id_token)
             return None
         controllers = {cid: rt.controller for cid, rt in self.connectors.items()}
-        cid = ctl.route_id_tag(controllers, id_tag)
+        cid = ctl.route_id_token(controllers, id_token)
         if cid is None:
-            log.info("card %s: no connector can take it", id_tag)
+            log.info("card %s: no connector can take it", id_token)
             return None
-        self._dispatch(self.connectors[cid], ctl.IdTagPresented(id_tag))
+        self._dispatch(self.connectors[cid], ctl.TokenPresented(id_token))
         return cid
 
     # ---- metering and the transaction journal ---------------------------------------------------
@@ -582,12 +586,12 @@ class Station:
         reading = await self._read_meter(rt)
         energy = self._energy_now(rt, reading)
         timestamp = ocpp_timestamp(self.wall_clock())
-        rt.local_tx = self.journal.begin_transaction(rt.id, op.id_tag or "", energy, timestamp,
+        rt.local_tx = self.journal.begin_transaction(rt.id, op.id_token or "", energy, timestamp,
                                                      reservation_id=op.reservation_id)
         rt.tx_begin = (energy, timestamp)  # durable now: the worker tells the controller it may offer energy
         interval = self.configuration.get_int("MeterValueSampleInterval")
         rt.next_sample_at = self.clock() + interval if interval > 0 else None
-        log.info("connector %d: transaction started for %s at %.0f Wh%s", rt.id, op.id_tag, energy,
+        log.info("connector %d: transaction started for %s at %.0f Wh%s", rt.id, op.id_token, energy,
                  f" (reservation {op.reservation_id})" if op.reservation_id is not None else "")
 
     async def _journal_stop(self, rt: ConnectorRuntime, op: _Op) -> None:
@@ -598,8 +602,8 @@ class Station:
         energy = self._energy_now(rt, reading)
         timestamp = ocpp_timestamp(self.wall_clock())
         payload: dict = {"meterStop": round(energy), "timestamp": timestamp, "reason": op.reason}
-        if op.id_tag:
-            payload["idTag"] = op.id_tag
+        if op.id_token:
+            payload["idTag"] = op.id_token
         measurands = self.configuration.get_list("StopTxnSampledData")
         if measurands and rt.tx_begin is not None:
             begin_wh, begin_ts = rt.tx_begin
@@ -638,13 +642,12 @@ class Station:
         return list(self.connectors)
 
     def statuses(self) -> list[dict]:
-        station = "Available" if self.station_operative else "Unavailable"
-        result = [{"connector_id": 0, "status": station}]
+        station = ctl.ConnectorStatus.AVAILABLE if self.station_operative else ctl.ConnectorStatus.UNAVAILABLE
+        result: list[dict] = [{"connector_id": 0, "status": station}]
         for rt in self.connectors.values():
             view = rt.controller.view()
-            # the error code of the status the controller derived: its most severe fault's
-            result.append({"connector_id": rt.id, "status": view.status.value, "error_code": view.error_code,
-                           "vendor_error_code": view.vendor_error_code})
+            # the status the controller derived, with its most severe fault
+            result.append({"connector_id": rt.id, "status": view.status, "fault": view.status_fault})
         return result
 
     def meter_values_now(self, connector_id: int) -> list[dict]:
@@ -654,24 +657,24 @@ class Station:
         return [meter_value(rt.last_reading, self.configuration.get_list("MeterValuesSampledData"), "Trigger",
                             ocpp_timestamp(self.wall_clock()), rt.controller.offered_current_a())]
 
-    def remote_start(self, connector_id: int | None, id_tag: str, charging_profile: dict | None = None) -> bool:
+    def remote_start(self, connector_id: int | None, id_token: str, charging_profile: dict | None = None) -> bool:
         if self.closing:
             return False
         if connector_id is None:
-            candidates = [rt for rt in self.connectors.values() if rt.controller.can_accept_remote_start(id_tag)]
+            candidates = [rt for rt in self.connectors.values() if rt.controller.can_accept_remote_start(id_token)]
             # the connector reserved for this id first; a connector reserved for another id last
             reserved = [rt for rt in candidates if rt.controller.reservation is not None
-                        and rt.controller.reservation.id_tag.casefold() == id_tag.casefold()]
+                        and rt.controller.reservation.id_token.casefold() == id_token.casefold()]
             unreserved = [rt for rt in candidates if rt.controller.reservation is None]
             plugged = [rt for rt in unreserved if rt.controller.plugged]
             chosen = (reserved or plugged or unreserved or candidates or [None])[0]
         else:
             chosen = self.connectors.get(connector_id)
-        if chosen is None or not chosen.controller.can_accept_remote_start(id_tag):
+        if chosen is None or not chosen.controller.can_accept_remote_start(id_token):
             return False
         if charging_profile is not None and not self.charging_limits.accept_remote_start_profile(chosen, charging_profile):
             return False
-        self._dispatch(chosen, ctl.RemoteStart(id_tag))
+        self._dispatch(chosen, ctl.RemoteStart(id_token))
         return True
 
     def remote_stop(self, transaction_id: int) -> bool:
@@ -724,7 +727,7 @@ class Station:
     def transaction_message_delivered(self, message: QueuedMessage, response: dict) -> None:
         info = response.get("idTagInfo") or {}
         if info and message.payload.get("idTag"):
-            self._remember(message.payload["idTag"], IdTagInfo.from_ocpp(info))
+            self._remember(message.payload["idTag"], token_info(info))
         if message.action != "StartTransaction":
             return
         for rt in self.connectors.values():
@@ -742,7 +745,7 @@ class Station:
     def local_list_version(self) -> int:
         return self.auth.list_version()
 
-    def send_local_list(self, list_version: int, update_type: str, entries: list[dict]) -> str:
+    def send_local_list(self, list_version: int, update_type: str, entries: list[tuple[object, TokenInfo | None]]) -> str:
         cfg = self.configuration
         change = plan_send_local_list(
             enabled=cfg.get_bool("LocalAuthListEnabled"), current_version=self.auth.list_version(),
@@ -758,13 +761,13 @@ class Station:
 
     # ---- Reservation (agent.station.reservations) and Smart Charging (agent.station.charging_limits) ---------------------
 
-    def reserve_now(self, connector_id: int, expiry_date: str, id_tag: str, reservation_id: int,
-                    parent_id_tag: str | None) -> str:
+    def reserve_now(self, connector_id: int, expiry_date: str, id_token: str, reservation_id: int,
+                    parent_id_token: str | None) -> str:
         if self.closing or not self.config.charging.reservations:
             return "Rejected"  # configured not to accept reservations (OCTT TC_048_4)
         if connector_id == 0 and not self.configuration.get_bool("ReserveConnectorZeroSupported"):
             return "Rejected"  # TC_050_4
-        return self.reservations.reserve(connector_id, expiry_date, id_tag, reservation_id, parent_id_tag)
+        return self.reservations.reserve(connector_id, expiry_date, id_token, reservation_id, parent_id_token)
 
     def cancel_reservation(self, reservation_id: int) -> str:
         return self.reservations.cancel(reservation_id)
@@ -839,13 +842,14 @@ class Station:
                 "offered_current_a": view.offered_current_a,
                 "contactor_closed": view.contactor_closed,
                 "contactor_feedback": view.contactor_feedback,
-                "status": view.status.value,
-                "error_code": view.error_code,
+                # what the CSMS was told (OCPP 1.6 words: what the technician sees in the backend too)
+                "status": connector_status(view.status),
+                "error_code": error_codes(view.status_fault)[0],
                 "faults": list(view.faults),
                 # until its StopTransaction is in the journal, the transaction is not over
                 "transaction_active": view.transaction_active or rt.local_tx is not None,
                 "transaction_id": record.csms_id if record else None,
-                "id_tag": view.id_tag,
+                "id_tag": view.id_token,
                 "reservation": self.reservations.status(view.reservation),
                 "energy_wh": reading.energy_wh if reading else None,
                 "power_w": reading.power_w if reading else None,
