@@ -20,6 +20,7 @@ from agent.core.authorization import (
     plan_send_local_list,
     valid_id_token,
 )
+from agent.ocpp.v16.smart_charging import parse_profile
 from agent.ocpp.v16.vocabulary import local_list_entries, token_info
 from agent.station.auth_store import AuthStore
 from agent.station.journal import Journal
@@ -226,7 +227,7 @@ def test_composite_schedule_starts_at_the_request_without_a_zero_length_first_pe
     of a request made 0.6 s into it: one period from 0, scheduleStart with the request's milliseconds (it
     used to start at the whole second, with a zero-length unlimited first period)."""
     started = NOW + timedelta(seconds=0.4)
-    profile = sc.parse_profile(1, {
+    profile = parse_profile(1, {
         "chargingProfileId": 1, "stackLevel": 0, "chargingProfilePurpose": "TxDefaultProfile",
         "chargingProfileKind": "Absolute",
         "chargingSchedule": {"chargingRateUnit": "A", "startSchedule": started.isoformat(),

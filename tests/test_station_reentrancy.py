@@ -61,7 +61,7 @@ async def test_storage_fault_at_transaction_stop_is_the_last_status_reported(tmp
     station._dispatch(rt, TokenPresented(TAG_OK))  # stop -> TxProfile cleanup -> JournalError -> storage fault
     await steps(station, 5)
     assert rt.controller.view().status.value == "faulted"
-    assert sent[-1] == "Faulted", f"last StatusNotification {sent[-1]!r} while the connector is Faulted"
+    assert sent[-1] == "faulted", f"last StatusNotification {sent[-1]!r} while the connector is Faulted"
     await board.close()
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from agent.core import controller as ctl
 from agent.core import smart_charging as sc
 from agent.ocpp.v16.config import OcppConfiguration
+from agent.ocpp.v16.smart_charging import parse_profile
 from agent.station.journal import Journal, JournalError
 from agent.station.profile_store import ProfileStore
 
@@ -123,7 +124,7 @@ class ChargingLimits:
         """RemoteStartTransaction with a chargingProfile: only a TxProfile without transactionId (errata
         3.41, TC_059/TC_060); it governs the transaction from its start."""
         try:
-            profile = sc.parse_profile(rt.id, data)
+            profile = parse_profile(rt.id, data)
         except sc.ProfileError as exc:
             log.warning("RemoteStartTransaction: chargingProfile rejected: %s", exc)
             return False
@@ -141,7 +142,7 @@ class ChargingLimits:
     def set_profile(self, connector_id: int, data: dict) -> str:
         """SetChargingProfile: the SetChargingProfile.conf status."""
         try:
-            profile = sc.parse_profile(connector_id, data)
+            profile = parse_profile(connector_id, data)
         except sc.ProfileError as exc:
             log.warning("SetChargingProfile on connector %d: Rejected: %s", connector_id, exc)
             return "Rejected"
