@@ -694,7 +694,7 @@ class Station:
                 self.journal.set_setting(f"availability.{rt.id}", value)
             if self.station_operative != operative:
                 self.station_operative = operative
-                self.ocpp.send_status(0, "Available" if operative else "Unavailable")
+                self.ocpp.send_status(0, ctl.ConnectorStatus.AVAILABLE if operative else ctl.ConnectorStatus.UNAVAILABLE)
         scheduled = False
         for rt in targets:
             # the controller schedules Inoperative while a transaction runs (the replica tells it now)
