@@ -16,6 +16,7 @@ import time
 import pytest
 
 from agent.config import load_config
+from agent.core.authorization import AuthorizationStatus, TokenInfo
 from agent.station.journal import Journal
 from agent.station.station import Station
 from hal.board import load_board
@@ -113,7 +114,7 @@ async def test_after_sigterm_no_card_remote_start_or_late_authorization_starts_a
 
     async def authorize(id_tag):
         await answer.wait()
-        return {"status": "Accepted"}
+        return TokenInfo(AuthorizationStatus.ACCEPTED)
 
     station.ocpp.authorize = authorize
     assert station.present_id_token(TAG_OK) == 1  # Authorize.req is out
