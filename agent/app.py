@@ -73,7 +73,7 @@ def command_handler(station: Station):
                 connector = 0 if args.get("connector") == 0 else _connector(station, args)
                 return {"status": station.change_availability(connector, operative)}
             case "swipe":
-                return {"connector": station.present_id_tag(str(args.get("tag", "")))}
+                return {"connector": station.present_id_token(str(args.get("tag", "")))}
             case "hw.meter":  # technician's checks (`evse hw ...`): each answers a report dict
                 return station.hardware.hw_meter(_connector(station, args))
             case "hw.pilot":

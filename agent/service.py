@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import sdnotify
 
 from agent import logs
+from agent.ocpp.v16.vocabulary import connector_status
 
 if TYPE_CHECKING:
     from agent.station.station import Station
@@ -61,7 +62,7 @@ def status_line(station: Station) -> str:
         parts.append("station Inoperative")
     for rt in station.connectors.values():
         view = rt.controller.view()
-        text = f"{rt.id}: {view.status.value}"
+        text = f"{rt.id}: {connector_status(view.status)}"  # as the CSMS (and `evse status`) shows it
         if view.faults:
             text += f" ({', '.join(view.faults)})"
         if view.contactor_closed and rt.last_reading is not None and rt.last_reading.power_w is not None:

@@ -11,8 +11,8 @@ from datetime import datetime
 from typing import Any
 
 from agent.config import load_config
-from agent.core.authorization import IdTagInfo
-from agent.core.controller import AuthorizationResult, IdTagPresented
+from agent.core.authorization import TokenInfo
+from agent.core.controller import AuthorizationResult, TokenPresented
 from agent.ocpp.v16.client import OcppClient
 from agent.station.csms_link import CsmsLinkFactory, CsmsPort
 from agent.station.journal import Journal
@@ -24,13 +24,13 @@ from tests.agent_harness import TAG_OK, write_config
 
 class RecordingCsmsLink:
     """A CsmsLink (agent.station.csms_link) that records what the station tells its CSMS adapter; `online`
-    and `answers` (id -> IdTagInfo) play the CSMS for the station's questions."""
+    and `answers` (id -> TokenInfo) play the CSMS for the station's questions."""
 
     def __init__(self, config, port: CsmsPort, journal: Journal, *, logs=None, clock=None):
         self.port = port
         self.connected, self.registration, self.last_error, self.dropped_messages = False, None, None, 0
         self.online = False
-        self.answers: dict[str, IdTagInfo] = {}
+        self.answers: dict[str, TokenInfo] = {}
         self.statuses: list[tuple] = []
         self.meter_values: list[tuple[int, list[dict]]] = []
         self.follow_ups: list[Any] = []
@@ -40,8 +40,8 @@ class RecordingCsmsLink:
     def accepted(self) -> bool:
         return self.online
 
-    def send_status(self, connector_id, status, error_code="NoError", info=None, vendor_error_code=None):
-        self.statuses.append((connector_id, status, error_code, info, vendor_error_code))
+    def send_status(self, connector_id, status, fault=None, info=None, *, control_lost=False):
+        self.statuses.append((connector_id, status, fault, info, control_lost))
 
     def send_meter_values(self, connector_id: int, meter_value: list[dict]) -> None:
         self.meter_values.append((connector_id, meter_value))
@@ -49,8 +49,8 @@ class RecordingCsmsLink:
     def journal_changed(self) -> None:
         self.wakeups += 1
 
-    async def authorize_id(self, id_tag: str) -> IdTagInfo | None:
-        return self.answers.get(id_tag) if self.online else None
+    async def authorize(self, id_token: str) -> TokenInfo | None:
+        return self.answers.get(id_token) if self.online else None
 
     def queue_follow_up(self, payload, done=None, *, triggered=False) -> None:
         self.follow_ups.append(payload)
@@ -92,5 +92,5 @@ async def steps(station: Station, count: int = 30) -> None:
 
 def authorize(station: Station, rt: ConnectorRuntime, tag: str = TAG_OK) -> None:
     """A card presented and accepted, as the reader and the CSMS would answer."""
-    station.channel.dispatch(rt, IdTagPresented(tag))
+    station.channel.dispatch(rt, TokenPresented(tag))
     station.channel.dispatch(rt, AuthorizationResult(tag, True))

@@ -5,23 +5,25 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from agent.core.authorization import (
+    AuthorizationStatus,
     AuthSettings,
-    IdTagInfo,
     ListUpdate,
     Source,
+    TokenInfo,
     cache_evictions,
     decide,
     plan_send_local_list,
 )
+from agent.ocpp.v16.vocabulary import local_list_entries
 from agent.station.auth_store import AuthStore
 from agent.station.journal import Journal
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 ALL_ON = AuthSettings(local_list_enabled=True, cache_enabled=True, local_authorize_offline=True,
                       local_pre_authorize=False, allow_offline_unknown=False)
-ACCEPTED = IdTagInfo("Accepted")
-BLOCKED = IdTagInfo("Blocked")
-EXPIRED = IdTagInfo("Accepted", expiry=NOW - timedelta(minutes=1))
+ACCEPTED = TokenInfo(AuthorizationStatus.ACCEPTED)
+BLOCKED = TokenInfo(AuthorizationStatus.BLOCKED)
+EXPIRED = TokenInfo(AuthorizationStatus.ACCEPTED, expiry=NOW - timedelta(minutes=1))
 
 
 def run(online=False, listed=None, cached=None, **changes):
@@ -52,11 +54,11 @@ def test_unknown_ids_offline_only_when_allowed_and_never_known_bad_ones():
     assert run(allow_offline_unknown=True).source is Source.UNKNOWN_OFFLINE
     assert not run(allow_offline_unknown=True, cached=BLOCKED).accepted
     assert not run(allow_offline_unknown=True, cached=EXPIRED).accepted  # expired through time: refused
-    assert not run(allow_offline_unknown=True, listed=IdTagInfo("Invalid")).accepted
+    assert not run(allow_offline_unknown=True, listed=TokenInfo(AuthorizationStatus.INVALID)).accepted
 
 
 def test_parent_id_tag_comes_with_the_decision():
-    assert run(cached=IdTagInfo("Accepted", parent_id_tag="FLEET")).parent_id_tag == "FLEET"
+    assert run(cached=TokenInfo(AuthorizationStatus.ACCEPTED, parent_id_token="FLEET")).parent_id_token == "FLEET"
 
 
 def test_cache_evicts_invalid_entries_first_then_the_oldest():
@@ -69,6 +71,7 @@ def test_cache_evicts_invalid_entries_first_then_the_oldest():
 def plan(**kw):
     args = dict(enabled=True, current_version=3, current_size=2, list_version=4, update_type="Differential",
                 entries=[], max_length=5, send_max_length=3)
+    kw["entries"] = local_list_entries(kw.get("entries", []))  # as the OCPP 1.6 adapter reads SendLocalList
     return plan_send_local_list(**{**args, **kw})
 
 
@@ -83,16 +86,16 @@ def test_send_local_list_rules():
     assert plan(update_type="Full", entries=[{"idTag": "A"}]).status is ListUpdate.FAILED
     change = plan(entries=[{"idTag": "A", "idTagInfo": {"status": "Blocked", "parentIdTag": "P"}}, {"idTag": "B"}])
     assert change.status is ListUpdate.ACCEPTED and change.removals == ("B",)
-    assert change.upserts == (("A", IdTagInfo("Blocked", None, "P")),)
+    assert change.upserts == (("A", TokenInfo(AuthorizationStatus.BLOCKED, None, "P")),)
 
 
 def test_store_persists_cache_and_list_and_keeps_list_ids_out_of_the_cache(tmp_path):
     journal = Journal(tmp_path / "j.sqlite")
     store = AuthStore(journal, cache_max_entries=2, wall_clock=lambda: NOW)
-    store.remember("C1", IdTagInfo("Accepted", NOW + timedelta(days=1), "P"))
+    store.remember("C1", TokenInfo(AuthorizationStatus.ACCEPTED, NOW + timedelta(days=1), "P"))
     store.remember("C2", BLOCKED)
     store.remember("C3", ACCEPTED)  # evicts the blocked one
-    assert store.cached("C2") is None and store.cached("C1").parent_id_tag == "P"
+    assert store.cached("C2") is None and store.cached("C1").parent_id_token == "P"
     store.apply_list_change(plan(update_type="Full", list_version=7,
                                  entries=[{"idTag": "C1", "idTagInfo": {"status": "Accepted"}}]))
     assert store.cached("C1") is None, "a listed id leaves the cache"

@@ -19,7 +19,7 @@ from hal.interfaces import CpState, MeterReading, PilotMode
 EVENTS = [
     ctl.PilotChanged(CpState.C), ctl.DiodeChecked(False), ctl.ContactorFeedback(True), ctl.LockFeedback(True),
     ctl.UnlockRequested(), ctl.CableDetected(20.0), ctl.CableDetected(None), ctl.FaultChanged(ctl.Fault.RCD, True),
-    ctl.IdTagPresented("04A1B2"), ctl.AuthorizationResult("04A1B2", True, "PARENT"), ctl.RemoteStart("X"),
+    ctl.TokenPresented("04A1B2"), ctl.AuthorizationResult("04A1B2", True, "PARENT"), ctl.RemoteStart("X"),
     ctl.ResumeTransaction("X"), ctl.StopRequested(ctl.StopReason.REMOTE, "X"), ctl.TransactionRecorded(),
     ctl.TransactionConfirmed(False, None), ctl.AvailabilityChanged(False),
     ctl.ReservationMade(7, "X", None, 123.5, any_connector=True), ctl.ReservationCancelled(7, "expired"),
@@ -28,8 +28,8 @@ EVENTS = [
 ]
 COMMANDS = [
     ctl.SetContactor(True), ctl.SetPilot(PilotMode.PWM, 26.67), ctl.SetLock(False), ctl.RequestAuthorization("X"),
-    ctl.StartTransaction("X", 7), ctl.StopTransaction(ctl.StopReason.EV_DISCONNECTED, None),
-    ctl.StatusChanged(ctl.ConnectorStatus.FAULTED, "PowerSwitchFailure", None, "ContactorWelded"),
+    ctl.BeginTransaction("X", 7), ctl.EndTransaction(ctl.StopReason.EV_DISCONNECTED, None),
+    ctl.StatusChanged(ctl.ConnectorStatus.FAULTED, ctl.Fault.WELD, None),
     ctl.ReservationEnded(7, "used"), ctl.Notice("text"),
 ]
 
@@ -54,7 +54,7 @@ def test_a_meter_reading_with_values_the_meter_marks_not_available_crosses_uncha
 def test_the_controller_replica_answers_like_the_controller():
     """The agent's replica, fed the state messages, gives the same view and the same decisions."""
     original = ctl.ConnectorController(has_lock=True)
-    for event in [ctl.PilotChanged(CpState.B), ctl.LockFeedback(False), ctl.IdTagPresented("04A1"),
+    for event in [ctl.PilotChanged(CpState.B), ctl.LockFeedback(False), ctl.TokenPresented("04A1"),
                   ctl.AuthorizationResult("04A1", True, "P1"), ctl.LockFeedback(True), ctl.TransactionRecorded(),
                   ctl.ReservationMade(3, "OTHER", None, 99.0), ctl.ChargingLimitChanged(10.0)]:
         original.handle(event, 1.5)
@@ -129,12 +129,12 @@ async def test_energy_flows_only_after_the_agent_said_the_start_is_recorded(tmp_
     for _ in range(3):
         control.step()
         clock.now += 0.01
-    control.handle_event(1, ctl.IdTagPresented("04A1"))
+    control.handle_event(1, ctl.TokenPresented("04A1"))
     control.handle_event(1, ctl.AuthorizationResult("04A1", True))
     for _ in range(5):  # the plug locks first, where the outlet has a lock
         control.step()
         clock.now += 0.01
-    assert ctl.StartTransaction("04A1") in _commands(sent)
+    assert ctl.BeginTransaction("04A1") in _commands(sent)
     snap = board.simulator.snapshot()["connectors"][0]
     assert snap["pilot_mode"] == "X1" and not snap["contactor_commanded"], "energy before the journal had it"
 
@@ -154,7 +154,7 @@ async def test_a_silent_agent_faults_the_connector_and_opens_the_contactor_then_
     board.simulator.set_ev_state("C")
     control.agent_alive()
     control.step()
-    control.handle_event(1, ctl.IdTagPresented("04A1"))
+    control.handle_event(1, ctl.TokenPresented("04A1"))
     control.handle_event(1, ctl.AuthorizationResult("04A1", True))
     for _ in range(3):
         control.step()
@@ -170,7 +170,7 @@ async def test_a_silent_agent_faults_the_connector_and_opens_the_contactor_then_
     snap = board.simulator.snapshot()["connectors"][0]
     assert not snap["contactor_commanded"] and snap["pilot_mode"] != "PWM"
     assert "supervision" in [str(f) for f in control.connectors[1].controller.faults]
-    assert not [c for c in _commands(sent) if isinstance(c, ctl.StopTransaction)]  # suspended, not ended
+    assert not [c for c in _commands(sent) if isinstance(c, ctl.EndTransaction)]  # suspended, not ended
 
     control.agent_alive()  # the agent answers again: the same transaction charges on
     assert not control.connectors[1].controller.faults

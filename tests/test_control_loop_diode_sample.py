@@ -50,7 +50,7 @@ async def test_an_ev_without_diode_plugging_into_a_running_transaction_gets_no_c
     try:
         board.simulator.set_ev_state("C")
         steps(3)
-        control.handle_event(1, ctl.IdTagPresented("04A1"))
+        control.handle_event(1, ctl.TokenPresented("04A1"))
         control.handle_event(1, ctl.AuthorizationResult("04A1", True))
         steps(5)
         control.handle_event(1, ctl.TransactionRecorded())

@@ -7,15 +7,16 @@ import pytest
 from agent.core.controller import (
     AuthorizationResult,
     AvailabilityChanged,
+    BeginTransaction,
     CableDetected,
     ChargingLimitChanged,
     ConnectorController,
     ConnectorStatus,
     ContactorFeedback,
     DiodeChecked,
+    EndTransaction,
     Fault,
     FaultChanged,
-    IdTagPresented,
     PilotChanged,
     RemoteStart,
     RequestAuthorization,
@@ -23,15 +24,14 @@ from agent.core.controller import (
     SessionSettings,
     SetContactor,
     SetPilot,
-    StartTransaction,
     StatusChanged,
     StopReason,
     StopRequested,
-    StopTransaction,
     Tick,
+    TokenPresented,
     TransactionConfirmed,
     TransactionRecorded,
-    route_id_tag,
+    route_id_token,
 )
 from hal.interfaces import CpState, PilotMode
 
@@ -58,7 +58,7 @@ class Bench:
             self.now = at
         commands = self.c.handle(event, self.now)
         self.log += [(self.now, c) for c in commands]
-        if self.records_starts and any(isinstance(c, StartTransaction) for c in commands):
+        if self.records_starts and any(isinstance(c, BeginTransaction) for c in commands):
             commands += self.send(TransactionRecorded())
         return commands
 
@@ -79,7 +79,7 @@ class Bench:
 
     def charging_session(self, tag="TAG1"):
         self.send(PilotChanged(CpState.B))
-        self.send(IdTagPresented(tag))
+        self.send(TokenPresented(tag))
         self.send(AuthorizationResult(tag, True))
         self.send(PilotChanged(CpState.C))
         self.step()  # the diode is checked under the PWM: the contactor closes
@@ -94,19 +94,19 @@ def of(commands, kind):
 def test_plug_first_session_closes_only_after_authorization_recorded_start_diode_check_and_state_c():
     b = Bench(records_starts=False)
     out = b.send(PilotChanged(CpState.B))
-    assert of(out, StatusChanged)[0].status is ConnectorStatus.PREPARING
+    assert of(out, StatusChanged)[0].status is ConnectorStatus.OCCUPIED
     assert not of(out, SetContactor)
 
     out = b.send(PilotChanged(CpState.C))  # EV asks for power before anyone authorized it
     assert not of(out, SetContactor), "no contactor without authorization"
     b.send(PilotChanged(CpState.B))
 
-    out = b.send(IdTagPresented("TAG1"))
+    out = b.send(TokenPresented("TAG1"))
     assert of(out, RequestAuthorization) == [RequestAuthorization("TAG1")]
     out = b.send(AuthorizationResult("TAG1", True))
-    assert of(out, StartTransaction) == [StartTransaction("TAG1")]
+    assert of(out, BeginTransaction) == [BeginTransaction("TAG1")]
     assert not of(out, SetPilot) and not of(out, SetContactor), "no energy before the journal holds the start"
-    assert b.c.view().status is ConnectorStatus.PREPARING
+    assert b.c.view().status is ConnectorStatus.OCCUPIED
 
     out = b.send(TransactionRecorded())
     assert of(out, SetPilot) == [SetPilot(PilotMode.PWM, 26.67)]  # 16 A -> 16/0.6 %
@@ -121,12 +121,12 @@ def test_plug_first_session_closes_only_after_authorization_recorded_start_diode
 
 def test_authorize_first_then_plug_starts_transaction():
     b = Bench()
-    b.send(IdTagPresented("TAG1"))
+    b.send(TokenPresented("TAG1"))
     out = b.send(AuthorizationResult("TAG1", True))
-    assert of(out, StatusChanged)[0].status is ConnectorStatus.PREPARING
-    assert not of(out, StartTransaction), "no transaction before the EV is plugged in"
+    assert of(out, StatusChanged)[0].status is ConnectorStatus.OCCUPIED
+    assert not of(out, BeginTransaction), "no transaction before the EV is plugged in"
     out = b.send(PilotChanged(CpState.B))
-    assert of(out, StartTransaction) == [StartTransaction("TAG1")]
+    assert of(out, BeginTransaction) == [BeginTransaction("TAG1")]
     out = b.send(PilotChanged(CpState.C))
     assert not of(out, SetContactor), "the diode is not known yet under this PWM"
     out = b.step()
@@ -135,28 +135,28 @@ def test_authorize_first_then_plug_starts_transaction():
 
 def test_authorization_expires_after_connection_timeout():
     b = Bench(connection_timeout_s=30)
-    b.send(IdTagPresented("TAG1"), at=0.0)
+    b.send(TokenPresented("TAG1"), at=0.0)
     b.send(AuthorizationResult("TAG1", True), at=0.1)
     b.send(Tick(), at=30.05)
-    assert b.c.view().status is ConnectorStatus.PREPARING  # 29.95 s after authorization
+    assert b.c.view().status is ConnectorStatus.OCCUPIED  # 29.95 s after authorization
     out = b.send(Tick(), at=30.1)
     assert of(out, StatusChanged)[0].status is ConnectorStatus.AVAILABLE
     out = b.send(PilotChanged(CpState.B), at=31)
-    assert not of(out, StartTransaction)
+    assert not of(out, BeginTransaction)
 
 
 def test_rejected_card_never_closes_the_contactor():
     b = Bench()
     b.send(PilotChanged(CpState.B))
-    b.send(IdTagPresented("BAD"))
+    b.send(TokenPresented("BAD"))
     out = b.send(AuthorizationResult("BAD", False))
-    assert not of(out, StartTransaction)
+    assert not of(out, BeginTransaction)
     out = b.send(PilotChanged(CpState.C))
     for _ in range(50):
         out += b.step()
     assert not of(out, SetContactor)
     assert b.c.view().pilot_mode is PilotMode.X1
-    assert b.c.view().status is ConnectorStatus.PREPARING
+    assert b.c.view().status is ConnectorStatus.OCCUPIED
 
 
 def test_c_to_b_opens_the_contactor_in_the_same_control_step():
@@ -185,14 +185,14 @@ def test_every_safety_stop_cause_opens_at_once_and_stops_the_transaction(event, 
     b.charging_session()
     out = b.send(event)
     assert out[0] == SetContactor(False)
-    stops = of(out, StopTransaction)
+    stops = of(out, EndTransaction)
     assert len(stops) == 1 and stops[0].reason is reason
     assert b.c.view().pilot_mode is not PilotMode.PWM
 
 
 @pytest.mark.parametrize("event,reason", [
     (StopRequested(StopReason.REMOTE), StopReason.REMOTE),
-    (IdTagPresented("TAG1"), StopReason.LOCAL),
+    (TokenPresented("TAG1"), StopReason.LOCAL),
     (StopRequested(StopReason.SOFT_RESET), StopReason.SOFT_RESET),
     (StopRequested(StopReason.HARD_RESET), StopReason.HARD_RESET),
     (TransactionConfirmed(False), StopReason.DEAUTHORIZED),
@@ -203,7 +203,7 @@ def test_every_orderly_stop_drops_the_pwm_at_once_and_opens_when_the_ev_leaves_c
     b = Bench()
     b.charging_session()
     out = b.send(event)
-    stops = of(out, StopTransaction)
+    stops = of(out, EndTransaction)
     assert len(stops) == 1 and stops[0].reason is reason
     assert of(out, SetPilot) == [SetPilot(PilotMode.X1, 100.0)] and not of(out, SetContactor)
     assert b.c.contactor_commanded, "the EV is still in C: it gets its time to open S2 first"
@@ -216,7 +216,7 @@ def test_unplug_keeps_transaction_when_stop_on_ev_side_disconnect_is_false():
     b.charging_session()
     out = b.send(PilotChanged(CpState.A))
     assert out[0] == SetContactor(False)
-    assert not of(out, StopTransaction)
+    assert not of(out, EndTransaction)
     status = of(out, StatusChanged)[0]
     assert status.status is ConnectorStatus.SUSPENDED_EV and status.info == "EV side disconnected"
 
@@ -224,8 +224,8 @@ def test_unplug_keeps_transaction_when_stop_on_ev_side_disconnect_is_false():
 def test_finishing_after_local_stop_then_available_on_unplug():
     b = Bench()
     b.charging_session()
-    b.send(IdTagPresented("TAG1"))
-    assert b.c.view().status is ConnectorStatus.FINISHING
+    b.send(TokenPresented("TAG1"))
+    assert b.c.view().status is ConnectorStatus.FINISHED
     out = b.send(PilotChanged(CpState.B))
     assert out[0] == SetContactor(False), "the EV answered the x1: the contactor opens without load"
     out = b.send(PilotChanged(CpState.A))
@@ -241,15 +241,14 @@ def test_welded_contactor_is_detected_latched_and_never_closed_again():
     assert Fault.WELD not in b.c.faults, "the contactor gets its feedback time"
     out = b.send(Tick(), at=t_open + 0.25)
     assert Fault.WELD in b.c.faults
-    assert of(out, StatusChanged)[0] == StatusChanged(ConnectorStatus.FAULTED, "PowerSwitchFailure", None,
-                                                      "ContactorWelded")
-    assert of(out, StopTransaction), "the session ends on a weld"
+    assert of(out, StatusChanged)[0] == StatusChanged(ConnectorStatus.FAULTED, Fault.WELD)
+    assert of(out, EndTransaction), "the session ends on a weld"
     # a new session: authorized, EV asks for power - the contactor must stay open
     b.send(ContactorFeedback(False), at=t_open + 1)
-    b.send(IdTagPresented("TAG2"))
+    b.send(TokenPresented("TAG2"))
     b.send(AuthorizationResult("TAG2", True))
     out = b.send(PilotChanged(CpState.C))
-    assert not of(out, SetContactor) and not of(out, StartTransaction)
+    assert not of(out, SetContactor) and not of(out, BeginTransaction)
     # the technician clears it once the mirror contact reads open
     b.send(ResetLatchedFaults())
     assert not b.c.faults
@@ -258,7 +257,7 @@ def test_welded_contactor_is_detected_latched_and_never_closed_again():
 def test_contactor_that_does_not_close_is_a_fault():
     b = Bench(feedback_timeout_s=0.25)
     b.send(PilotChanged(CpState.B))
-    b.send(IdTagPresented("T"))
+    b.send(TokenPresented("T"))
     b.send(AuthorizationResult("T", True))
     b.send(PilotChanged(CpState.C), at=1.0)
     out = b.send(DiodeChecked(True), at=1.0)
@@ -272,7 +271,7 @@ def test_closed_mirror_contact_while_open_blocks_closing():
     b = Bench()
     b.send(ContactorFeedback(True))  # mirror says closed but we never closed it
     b.send(PilotChanged(CpState.B))
-    b.send(IdTagPresented("T"))
+    b.send(TokenPresented("T"))
     b.send(AuthorizationResult("T", True))
     out = b.send(PilotChanged(CpState.C))
     assert not of(out, SetContactor)
@@ -282,7 +281,7 @@ def test_closed_mirror_contact_while_open_blocks_closing():
 def test_state_d_charges_only_with_ventilation():
     b = Bench(ventilation_available=False)
     b.send(PilotChanged(CpState.B))
-    b.send(IdTagPresented("T"))
+    b.send(TokenPresented("T"))
     b.send(AuthorizationResult("T", True))
     out = b.send(PilotChanged(CpState.D))
     for _ in range(10):
@@ -290,7 +289,7 @@ def test_state_d_charges_only_with_ventilation():
     assert not of(out, SetContactor)
     b2 = Bench(ventilation_available=True)
     b2.send(PilotChanged(CpState.B))
-    b2.send(IdTagPresented("T"))
+    b2.send(TokenPresented("T"))
     b2.send(AuthorizationResult("T", True))
     assert not of(b2.send(PilotChanged(CpState.D)), SetContactor)  # the diode is checked first
     assert of(b2.step(), SetContactor) == [SetContactor(True)]
@@ -300,7 +299,7 @@ def test_cable_ampacity_and_configured_limit_cap_the_offered_current():
     b = Bench(max_current_a=32)
     b.send(CableDetected(20.0))
     b.send(PilotChanged(CpState.B))
-    b.send(IdTagPresented("T"))
+    b.send(TokenPresented("T"))
     out = b.send(AuthorizationResult("T", True))
     assert of(out, SetPilot) == [SetPilot(PilotMode.PWM, round(20 / 0.6, 2))]
     out = b.send(CableDetected(13.0))
@@ -313,9 +312,9 @@ def test_rcd_trip_faults_and_clears():
     b.charging_session()
     out = b.send(FaultChanged(Fault.RCD, True))
     assert out[0] == SetContactor(False)
-    assert b.c.view().status is ConnectorStatus.FAULTED and b.c.view().error_code == "GroundFailure"
+    assert b.c.view().status is ConnectorStatus.FAULTED and b.c.view().status_fault is Fault.RCD
     out = b.send(FaultChanged(Fault.RCD, False))
-    assert of(out, StatusChanged)[0].status is ConnectorStatus.FINISHING
+    assert of(out, StatusChanged)[0].status is ConnectorStatus.FINISHED
 
 
 def test_diode_fault_stops_and_latches_until_unplug():
@@ -342,7 +341,7 @@ def test_meter_failure_stops_charging_and_is_reported():
     b.charging_session()
     out = b.send(FaultChanged(Fault.METER, True))
     assert out[0] == SetContactor(False)
-    assert of(out, StatusChanged)[0].error_code == "PowerMeterFailure"
+    assert of(out, StatusChanged)[0].fault is Fault.METER
 
 
 def test_invalid_id_in_start_transaction_conf():
@@ -352,14 +351,14 @@ def test_invalid_id_in_start_transaction_conf():
     stop.charging_session()
     out = stop.send(TransactionConfirmed(False))
     assert of(out, SetPilot) == [SetPilot(PilotMode.X1, 100.0)] and not of(out, SetContactor)
-    assert of(out, StopTransaction) == [StopTransaction(StopReason.DEAUTHORIZED)]
+    assert of(out, EndTransaction) == [EndTransaction(StopReason.DEAUTHORIZED)]
     assert stop.send(PilotChanged(CpState.B))[0] == SetContactor(False)
 
     keep = Bench(stop_on_invalid_id=False)
     keep.charging_session()
     out = keep.send(TransactionConfirmed(False))
     assert of(out, SetPilot) == [SetPilot(PilotMode.X1, 100.0)] and not of(out, SetContactor)
-    assert not of(out, StopTransaction)
+    assert not of(out, EndTransaction)
     assert keep.c.view().status is ConnectorStatus.SUSPENDED_EVSE
     assert keep.c.view().pilot_mode is PilotMode.X1
     out = keep.send(Tick(), at=keep.now + 6.0)  # the EV ignores the x1: opened under load after 6 s
@@ -371,27 +370,27 @@ def test_remote_start_authorizes_when_configured():
     out = b.send(RemoteStart("R1"))
     assert of(out, RequestAuthorization) == [RequestAuthorization("R1")]
     b.send(AuthorizationResult("R1", True))
-    assert of(b.send(PilotChanged(CpState.B)), StartTransaction) == [StartTransaction("R1")]
+    assert of(b.send(PilotChanged(CpState.B)), BeginTransaction) == [BeginTransaction("R1")]
 
     direct = Bench(authorize_remote_tx=False)
     out = direct.send(RemoteStart("R1"))
     assert not of(out, RequestAuthorization)
-    assert of(direct.send(PilotChanged(CpState.B)), StartTransaction) == [StartTransaction("R1")]
+    assert of(direct.send(PilotChanged(CpState.B)), BeginTransaction) == [BeginTransaction("R1")]
 
 
 def test_other_card_with_same_parent_stops_the_session():
     b = Bench()
     b.send(PilotChanged(CpState.B))
-    b.send(IdTagPresented("TAG1"))
-    b.send(AuthorizationResult("TAG1", True, parent_id_tag="FLEET"))
+    b.send(TokenPresented("TAG1"))
+    b.send(AuthorizationResult("TAG1", True, parent_id_token="FLEET"))
     b.send(PilotChanged(CpState.C))
-    out = b.send(IdTagPresented("TAG2"))
+    out = b.send(TokenPresented("TAG2"))
     assert of(out, RequestAuthorization) == [RequestAuthorization("TAG2")]
-    out = b.send(AuthorizationResult("TAG2", True, parent_id_tag="OTHER"))
-    assert not of(out, StopTransaction)
-    b.send(IdTagPresented("TAG3"))
-    out = b.send(AuthorizationResult("TAG3", True, parent_id_tag="FLEET"))
-    assert of(out, StopTransaction) == [StopTransaction(StopReason.LOCAL, "TAG3")]
+    out = b.send(AuthorizationResult("TAG2", True, parent_id_token="OTHER"))
+    assert not of(out, EndTransaction)
+    b.send(TokenPresented("TAG3"))
+    out = b.send(AuthorizationResult("TAG3", True, parent_id_token="FLEET"))
+    assert of(out, EndTransaction) == [EndTransaction(StopReason.LOCAL, "TAG3")]
 
 
 def test_unavailable_is_scheduled_during_a_transaction():
@@ -405,8 +404,8 @@ def test_unavailable_is_scheduled_during_a_transaction():
     assert b.c.view().pilot_mode is PilotMode.X1  # under load x1 first: the EV gets to open S2
     b.send(PilotChanged(CpState.B))  # it does: the contactor opens, then the pilot goes to F
     assert not b.c.view().contactor_closed and b.c.view().pilot_mode is PilotMode.F
-    b.send(IdTagPresented("T"))
-    assert not b.c.view().authorized_id_tag
+    b.send(TokenPresented("T"))
+    assert not b.c.view().authorized_id_token
 
 
 def test_min_close_interval_protects_the_contactor():
@@ -424,10 +423,10 @@ def test_min_close_interval_protects_the_contactor():
 def test_status_stays_preparing_while_ev_answers_pwm_then_suspended_ev():
     b = Bench(ev_response_grace_s=3.0)
     b.send(PilotChanged(CpState.B), at=0)
-    b.send(IdTagPresented("T"))
+    b.send(TokenPresented("T"))
     b.send(AuthorizationResult("T", True), at=1.0)
     b.send(Tick(), at=3.9)
-    assert b.c.view().status is ConnectorStatus.PREPARING
+    assert b.c.view().status is ConnectorStatus.OCCUPIED
     b.send(Tick(), at=4.0)
     assert b.c.view().status is ConnectorStatus.SUSPENDED_EV
 
@@ -436,9 +435,9 @@ def test_no_pwm_below_six_amps():
     b = Bench(max_current_a=16)
     b.send(CableDetected(5.0))
     b.send(PilotChanged(CpState.B))
-    b.send(IdTagPresented("T"))
+    b.send(TokenPresented("T"))
     out = b.send(AuthorizationResult("T", True))
-    assert of(out, StartTransaction)
+    assert of(out, BeginTransaction)
     assert b.c.view().pilot_mode is PilotMode.X1
     assert b.c.view().status is ConnectorStatus.SUSPENDED_EVSE
 
@@ -446,11 +445,11 @@ def test_no_pwm_below_six_amps():
 def test_card_routing_between_connectors():
     one, two = ConnectorController(), ConnectorController()
     two.handle(PilotChanged(CpState.B), 0)
-    assert route_id_tag({1: one, 2: two}, "X") == 2  # the EV waiting for a card
-    two.handle(IdTagPresented("X"), 0)
+    assert route_id_token({1: one, 2: two}, "X") == 2  # the EV waiting for a card
+    two.handle(TokenPresented("X"), 0)
     two.handle(AuthorizationResult("X", True), 0)
-    assert route_id_tag({1: one, 2: two}, "X") == 2  # its own card stops it
-    assert route_id_tag({1: one, 2: two}, "Y") == 1  # a new card goes to the free connector
+    assert route_id_token({1: one, 2: two}, "X") == 2  # its own card stops it
+    assert route_id_token({1: one, 2: two}, "Y") == 1  # a new card goes to the free connector
 
 
 def test_inferred_feedback_is_not_supervised():
@@ -460,7 +459,7 @@ def test_inferred_feedback_is_not_supervised():
     b.send(PilotChanged(CpState.B), at=b.now + 0.01)
     b.send(ContactorFeedback(True), at=b.now + 0.5)  # the board closed by itself when the EV came back
     out = b.send(Tick(), at=b.now + 1.0)
-    assert Fault.WELD not in b.c.faults and not of(out, StopTransaction)
+    assert Fault.WELD not in b.c.faults and not of(out, EndTransaction)
 
 
 def test_dead_meter_with_continue_policy_keeps_charging_and_warns():
@@ -469,17 +468,16 @@ def test_dead_meter_with_continue_policy_keeps_charging_and_warns():
     b = Bench(meter_failure_stops=False)
     b.charging_session()
     out = b.send(FaultChanged(Fault.METER, True))
-    assert not of(out, SetContactor) and not of(out, StopTransaction)
-    assert of(out, StatusChanged) == [StatusChanged(ConnectorStatus.CHARGING, "PowerMeterFailure", None,
-                                                    "MeterNotAnswering")]
-    b.send(IdTagPresented("TAG1"))  # the driver stops: Finishing, still with the warning
-    assert b.c.view().status is ConnectorStatus.FINISHING and b.c.view().error_code == "PowerMeterFailure"
+    assert not of(out, SetContactor) and not of(out, EndTransaction)
+    assert of(out, StatusChanged) == [StatusChanged(ConnectorStatus.CHARGING, Fault.METER)]
+    b.send(TokenPresented("TAG1"))  # the driver stops: Finishing, still with the warning
+    assert b.c.view().status is ConnectorStatus.FINISHED and b.c.view().status_fault is Fault.METER
     b.send(PilotChanged(CpState.A))
     b.send(PilotChanged(CpState.B))
-    out = b.send(IdTagPresented("TAG2"))
+    out = b.send(TokenPresented("TAG2"))
     assert not of(out, RequestAuthorization)  # no new session without a meter
     out = b.send(FaultChanged(Fault.METER, False))
-    assert of(out, StatusChanged)[0] == StatusChanged(ConnectorStatus.PREPARING)
+    assert of(out, StatusChanged)[0] == StatusChanged(ConnectorStatus.OCCUPIED)
 
 
 # ---- energy only after the journal recorded the start, the diode checked under the PWM (issue 9 B.2, B.4) ----
@@ -490,13 +488,13 @@ def test_no_pwm_nor_close_before_the_journal_records_the_start():
     close, Preparing, however long it takes; the PWM comes in the call that brings TransactionRecorded."""
     b = Bench(records_starts=False)
     b.send(PilotChanged(CpState.C), at=0.0)
-    b.send(IdTagPresented("TAG1"), at=0.5)
+    b.send(TokenPresented("TAG1"), at=0.5)
     out = b.send(AuthorizationResult("TAG1", True), at=1.0)
-    assert of(out, StartTransaction) == [StartTransaction("TAG1")] and b.c.awaiting_record
+    assert of(out, BeginTransaction) == [BeginTransaction("TAG1")] and b.c.awaiting_record
     while b.now < 4.0:
         out += b.step()
     assert not of(out, SetPilot) and not of(out, SetContactor)
-    assert b.c.view().pilot_mode is PilotMode.X1 and b.c.view().status is ConnectorStatus.PREPARING
+    assert b.c.view().pilot_mode is PilotMode.X1 and b.c.view().status is ConnectorStatus.OCCUPIED
     assert not b.c.awaiting_diode_check
 
     out = b.send(TransactionRecorded(), at=4.005)
@@ -509,10 +507,10 @@ def test_storage_fault_before_the_start_is_recorded_means_no_energy_ever_for_tha
     the journal recovering brings energy back to it."""
     b = Bench(records_starts=False)
     b.send(PilotChanged(CpState.C), at=0.0)
-    b.send(IdTagPresented("TAG1"))
+    b.send(TokenPresented("TAG1"))
     b.send(AuthorizationResult("TAG1", True), at=0.1)
     out = b.send(FaultChanged(Fault.STORAGE, True), at=0.15)
-    assert of(out, StopTransaction) == [StopTransaction(StopReason.OTHER)]
+    assert of(out, EndTransaction) == [EndTransaction(StopReason.OTHER)]
     assert b.c.view().status is ConnectorStatus.FAULTED
     b.send(TransactionRecorded(), at=0.2)  # a commit that lands after all
     b.send(FaultChanged(Fault.STORAGE, False), at=1.0)
@@ -520,13 +518,13 @@ def test_storage_fault_before_the_start_is_recorded_means_no_energy_ever_for_tha
         b.step()
     energy = [c for _, c in b.log if c == SetContactor(True) or (isinstance(c, SetPilot) and c.mode is PilotMode.PWM)]
     assert energy == [] and not b.c.transaction_active
-    assert b.c.view().status is ConnectorStatus.FINISHING
+    assert b.c.view().status is ConnectorStatus.FINISHED
 
 
 def test_ev_already_in_c_gets_no_close_with_the_first_pwm_and_a_close_with_the_next_diode_check():
     b = Bench(records_starts=False)
     b.send(PilotChanged(CpState.C), at=0.0)
-    b.send(IdTagPresented("TAG1"))
+    b.send(TokenPresented("TAG1"))
     b.send(AuthorizationResult("TAG1", True), at=0.5)
     b.send(DiodeChecked(True), at=0.6)  # a sample under x1 says nothing about the diode under PWM
     out = b.send(TransactionRecorded(), at=1.000)
@@ -553,12 +551,12 @@ def test_diode_missing_under_the_first_pwm_is_a_fault_and_the_contactor_never_cl
     b = Bench()
     b.ev_diode_ok = False
     b.send(PilotChanged(CpState.C), at=0.0)
-    b.send(IdTagPresented("TAG1"))
+    b.send(TokenPresented("TAG1"))
     b.send(AuthorizationResult("TAG1", True), at=0.5)
     assert b.c.view().pilot_mode is PilotMode.PWM
     out = b.step()  # the next sample: no diode
     assert Fault.DIODE in b.c.faults
-    assert of(out, StopTransaction) == [StopTransaction(StopReason.OTHER)]
+    assert of(out, EndTransaction) == [EndTransaction(StopReason.OTHER)]
     assert b.c.view().status is ConnectorStatus.FAULTED and b.c.view().pilot_mode is not PilotMode.PWM
     while b.now < 5.0:
         b.step()
@@ -584,12 +582,12 @@ def test_mirror_contact_still_closed_after_an_open_blocks_a_new_close_before_the
 def test_late_record_of_a_stopped_start_does_not_grant_energy_to_the_next_transaction():
     b = Bench(records_starts=False)
     b.send(PilotChanged(CpState.C), at=0.0)
-    b.send(IdTagPresented("TAG1"))
+    b.send(TokenPresented("TAG1"))
     b.send(AuthorizationResult("TAG1", True), at=0.1)  # start 1: the journal stalls
-    b.send(IdTagPresented("TAG1"), at=0.2)  # the driver cancels before it is committed
-    b.send(IdTagPresented("TAG2"), at=0.3)
+    b.send(TokenPresented("TAG1"), at=0.2)  # the driver cancels before it is committed
+    b.send(TokenPresented("TAG2"), at=0.3)
     out = b.send(AuthorizationResult("TAG2", True), at=0.35)  # start 2, behind start 1 in the journal
-    assert of(out, StartTransaction) == [StartTransaction("TAG2")]
+    assert of(out, BeginTransaction) == [BeginTransaction("TAG2")]
     out = b.send(TransactionRecorded(), at=0.5)  # start 1 committed at last
     assert not of(out, SetPilot), "energy for start 2 before the journal holds it"
     out = b.send(TransactionRecorded(), at=0.6)  # start 2 committed
@@ -604,14 +602,14 @@ def test_a_stalled_agent_opens_the_contactor_at_once_and_the_transaction_resumes
     b.charging_session()
     out = b.send(FaultChanged(Fault.SUPERVISION, True))
     assert out[0] == SetContactor(False)
-    assert not of(out, StopTransaction) and b.c.transaction_active
+    assert not of(out, EndTransaction) and b.c.transaction_active
     assert b.c.view().status is ConnectorStatus.FAULTED and b.c.view().pilot_mode is not PilotMode.PWM
     b.step()
     out = b.send(FaultChanged(Fault.SUPERVISION, False))
     out += b.step() + b.step()
     assert SetContactor(True) in out and b.c.view().status is ConnectorStatus.CHARGING
-    assert not of(out, StartTransaction)  # the same transaction
+    assert not of(out, BeginTransaction)  # the same transaction
 
     b.send(FaultChanged(Fault.SUPERVISION, True))
     out = b.send(FaultChanged(Fault.RCD, True))
-    assert of(out, StopTransaction) == [StopTransaction(StopReason.OTHER)] and not b.c.transaction_active
+    assert of(out, EndTransaction) == [EndTransaction(StopReason.OTHER)] and not b.c.transaction_active

@@ -8,12 +8,13 @@ import pytest
 
 from agent.core.controller import (
     AuthorizationResult,
+    BeginTransaction,
     ConnectorController,
     ConnectorStatus,
     ContactorFeedback,
     DiodeChecked,
+    EndTransaction,
     Fault,
-    IdTagPresented,
     LockFeedback,
     Notice,
     PilotChanged,
@@ -24,14 +25,13 @@ from agent.core.controller import (
     SetContactor,
     SetLock,
     SetPilot,
-    StartTransaction,
     StatusChanged,
     StopReason,
-    StopTransaction,
     Tick,
+    TokenPresented,
     UnlockRequested,
     indicator_for,
-    route_id_tag,
+    route_id_token,
 )
 from hal.interfaces import CpState, IndicatorState, PilotMode
 from tests.test_controller import Bench
@@ -80,7 +80,7 @@ class LockBench(Bench):
 
     def start(self, tag="TAG1", parent=None):
         self.send(PilotChanged(CpState.B))
-        self.send(IdTagPresented(tag))
+        self.send(TokenPresented(tag))
         return self.send(AuthorizationResult(tag, True, parent))
 
 
@@ -97,11 +97,11 @@ def test_transaction_starts_only_once_the_lock_confirms():
     b = LockBench()
     out = b.start()
     assert of(out, SetLock) == [SetLock(True)]
-    assert not of(out, StartTransaction), "no transaction before the plug is locked"
-    assert b.c.view().status is ConnectorStatus.PREPARING
+    assert not of(out, BeginTransaction), "no transaction before the plug is locked"
+    assert b.c.view().status is ConnectorStatus.OCCUPIED
 
     out = b.step()  # the feedback arrives one step later
-    assert of(out, StartTransaction) == [StartTransaction("TAG1")]
+    assert of(out, BeginTransaction) == [BeginTransaction("TAG1")]
     b.send(PilotChanged(CpState.C))
     b.step()
     assert b.c.view().contactor_closed
@@ -117,17 +117,16 @@ def test_lock_failure_at_start_faults_without_transaction_or_energy():
     b.send(PilotChanged(CpState.C))  # the EV asks for power while the lock is still moving
     b.run(0.99)
     assert b.now - locked_at == pytest.approx(0.99)
-    assert b.c.view().status is ConnectorStatus.PREPARING and Fault.LOCK not in b.c.faults
+    assert b.c.view().status is ConnectorStatus.OCCUPIED and Fault.LOCK not in b.c.faults
 
     out = b.step()  # 1.00 s after the lock command
     assert b.now - locked_at == pytest.approx(1.0)
     assert Fault.LOCK in b.c.faults
-    assert of(out, StatusChanged) == [StatusChanged(ConnectorStatus.FAULTED, "ConnectorLockFailure", None,
-                                                    "LockFeedbackTimeout")]
+    assert of(out, StatusChanged) == [StatusChanged(ConnectorStatus.FAULTED, Fault.LOCK)]
     assert of(out, SetLock) == [SetLock(False)]
     assert any("dropped" in n.text for n in of(out, Notice))
-    assert not [c for _, c in b.log if isinstance(c, StartTransaction | SetContactor)]
-    assert b.c.view().authorized_id_tag is None
+    assert not [c for _, c in b.log if isinstance(c, BeginTransaction | SetContactor)]
+    assert b.c.view().authorized_id_token is None
 
     b.jammed = False  # even if the lock works again, the fault stays while the EV is plugged in
     b.run(0.5)
@@ -151,7 +150,7 @@ def test_lock_opening_while_charging_opens_the_contactor_at_once_then_faults():
     assert b.c.transaction_active and Fault.LOCK not in b.c.faults
     out = b.run(0.6)  # the deadline counts from the lock command: 1 s after it, the open lock is a fault
     assert Fault.LOCK in b.c.faults
-    assert of(out, StopTransaction) == [StopTransaction(StopReason.OTHER)]
+    assert of(out, EndTransaction) == [EndTransaction(StopReason.OTHER)]
 
 
 def test_lock_failure_is_not_raised_while_the_lock_moves():
@@ -161,7 +160,7 @@ def test_lock_failure_is_not_raised_while_the_lock_moves():
     b.run(0.5)
     b.jammed = False  # a slow actuator that gets there at 0.5 s
     out = b.step()
-    assert of(out, StartTransaction) == [StartTransaction("TAG1")]
+    assert of(out, BeginTransaction) == [BeginTransaction("TAG1")]
     b.run(2.0)
     assert not b.c.faults
 
@@ -177,7 +176,7 @@ def test_unlock_command_stops_the_transaction_and_commands_the_lock_open():
     b.run(0.02)
     assert b.c.view().contactor_closed and b.c.feedback_closed
     out = b.send(UnlockRequested())
-    assert of(out, StopTransaction) == [StopTransaction(StopReason.UNLOCK_COMMAND)]
+    assert of(out, EndTransaction) == [EndTransaction(StopReason.UNLOCK_COMMAND)]
     assert of(out, SetPilot) == [SetPilot(PilotMode.X1, 100.0)]
     assert SetContactor(False) not in out and SetLock(False) not in out  # the EV still draws
     out = b.step()
@@ -224,21 +223,21 @@ def test_ev_side_disconnect_unlocks_or_holds_the_cable(unlock_on_disconnect):
     b.send(PilotChanged(CpState.C))
     b.step()
     out = b.send(PilotChanged(CpState.A))
-    assert of(out, StopTransaction) == [StopTransaction(StopReason.EV_DISCONNECTED)]
+    assert of(out, EndTransaction) == [EndTransaction(StopReason.EV_DISCONNECTED)]
     out += b.run(0.1)
     if unlock_on_disconnect:
         assert SetLock(False) in out and not b.c.view().lock_feedback
         assert b.c.view().status is ConnectorStatus.AVAILABLE
         return
     assert not of(out, SetLock) and b.c.view().lock_feedback
-    assert b.c.view().status is ConnectorStatus.FINISHING and b.c.lock_held_for == "TAG1"
+    assert b.c.view().status is ConnectorStatus.FINISHED and b.c.lock_held_for == "TAG1"
     assert not b.c.can_accept_remote_start("TAG2")
 
-    out = b.send(IdTagPresented("TAG2"))  # someone else's card (no parent id known): refused, no Authorize
+    out = b.send(TokenPresented("TAG2"))  # someone else's card (no parent id known): refused, no Authorize
     assert not of(out, RequestAuthorization) and not of(out, SetLock)
-    out = b.send(IdTagPresented("tag1"))  # the owner (ids compare case-insensitively)
+    out = b.send(TokenPresented("tag1"))  # the owner (ids compare case-insensitively)
     assert of(out, SetLock) == [SetLock(False)]
-    assert not of(out, RequestAuthorization) and not of(out, StartTransaction)
+    assert not of(out, RequestAuthorization) and not of(out, BeginTransaction)
     b.step()
     assert b.c.view().status is ConnectorStatus.AVAILABLE and b.c.lock_held_for is None
 
@@ -249,11 +248,11 @@ def test_held_cable_is_released_by_a_card_of_the_same_parent_or_the_csms():
     b.step()
     b.send(PilotChanged(CpState.A))
     b.step()
-    out = b.send(IdTagPresented("TAG2"))
+    out = b.send(TokenPresented("TAG2"))
     assert of(out, RequestAuthorization) == [RequestAuthorization("TAG2")]
     out = b.send(AuthorizationResult("TAG2", True, "OTHER"))
     assert not of(out, SetLock) and b.c.lock_held_for == "TAG1"
-    b.send(IdTagPresented("TAG3"))
+    b.send(TokenPresented("TAG3"))
     out = b.send(AuthorizationResult("TAG3", True, "FLEET"))
     assert of(out, SetLock) == [SetLock(False)] and b.c.lock_held_for is None
 
@@ -263,7 +262,7 @@ def test_held_cable_is_released_by_a_card_of_the_same_parent_or_the_csms():
     b.step()
     assert b.c.lock_held_for == "TAG4"
     out = b.send(UnlockRequested())
-    assert of(out, SetLock) == [SetLock(False)] and not of(out, StopTransaction)
+    assert of(out, SetLock) == [SetLock(False)] and not of(out, EndTransaction)
     assert b.c.lock_held_for is None
 
 
@@ -274,7 +273,7 @@ def test_stop_on_ev_side_disconnect_false_keeps_the_lock_while_the_transaction_r
     b.start()
     b.step()
     out = b.send(PilotChanged(CpState.A))
-    assert not of(out, StopTransaction) and not of(out, SetLock)
+    assert not of(out, EndTransaction) and not of(out, SetLock)
     assert b.c.view().status is ConnectorStatus.SUSPENDED_EV
 
 
@@ -284,15 +283,15 @@ def test_a_card_for_a_held_cable_is_routed_to_its_connector():
     held.step()
     held.send(PilotChanged(CpState.A))
     free = ConnectorController()
-    assert route_id_tag({1: free, 2: held.c}, "TAG1") == 2
-    assert route_id_tag({1: held.c, 2: free}, "TAG9") == 2  # another driver goes to the free connector
+    assert route_id_token({1: free, 2: held.c}, "TAG1") == 2
+    assert route_id_token({1: held.c, 2: free}, "TAG9") == 2  # another driver goes to the free connector
 
 
 @pytest.mark.parametrize(("status", "shown"), [
     (ConnectorStatus.AVAILABLE, IndicatorState.READY),
-    (ConnectorStatus.PREPARING, IndicatorState.READY),
+    (ConnectorStatus.OCCUPIED, IndicatorState.READY),
     (ConnectorStatus.RESERVED, IndicatorState.READY),
-    (ConnectorStatus.FINISHING, IndicatorState.READY),
+    (ConnectorStatus.FINISHED, IndicatorState.READY),
     (ConnectorStatus.CHARGING, IndicatorState.CHARGING),
     (ConnectorStatus.SUSPENDED_EV, IndicatorState.CHARGING),
     (ConnectorStatus.SUSPENDED_EVSE, IndicatorState.CHARGING),
@@ -317,7 +316,7 @@ def test_session_end_with_welded_contactor_keeps_the_plug_locked():
     """A plug is never released while its outlet may carry mains: welded contacts keep it locked, and an
     UnlockConnector then leaves it locked too (the station answers UnlockFailed)."""
     b = _charging_then_weld()
-    out = b.send(IdTagPresented("TAG1"))  # the driver ends the session
+    out = b.send(TokenPresented("TAG1"))  # the driver ends the session
     out += b.send(PilotChanged(CpState.B))  # the EV answers the x1: open command; the contacts are welded
     assert SetContactor(False) in out
     out += b.send(ContactorFeedback(True))  # mirror contact still closed
@@ -356,5 +355,5 @@ def test_resumed_session_lock_reading_locked_before_the_first_pilot_reading_is_n
                                                                     stop_on_ev_side_disconnect=False))
     c.handle(ResumeTransaction("TAG1"), 0.0)
     out = c.handle(LockFeedback(True), 0.0)  # read before any pilot reading
-    assert Fault.LOCK not in c.faults and not of(out, StopTransaction)
+    assert Fault.LOCK not in c.faults and not of(out, EndTransaction)
     assert c.transaction_active

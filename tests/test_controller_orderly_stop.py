@@ -14,17 +14,17 @@ from agent.core.controller import (
     ChargingLimitChanged,
     ConnectorStatus,
     ContactorFeedback,
+    EndTransaction,
     Fault,
     FaultChanged,
-    IdTagPresented,
     LockFeedback,
     PilotChanged,
     SetContactor,
     SetPilot,
     StopReason,
     StopRequested,
-    StopTransaction,
     Tick,
+    TokenPresented,
     TransactionConfirmed,
     UnlockRequested,
 )
@@ -41,7 +41,7 @@ def charging(parent: str | None = None, **settings) -> Bench:
     reading closed, at 10 s."""
     b = Bench(**settings)
     b.send(PilotChanged(CpState.B))
-    b.send(IdTagPresented("TAG1"))
+    b.send(TokenPresented("TAG1"))
     b.send(AuthorizationResult("TAG1", True, parent))
     b.send(PilotChanged(CpState.C))
     b.step()  # the diode is checked under the PWM: the contactor closes
@@ -58,9 +58,9 @@ def opens(commands) -> bool:
 # each orderly stop cause: the settings it needs, the events that bring it, whether the transaction ends
 ORDERLY = {
     "remote stop": ({}, [StopRequested(StopReason.REMOTE)], True),
-    "local stop (own card)": ({}, [IdTagPresented("TAG1")], True),
+    "local stop (own card)": ({}, [TokenPresented("TAG1")], True),
     "local stop (card of the same parent id)": (
-        {"parent": "FLEET"}, [IdTagPresented("TAG2"), AuthorizationResult("TAG2", True, "FLEET")], True),
+        {"parent": "FLEET"}, [TokenPresented("TAG2"), AuthorizationResult("TAG2", True, "FLEET")], True),
     "soft reset": ({}, [StopRequested(StopReason.SOFT_RESET)], True),
     "hard reset": ({}, [StopRequested(StopReason.HARD_RESET)], True),
     "StartTransaction refused, StopTransactionOnInvalidId": (
@@ -87,7 +87,7 @@ def test_orderly_stop_drops_the_pwm_at_once_and_keeps_the_contactor_closed(cause
     assert of(out, SetPilot) == [X1], "the PWM goes off in the step that stops"
     assert not of(out, SetContactor), "the EV still draws: no break under load yet"
     assert b.c.contactor_commanded and b.c.view().pilot_mode is PilotMode.X1
-    assert bool(of(out, StopTransaction)) == ends_transaction
+    assert bool(of(out, EndTransaction)) == ends_transaction
     assert b.c.transaction_active != ends_transaction
 
 
@@ -125,7 +125,7 @@ def test_a_second_orderly_cause_during_the_wind_down_does_not_extend_it():
     b = charging()
     b.send(ChargingLimitChanged(5.0), at=STOPPED_AT)
     out = b.send(StopRequested(StopReason.REMOTE), at=13.0)
-    assert of(out, StopTransaction) and not of(out, SetContactor)
+    assert of(out, EndTransaction) and not of(out, SetContactor)
     assert not opens(b.send(Tick(), at=15.999))
     assert opens(b.send(Tick(), at=16.0))
 
@@ -133,7 +133,7 @@ def test_a_second_orderly_cause_during_the_wind_down_does_not_extend_it():
 def test_charging_limit_below_6_amps_winds_down_and_the_session_stays_suspended():
     b = charging()
     out = b.send(ChargingLimitChanged(5.9), at=STOPPED_AT)
-    assert of(out, SetPilot) == [X1] and not of(out, SetContactor) and not of(out, StopTransaction)
+    assert of(out, SetPilot) == [X1] and not of(out, SetContactor) and not of(out, EndTransaction)
     assert b.c.view().status is ConnectorStatus.SUSPENDED_EVSE and b.c.view().offered_current_a == 0
     assert not opens(b.send(Tick(), at=15.999))
     assert opens(b.send(Tick(), at=16.0))

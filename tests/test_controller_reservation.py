@@ -5,11 +5,11 @@ from __future__ import annotations
 from agent.core.controller import (
     AuthorizationResult,
     AvailabilityChanged,
+    BeginTransaction,
     ConnectorController,
     ConnectorStatus,
     Fault,
     FaultChanged,
-    IdTagPresented,
     Notice,
     PilotChanged,
     RemoteStart,
@@ -18,11 +18,11 @@ from agent.core.controller import (
     ReservationEnded,
     ReservationMade,
     SessionSettings,
-    StartTransaction,
     StatusChanged,
     Tick,
+    TokenPresented,
     reserve_any_connector,
-    route_id_tag,
+    route_id_token,
     station_reservation_used,
 )
 from hal.interfaces import CpState
@@ -74,11 +74,11 @@ def test_the_reserved_card_starts_and_the_start_carries_the_reservation_id():
     c = controller()
     c.handle(Tick(), 0.0)
     reserve(c)
-    assert of(RequestAuthorization, c.handle(IdTagPresented(TAG), 1.0)) == [RequestAuthorization(TAG)]
+    assert of(RequestAuthorization, c.handle(TokenPresented(TAG), 1.0)) == [RequestAuthorization(TAG)]
     out = c.handle(AuthorizationResult(TAG, True), 1.1)
-    assert statuses(out) == [ConnectorStatus.PREPARING]
+    assert statuses(out) == [ConnectorStatus.OCCUPIED]
     out = c.handle(PilotChanged(CpState.B), 2.0)
-    assert of(StartTransaction, out) == [StartTransaction(TAG, 7)]
+    assert of(BeginTransaction, out) == [BeginTransaction(TAG, 7)]
     assert of(ReservationEnded, out) == [ReservationEnded(7, "used")]
     assert c.reservation is None
 
@@ -87,9 +87,9 @@ def test_a_reserved_id_compares_case_insensitively():
     c = controller()
     c.handle(Tick(), 0.0)
     reserve(c, tag="04aabbcc")
-    c.handle(IdTagPresented(TAG), 1.0)
+    c.handle(TokenPresented(TAG), 1.0)
     c.handle(AuthorizationResult(TAG, True), 1.1)
-    assert of(StartTransaction, c.handle(PilotChanged(CpState.B), 2.0)) == [StartTransaction(TAG, 7)]
+    assert of(BeginTransaction, c.handle(PilotChanged(CpState.B), 2.0)) == [BeginTransaction(TAG, 7)]
 
 
 def test_another_card_is_refused_without_asking_the_csms():
@@ -97,11 +97,11 @@ def test_another_card_is_refused_without_asking_the_csms():
     c = controller()
     c.handle(Tick(), 0.0)
     reserve(c)
-    out = c.handle(IdTagPresented(OTHER), 1.0)
+    out = c.handle(TokenPresented(OTHER), 1.0)
     assert of(RequestAuthorization, out) == []
     assert any("reserved" in n.text for n in of(Notice, out))
     out = c.handle(PilotChanged(CpState.B), 2.0)  # an EV plugs in: still reserved, nothing starts
-    assert of(StartTransaction, out) == []
+    assert of(BeginTransaction, out) == []
     assert c.view().status is ConnectorStatus.RESERVED
 
 
@@ -111,19 +111,19 @@ def test_a_card_of_the_reservations_parent_may_use_it():
     c = controller()
     c.handle(Tick(), 0.0)
     reserve(c, parent="FLEET-1")
-    assert of(RequestAuthorization, c.handle(IdTagPresented(OTHER), 1.0)) == [RequestAuthorization(OTHER)]
-    c.handle(AuthorizationResult(OTHER, True, parent_id_tag="FLEET-1"), 1.1)
-    assert of(StartTransaction, c.handle(PilotChanged(CpState.B), 2.0)) == [StartTransaction(OTHER, 7)]
+    assert of(RequestAuthorization, c.handle(TokenPresented(OTHER), 1.0)) == [RequestAuthorization(OTHER)]
+    c.handle(AuthorizationResult(OTHER, True, parent_id_token="FLEET-1"), 1.1)
+    assert of(BeginTransaction, c.handle(PilotChanged(CpState.B), 2.0)) == [BeginTransaction(OTHER, 7)]
 
 
 def test_a_card_of_another_parent_is_refused():
     c = controller()
     c.handle(Tick(), 0.0)
     reserve(c, parent="FLEET-1")
-    c.handle(IdTagPresented(OTHER), 1.0)
-    out = c.handle(AuthorizationResult(OTHER, True, parent_id_tag="FLEET-2"), 1.1)
+    c.handle(TokenPresented(OTHER), 1.0)
+    out = c.handle(AuthorizationResult(OTHER, True, parent_id_token="FLEET-2"), 1.1)
     assert any("reserved" in n.text for n in of(Notice, out))
-    assert of(StartTransaction, c.handle(PilotChanged(CpState.B), 2.0)) == []
+    assert of(BeginTransaction, c.handle(PilotChanged(CpState.B), 2.0)) == []
     assert c.view().status is ConnectorStatus.RESERVED
 
 
@@ -137,7 +137,7 @@ def test_remote_start_with_the_reserved_id_uses_the_reservation():
     assert c.can_accept_remote_start(TAG)
     c.handle(RemoteStart(TAG), 1.0)
     c.handle(AuthorizationResult(TAG, True), 1.1)
-    assert of(StartTransaction, c.handle(PilotChanged(CpState.B), 2.0)) == [StartTransaction(TAG, 7)]
+    assert of(BeginTransaction, c.handle(PilotChanged(CpState.B), 2.0)) == [BeginTransaction(TAG, 7)]
 
 
 def test_remote_start_without_authorize_remote_tx_still_learns_a_parent():
@@ -146,8 +146,8 @@ def test_remote_start_without_authorize_remote_tx_still_learns_a_parent():
     reserve(c, parent="FLEET-1")
     assert c.can_accept_remote_start(OTHER)
     assert of(RequestAuthorization, c.handle(RemoteStart(OTHER), 1.0)) == [RequestAuthorization(OTHER)]
-    c.handle(AuthorizationResult(OTHER, True, parent_id_tag="FLEET-1"), 1.1)
-    assert of(StartTransaction, c.handle(PilotChanged(CpState.B), 2.0)) == [StartTransaction(OTHER, 7)]
+    c.handle(AuthorizationResult(OTHER, True, parent_id_token="FLEET-1"), 1.1)
+    assert of(BeginTransaction, c.handle(PilotChanged(CpState.B), 2.0)) == [BeginTransaction(OTHER, 7)]
 
 
 def test_answers_faulted_unavailable_occupied():
@@ -176,7 +176,7 @@ def test_the_same_reservation_id_replaces_the_reservation():
     reserve(c, tag=TAG, expires_at=10.0)
     out = reserve(c, tag=OTHER, expires_at=50.0)
     assert of(ReservationEnded, out) == []
-    assert c.reservation.id_tag == OTHER
+    assert c.reservation.id_token == OTHER
     assert c.handle(Tick(), 10.0) == []  # the old expiry no longer applies
     assert of(ReservationEnded, c.handle(Tick(), 50.0)) == [ReservationEnded(7, "expired")]
 
@@ -209,8 +209,8 @@ def test_route_sends_the_reserved_card_to_its_connector_and_others_elsewhere():
     one, two = controller(), controller()
     reserve(two)
     controllers = {1: one, 2: two}
-    assert route_id_tag(controllers, TAG) == 2
-    assert route_id_tag(controllers, OTHER) == 1
+    assert route_id_token(controllers, TAG) == 2
+    assert route_id_token(controllers, OTHER) == 1
 
 
 def test_connector_zero_holds_one_free_connector_and_answers_for_the_station():
@@ -235,8 +235,8 @@ def test_connector_zero_reservation_is_used_by_a_start_on_another_connector():
     reserve(one, any_connector=True)
     two.handle(PilotChanged(CpState.B), 1.0)
     controllers = {1: one, 2: two}
-    assert route_id_tag(controllers, TAG) == 2  # the reserved driver's EV is waiting on connector 2
-    two.handle(IdTagPresented(TAG), 1.0)
+    assert route_id_token(controllers, TAG) == 2  # the reserved driver's EV is waiting on connector 2
+    two.handle(TokenPresented(TAG), 1.0)
     out = two.handle(AuthorizationResult(TAG, True), 1.1)
-    assert of(StartTransaction, out) == [StartTransaction(TAG, None)]
+    assert of(BeginTransaction, out) == [BeginTransaction(TAG, None)]
     assert station_reservation_used(controllers, 2) == 1

@@ -25,14 +25,15 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from agent.core.controller import (
     AuthorizationResult,
     AvailabilityChanged,
+    BeginTransaction,
     CableDetected,
     ChargingLimitChanged,
     ConnectorController,
     ContactorFeedback,
     DiodeChecked,
+    EndTransaction,
     Fault,
     FaultChanged,
-    IdTagPresented,
     LockFeedback,
     PilotChanged,
     RemoteStart,
@@ -43,11 +44,10 @@ from agent.core.controller import (
     SetContactor,
     SetLock,
     SetPilot,
-    StartTransaction,
     StopReason,
     StopRequested,
-    StopTransaction,
     Tick,
+    TokenPresented,
     TransactionConfirmed,
     TransactionRecorded,
     UnlockRequested,
@@ -132,10 +132,10 @@ class ControllerSafety(RuleBasedStateMachine):
                     self.lock_cmd = locked
                 case RequestAuthorization(id_tag):
                     self.authorizing = id_tag
-                case StartTransaction():
+                case BeginTransaction():
                     assert not self.tx_running, f"{event}: a second StartTransaction"
                     self.tx_running, self.tx_recorded, self.start_pending = True, False, True
-                case StopTransaction():
+                case EndTransaction():
                     assert self.tx_running, f"{event}: StopTransaction without a transaction"
                     self.tx_running, self.tx_recorded, self.start_pending = False, False, False
         assert self.c.transaction_active == self.tx_running
@@ -350,7 +350,7 @@ class ControllerSafety(RuleBasedStateMachine):
 
     @rule(tag=st.sampled_from(TAGS))
     def card(self, tag):
-        self.tell(IdTagPresented(tag))
+        self.tell(TokenPresented(tag))
 
     @rule(tag=st.sampled_from(TAGS), accepted=st.booleans(), parent=st.sampled_from(PARENTS))
     def authorization_answer(self, tag, accepted, parent):
@@ -366,7 +366,7 @@ class ControllerSafety(RuleBasedStateMachine):
     def driver_starts_a_session(self, tag, parent, then_steps):
         """The common path in one go: the EV asks for power, a card, an accepted Authorize, control steps."""
         self.ev_moves(CpState.C, event_driven=True)
-        self.tell(IdTagPresented(tag))
+        self.tell(TokenPresented(tag))
         if self.authorizing == tag:
             self.csms_answers_the_authorization(True, parent)
         for _ in range(then_steps):

@@ -475,12 +475,12 @@ class Rig:
         await self._steps(3)
         self.sim.plug(1)
         await self._steps(5)
-        assert station.present_id_tag(TAG_OK) == 1
+        assert station.present_id_token(TAG_OK) == 1
         # the CSMS's answer, given before the Authorize the station asks for could go out
         station.channel.dispatch(station.connectors[1], ctl.AuthorizationResult(TAG_OK, True, None))
         await self._steps(20)
         assert self.contactors() == (True, False), station.status()
-        assert station.connectors[1].controller.view().status.value == "Charging"
+        assert station.connectors[1].controller.view().status.value == "charging"
         station.ocpp.connected = True
         station.ocpp.registration = self.registration
         self.connection = FakeConnection()
@@ -525,7 +525,7 @@ class Rig:
         if after != before:
             assert want.may_end_session, f"contactors {before} -> {after} after {raw!r:.300}"
         if want.may_end_session and (after != before or self.station.connectors[1].controller.view()
-                                     .status.value != "Charging"):
+                                     .status.value != "charging"):
             self.build()  # a valid Reset/Unlock ended the session, as it should: start a new one
         return want
 

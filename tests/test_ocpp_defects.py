@@ -12,13 +12,16 @@ import pytest
 
 from agent.core import smart_charging as sc
 from agent.core.authorization import (
+    AuthorizationStatus,
     AuthSettings,
-    IdTagInfo,
     Source,
+    TokenInfo,
     decide,
     plan_send_local_list,
     valid_id_token,
 )
+from agent.ocpp.v16.smart_charging import parse_profile
+from agent.ocpp.v16.vocabulary import local_list_entries, token_info
 from agent.station.auth_store import AuthStore
 from agent.station.journal import Journal
 from hil.csms import LocalCsms
@@ -109,13 +112,13 @@ async def test_a_card_id_longer_than_an_id_token_is_refused_online_with_allow_of
 def test_an_id_tag_info_with_a_lone_surrogate_parent_is_stored_without_it(tmp_path):
     """An Authorize answer whose parentIdTag is "\\ud800" (valid JSON, maxLength 20) cannot be stored in
     SQLite: the parent is dropped instead of killing the authorization task."""
-    info = IdTagInfo.from_ocpp({"status": "Accepted", "parentIdTag": "\ud800"})
-    assert info.status == "Accepted" and info.parent_id_tag is None
+    info = token_info({"status": "Accepted", "parentIdTag": "\ud800"})
+    assert info.status is AuthorizationStatus.ACCEPTED and info.parent_id_token is None
     journal = Journal(tmp_path / "journal.sqlite")
     store = AuthStore(journal, wall_clock=lambda: NOW)
     store.remember(TAG_OK, info)
-    assert store.cached(TAG_OK) == IdTagInfo("Accepted", None, None)
-    assert IdTagInfo.from_ocpp({"status": "Accepted", "parentIdTag": "PARENT-1"}).parent_id_tag == "PARENT-1"
+    assert store.cached(TAG_OK) == TokenInfo(AuthorizationStatus.ACCEPTED, None, None)
+    assert token_info({"status": "Accepted", "parentIdTag": "PARENT-1"}).parent_id_token == "PARENT-1"
     journal.close()
 
 
@@ -224,7 +227,7 @@ def test_composite_schedule_starts_at_the_request_without_a_zero_length_first_pe
     of a request made 0.6 s into it: one period from 0, scheduleStart with the request's milliseconds (it
     used to start at the whole second, with a zero-length unlimited first period)."""
     started = NOW + timedelta(seconds=0.4)
-    profile = sc.parse_profile(1, {
+    profile = parse_profile(1, {
         "chargingProfileId": 1, "stackLevel": 0, "chargingProfilePurpose": "TxDefaultProfile",
         "chargingProfileKind": "Absolute",
         "chargingSchedule": {"chargingRateUnit": "A", "startSchedule": started.isoformat(),
@@ -247,7 +250,7 @@ def test_a_full_local_list_that_is_empty_has_version_zero(tmp_path):
     def send(version: int, entries: list[dict]) -> None:
         change = plan_send_local_list(enabled=True, current_version=store.list_version(),
                                       current_size=store.list_size(), list_version=version, update_type="Full",
-                                      entries=entries, max_length=100, send_max_length=100)
+                                      entries=local_list_entries(entries), max_length=100, send_max_length=100)
         store.apply_list_change(change)
 
     send(5, [{"idTag": TAG_OK, "idTagInfo": {"status": "Accepted"}}])

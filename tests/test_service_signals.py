@@ -16,6 +16,7 @@ import time
 import pytest
 
 from agent.config import load_config
+from agent.core.authorization import AuthorizationStatus, TokenInfo
 from agent.ocpp.v16.client import OcppClient
 from agent.station.journal import Journal
 from agent.station.station import Station
@@ -112,19 +113,19 @@ async def test_after_sigterm_no_card_remote_start_or_late_authorization_starts_a
     station.ocpp.connected, station.ocpp.registration = True, "Accepted"
     answer = asyncio.Event()
 
-    async def authorize(id_tag):
+    async def authorize(id_token):
         await answer.wait()
-        return {"status": "Accepted"}
+        return TokenInfo(AuthorizationStatus.ACCEPTED)
 
     station.ocpp.authorize = authorize
-    assert station.present_id_tag(TAG_OK) == 1  # Authorize.req is out
+    assert station.present_id_token(TAG_OK) == 1  # Authorize.req is out
     await steps(0.1)
 
     caplog.set_level(logging.INFO, logger="evse.station")
     shutdown = asyncio.create_task(station.shutdown())  # what SIGTERM does
     await asyncio.sleep(0)
     assert station.closing
-    assert station.present_id_tag(TAG_2) is None
+    assert station.present_id_token(TAG_2) is None
     assert station.csms_port.remote_start(2, TAG_2) is False  # RemoteStartTransaction: Rejected
     answer.set()  # the CSMS accepts the first card after the SIGTERM
     await shutdown

@@ -9,6 +9,7 @@ import pytest
 
 from agent.core import smart_charging as sc
 from agent.core.controller import ChargingLimitChanged, ConnectorStatus, PilotChanged, SetContactor, SetPilot
+from agent.ocpp.v16.smart_charging import parse_profile, profile_to_ocpp
 from hal.interfaces import CpState, PilotMode
 from tests.test_controller import Bench, of
 
@@ -30,7 +31,7 @@ def profile(pid=1, purpose=sc.TX_DEFAULT, kind="Absolute", connector=1, stack=0,
 
 
 def parsed(connector=1, **kw) -> sc.ChargingProfile:
-    return sc.parse_profile(connector, profile(connector=connector, **kw))
+    return parse_profile(connector, profile(connector=connector, **kw))
 
 
 def limit_at(profiles, at, connector=1, tx=None, electrical=E3, share=1):
@@ -43,7 +44,7 @@ def limit_at(profiles, at, connector=1, tx=None, electrical=E3, share=1):
 def test_round_trip_through_the_wire_form():
     p = parsed(kind="Recurring", recurrencyKind="Daily", duration=3600, validFrom="2025-03-01T00:00:00Z",
                schedule={"minChargingRate": 6})
-    assert sc.parse_profile(1, p.to_ocpp()) == p
+    assert parse_profile(1, profile_to_ocpp(p)) == p
 
 
 def test_decimal_limits_from_the_library_are_floats_rounded_down_to_tenths():
@@ -90,7 +91,7 @@ def test_remote_start_profile_must_be_a_tx_profile_without_transaction_id():
     """TC_059_CS / TC_060_CS."""
     assert check(parsed(purpose=sc.TX_PROFILE), remote=True) is None
     assert "must be a TxProfile" in check(parsed(purpose=sc.TX_DEFAULT), remote=True)
-    assert "transactionId" in check(parsed(purpose=sc.TX_PROFILE, transactionId=3), remote=True)
+    assert "transaction id" in check(parsed(purpose=sc.TX_PROFILE, transactionId=3), remote=True)
 
 
 def test_station_limits_are_enforced():
@@ -222,7 +223,7 @@ def test_watts_are_converted_with_phases_and_voltage():
     assert limit_at([p], T0, electrical=sc.Electrical(1, 230.0)) == pytest.approx(30.0)
     assert limit_at([p], T0, electrical=sc.Electrical(3, 220.0)) == pytest.approx(6900 / 660)
     one_phase = parsed(unit="W", periods=((0, 2300),))
-    one_phase = sc.parse_profile(1, {**one_phase.to_ocpp(), "chargingSchedule": {
+    one_phase = parse_profile(1, {**profile_to_ocpp(one_phase), "chargingSchedule": {
         "chargingRateUnit": "W", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 2300, "numberPhases": 1}],
         "startSchedule": "2025-03-10T12:00:00Z"}})
     assert limit_at([one_phase], T0) == pytest.approx(10.0)

@@ -28,7 +28,7 @@ async def test_power_limit_just_below_6_amps_suspends_instead_of_rounding_up(tmp
     view = rt.controller.view()
     assert rt.controller.charging_limit_a == 5.9
     assert station.csms_port.composite_schedule(1, 60, "A")["chargingSchedulePeriod"][0]["limit"] == 5.9
-    assert view.status.value == "SuspendedEVSE" and not view.contactor_closed
+    assert view.status.value == "suspended_evse" and not view.contactor_closed
     await board.close()
 
 

@@ -19,7 +19,7 @@ async def test_the_replica_and_the_csms_follow_the_control_loop(tmp_path):
     await steps(station, 3)
     assert rt.controller.view().cp_state.value == "B"
     statuses = [status for cid, status, *_ in station.ocpp.statuses if cid == 1]
-    assert statuses[-1] == "Preparing"
+    assert statuses[-1] == "occupied"  # 1.6: Preparing
     await board.close()
 
 
@@ -29,8 +29,8 @@ async def test_a_lost_control_loop_faults_every_connector_at_the_csms(tmp_path):
     station.link.on_lost("control process exited with code -9")
     assert station.channel.control_lost == "control process exited with code -9"
     assert station.ocpp.statuses[-2:] == [
-        (1, "Faulted", "InternalError", "control process lost", "ControlLoopLost"),
-        (2, "Faulted", "InternalError", "control process lost", "ControlLoopLost")]
+        (1, "faulted", None, "control process lost", True),
+        (2, "faulted", None, "control process lost", True)]
     reported = len(station.ocpp.statuses)
     board.simulator.plug(1)
     await steps(station, 3)  # the replica changes; the CSMS is told nothing that contradicts Faulted

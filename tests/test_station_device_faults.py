@@ -25,13 +25,13 @@ async def test_unreadable_pilot_faults_the_connector_opens_the_contactor_and_rec
     station.control_step()
     view = rt.controller.view()
     assert not view.contactor_closed and "device" in view.faults
-    assert view.status.value == "Faulted" and view.error_code == "InternalError"
+    assert view.status.value == "faulted" and view.status_fault == "device"
     assert not rt.controller.transaction_active  # the session ended on the fault
 
     board.connectors[0].pilot.read = read  # it answers again
     await steps(station, 3)
     assert "device" not in rt.controller.view().faults
-    assert rt.controller.view().status.value == "Finishing"  # EV still plugged, session over
+    assert rt.controller.view().status.value == "finished"  # EV still plugged, session over
     await board.close()
 
 
@@ -58,7 +58,7 @@ async def test_lock_fault_waits_for_the_lock_back_ends_travel_time(tmp_path):
     now[0] += 0.2
     await steps(station, 3)
     view = rt.controller.view()
-    assert "lock" in view.faults and view.error_code == "ConnectorLockFailure"
+    assert "lock" in view.faults and view.status_fault == "lock"
     assert not view.transaction_active and not view.contactor_closed
     await board.close()
 

@@ -50,5 +50,5 @@ async def test_a_latched_rcd_fault_is_reset_once_its_cause_is_gone(tmp_path):
     assert "rcd" in rt.controller.view().faults  # latched: it waits for the technician
     await station.hardware.reset_faults(1)
     await steps(station, 3)
-    assert "rcd" not in rt.controller.view().faults and rt.controller.view().status.value == "Available"
+    assert "rcd" not in rt.controller.view().faults and rt.controller.view().status.value == "available"
     await board.close()

@@ -53,7 +53,7 @@ async def test_a_journal_that_cannot_be_written_faults_instead_of_granting(tmp_p
     await steps(station)
     assert seen == [(False, [])]
     view = rt.controller.view()
-    assert "storage" in view.faults and view.status.value == "Faulted"
+    assert "storage" in view.faults and view.status.value == "faulted"
     assert not view.contactor_closed and not board.connectors[0].contactor.feedback_closed()
     assert station.recorder.storage_error == "database or disk is full"
     assert station.status()["journal"]["error"] == "database or disk is full"

@@ -5,7 +5,7 @@ behind a controller that believes them off, and the last StatusNotification says
 
 from __future__ import annotations
 
-from agent.core.controller import IdTagPresented, Tick
+from agent.core.controller import Tick, TokenPresented
 from agent.station.journal import JournalError
 from tests.agent_harness import TAG_OK
 from tests.station_bench import authorize, sim_station, steps
@@ -58,10 +58,10 @@ async def test_storage_fault_at_transaction_stop_is_the_last_status_reported(tmp
     station.charging_limits._store.save = broken_save
     board.simulator.set_ev_state("B")  # EV stops drawing, then the driver stops the session locally
     await steps(station, 5)
-    station.channel.dispatch(rt, IdTagPresented(TAG_OK))  # stop -> TxProfile cleanup -> JournalError -> storage fault
+    station.channel.dispatch(rt, TokenPresented(TAG_OK))  # stop -> TxProfile cleanup -> JournalError -> storage fault
     await steps(station, 5)
-    assert rt.controller.view().status.value == "Faulted"
-    assert sent[-1] == "Faulted", f"last StatusNotification {sent[-1]!r} while the connector is Faulted"
+    assert rt.controller.view().status.value == "faulted"
+    assert sent[-1] == "faulted", f"last StatusNotification {sent[-1]!r} while the connector is Faulted"
     await board.close()
 
 

@@ -101,7 +101,7 @@ class ControlLink:
             if kind == channel.OUTPUT:
                 self.on_output(cid, [channel.decode(c) for c in msg["commands"]])
         elif kind == channel.TAG:
-            self.on_tag(str(msg["id_tag"]))
+            self.on_tag(str(msg["id_token"]))
         elif kind == channel.ALIVE:
             self.alive_at = time.monotonic()
             self.on_alive()

@@ -401,4 +401,4 @@ class ControlLoop:
                 log.warning("RFID reader: %s", exc)
                 await asyncio.sleep(1.0)
                 continue
-            self.emit(channel.message(channel.TAG, id_tag=tag))
+            self.emit(channel.message(channel.TAG, id_token=tag))

@@ -12,10 +12,11 @@ Safety rules held here:
   latches and the contactor is never closed again until a technician resets it;
 * on an outlet with a lock, the transaction starts only once the lock's feedback confirms it locked,
   and the contactor closes only while it does; a lock that does not follow a command within
-  `lock_timeout_s` is a lock fault (ConnectorLockFailure).
+  `lock_timeout_s` is a lock fault (Fault.LOCK).
 
-The OCPP-visible connector status is derived from the same state, so the CSMS sees what the
-hardware does.
+The connector status is derived from the same state, so the CSMS sees what the hardware does.
+Everything here is protocol-neutral: each protocol adapter renders statuses, fault kinds and stop
+reasons in its own words (OCPP 1.6: agent.ocpp.v16.vocabulary).
 """
 
 from __future__ import annotations
@@ -29,15 +30,15 @@ from hal.pilot_math import duty_for_current
 
 
 class ConnectorStatus(StrEnum):
-    AVAILABLE = "Available"
-    PREPARING = "Preparing"
-    CHARGING = "Charging"
-    SUSPENDED_EV = "SuspendedEV"
-    SUSPENDED_EVSE = "SuspendedEVSE"
-    FINISHING = "Finishing"
-    RESERVED = "Reserved"
-    UNAVAILABLE = "Unavailable"
-    FAULTED = "Faulted"
+    AVAILABLE = "available"
+    OCCUPIED = "occupied"  # plugged in or authorized, no transaction (yet)
+    CHARGING = "charging"
+    SUSPENDED_EV = "suspended_ev"  # a transaction runs, the EV draws nothing
+    SUSPENDED_EVSE = "suspended_evse"  # a transaction runs, the station offers nothing
+    FINISHED = "finished"  # the transaction is over, the cable is still in
+    RESERVED = "reserved"
+    UNAVAILABLE = "unavailable"
+    FAULTED = "faulted"
 
 
 class Fault(StrEnum):
@@ -53,37 +54,24 @@ class Fault(StrEnum):
     SUPERVISION = "supervision"  # the agent process is gone or stalled: nothing may charge unrecorded
 
 
-# Fault -> (OCPP ChargePointErrorCode, vendorErrorCode)
-FAULT_ERROR_CODES: dict[Fault, tuple[str, str]] = {
-    Fault.WELD: ("PowerSwitchFailure", "ContactorWelded"),
-    Fault.CONTACTOR: ("PowerSwitchFailure", "ContactorFeedbackMismatch"),
-    Fault.RCD: ("GroundFailure", "ResidualCurrentTrip"),
-    Fault.DIODE: ("OtherError", "PilotDiodeFault"),
-    Fault.PILOT: ("OtherError", "PilotShortOrFault"),
-    Fault.METER: ("PowerMeterFailure", "MeterNotAnswering"),
-    Fault.DEVICE: ("InternalError", "DeviceNotAnswering"),
-    Fault.STORAGE: ("InternalError", "JournalNotWritable"),
-    Fault.LOCK: ("ConnectorLockFailure", "LockFeedbackTimeout"),
-    Fault.SUPERVISION: ("InternalError", "AgentNotResponding"),
-}
 LATCHED_FAULTS = frozenset({Fault.WELD, Fault.CONTACTOR})
 # faults that open the contactor but leave the transaction running: it resumes once the cause is gone (a
-# stalled agent answers again; a dead one restarts and stops it with PowerLoss, or resumes it)
+# stalled agent answers again; a dead one restarts and stops it (StopReason.POWER_LOSS), or resumes it)
 SUSPENDING_FAULTS = frozenset({Fault.SUPERVISION})
 
 
 class StopReason(StrEnum):
-    LOCAL = "Local"
-    REMOTE = "Remote"
-    EV_DISCONNECTED = "EVDisconnected"
-    DEAUTHORIZED = "DeAuthorized"
-    SOFT_RESET = "SoftReset"
-    HARD_RESET = "HardReset"
-    UNLOCK_COMMAND = "UnlockCommand"
-    POWER_LOSS = "PowerLoss"
-    REBOOT = "Reboot"
-    EMERGENCY_STOP = "EmergencyStop"
-    OTHER = "Other"
+    LOCAL = "local"
+    REMOTE = "remote"
+    EV_DISCONNECTED = "ev_disconnected"
+    DEAUTHORIZED = "deauthorized"
+    SOFT_RESET = "soft_reset"
+    HARD_RESET = "hard_reset"
+    UNLOCK_COMMAND = "unlock_command"
+    POWER_LOSS = "power_loss"
+    REBOOT = "reboot"
+    EMERGENCY_STOP = "emergency_stop"
+    OTHER = "other"
 
 
 @dataclass(frozen=True)
@@ -91,10 +79,10 @@ class SessionSettings:
     """Everything configurable that the controller's decisions depend on."""
 
     max_current_a: float = 16.0  # min of the configured limit and the outlet's rating
-    connection_timeout_s: float = 60.0  # OCPP ConnectionTimeOut: authorization waits this long for a plug
-    stop_on_ev_side_disconnect: bool = True  # OCPP StopTransactionOnEVSideDisconnect
-    stop_on_invalid_id: bool = True  # OCPP StopTransactionOnInvalidId
-    authorize_remote_tx: bool = True  # OCPP AuthorizeRemoteTxRequests
+    connection_timeout_s: float = 60.0  # OCPP 1.6 ConnectionTimeOut (2.0.1 TxCtrlr.EVConnectionTimeOut): authorization waits this long for a plug
+    stop_on_ev_side_disconnect: bool = True  # OCPP 1.6 StopTransactionOnEVSideDisconnect (2.0.1 TxCtrlr.StopTxOnEVSideDisconnect)
+    stop_on_invalid_id: bool = True  # OCPP 1.6 StopTransactionOnInvalidId (2.0.1 TxCtrlr.StopTxOnInvalidId)
+    authorize_remote_tx: bool = True  # OCPP 1.6 AuthorizeRemoteTxRequests (2.0.1 AuthCtrlr.AuthorizeRemoteStart)
     ventilation_available: bool = False  # state D may charge only with ventilation
     feedback_timeout_s: float = 0.25  # mirror contact must follow a command within this time
     feedback_supervised: bool = True  # False when the board infers feedback (no mirror contact to trust)
@@ -105,7 +93,7 @@ class SessionSettings:
     # still in C gets this long to open S2 before the contactor opens under load (EVerest uses 6 s too)
     stop_under_load_timeout_s: float = 6.0
     lock_timeout_s: float = 1.0  # the lock's feedback must follow a command within this time
-    unlock_on_ev_side_disconnect: bool = True  # OCPP UnlockConnectorOnEVSideDisconnect
+    unlock_on_ev_side_disconnect: bool = True  # OCPP 1.6 UnlockConnectorOnEVSideDisconnect (2.0.1 TxCtrlr.StopTxOnEVSideDisconnect)
 
 
 # ---- events -------------------------------------------------------------------------------------
@@ -133,7 +121,7 @@ class LockFeedback:
 
 @dataclass(frozen=True)
 class UnlockRequested:
-    """UnlockConnector (OCPP §5.18): stop a running transaction (UnlockCommand), release a cable held after
+    """UnlockConnector (OCPP §5.18): stop a running transaction (UNLOCK_COMMAND), release a cable held after
     an EV-side disconnect, and command the lock open again, even if it already is commanded open (a retry
     of a lock that failed to open)."""
 
@@ -150,38 +138,38 @@ class FaultChanged:
 
 
 @dataclass(frozen=True)
-class IdTagPresented:
-    id_tag: str
+class TokenPresented:
+    id_token: str
 
 
 @dataclass(frozen=True)
 class AuthorizationResult:
-    id_tag: str
+    id_token: str
     accepted: bool
-    parent_id_tag: str | None = None
+    parent_id_token: str | None = None
 
 
 @dataclass(frozen=True)
 class RemoteStart:
-    id_tag: str
+    id_token: str
 
 
 @dataclass(frozen=True)
 class ResumeTransaction:
     """A transaction the journal says was running before a restart continues (the EV is still plugged)."""
 
-    id_tag: str
+    id_token: str
 
 
 @dataclass(frozen=True)
 class StopRequested:
     reason: StopReason
-    id_tag: str | None = None
+    id_token: str | None = None
 
 
 @dataclass(frozen=True)
 class TransactionRecorded:
-    """The journal committed (ok) or refused (not ok) the oldest StartTransaction it had not answered yet;
+    """The journal committed (ok) or refused (not ok) the oldest BeginTransaction it had not answered yet;
     starts are journaled in order. Until its own start is committed a transaction offers no energy (no PWM,
     no close): a start that is not durable must not charge. A late answer for a start that was stopped
     before its commit grants nothing to the next transaction. A refused start ends its transaction (a
@@ -192,10 +180,10 @@ class TransactionRecorded:
 
 @dataclass(frozen=True)
 class TransactionConfirmed:
-    """The CSMS answered StartTransaction; `accepted` is its idTagInfo verdict."""
+    """The CSMS answered the transaction's start; `accepted` is its verdict on the id token."""
 
     accepted: bool
-    parent_id_tag: str | None = None
+    parent_id_token: str | None = None
 
 
 @dataclass(frozen=True)
@@ -207,12 +195,12 @@ class AvailabilityChanged:
 class ReservationMade:
     """ReserveNow for this connector (or a reservation of connector 0 held on it), after
     `reservation_answer` said Accepted. It replaces the reservation the connector holds. Until it ends
-    only `id_tag`, or an id whose parent is `parent_id_tag`, may start here. `expires_at` is on the
+    only `id_token`, or an id whose parent is `parent_id_token`, may start here. `expires_at` is on the
     clock of `now`."""
 
     reservation_id: int
-    id_tag: str
-    parent_id_tag: str | None
+    id_token: str
+    parent_id_token: str | None
     expires_at: float
     any_connector: bool = False  # a reservation of connector 0 (the station), held on this connector
 
@@ -238,7 +226,7 @@ class ResetLatchedFaults:
 @dataclass(frozen=True)
 class ChargingLimitChanged:
     """The Smart Charging limit in force (agent.core.smart_charging's composite schedule); None: no limit.
-    Below 6 A nothing can be offered: the pilot stops offering (X1) and a transaction is SuspendedEVSE."""
+    Below 6 A nothing can be offered: the pilot stops offering (X1) and a transaction is suspended by the EVSE."""
 
     limit_a: float | None
 
@@ -256,7 +244,7 @@ Event = (
     | UnlockRequested
     | CableDetected
     | FaultChanged
-    | IdTagPresented
+    | TokenPresented
     | AuthorizationResult
     | RemoteStart
     | ResumeTransaction
@@ -294,27 +282,26 @@ class SetLock:
 
 @dataclass(frozen=True)
 class RequestAuthorization:
-    id_tag: str
+    id_token: str
 
 
 @dataclass(frozen=True)
-class StartTransaction:
-    id_tag: str
+class BeginTransaction:
+    id_token: str
     reservation_id: int | None = None  # the reservation this transaction uses (and so ends)
 
 
 @dataclass(frozen=True)
-class StopTransaction:
+class EndTransaction:
     reason: StopReason
-    id_tag: str | None = None
+    id_token: str | None = None
 
 
 @dataclass(frozen=True)
 class StatusChanged:
     status: ConnectorStatus
-    error_code: str = "NoError"
+    fault: Fault | None = None  # the most severe active fault (a warning when the status is not FAULTED)
     info: str | None = None
-    vendor_error_code: str | None = None
 
 
 @dataclass(frozen=True)
@@ -338,8 +325,8 @@ Command = (
     | SetPilot
     | SetLock
     | RequestAuthorization
-    | StartTransaction
-    | StopTransaction
+    | BeginTransaction
+    | EndTransaction
     | StatusChanged
     | ReservationEnded
     | Notice
@@ -351,15 +338,15 @@ Command = (
 
 @dataclass
 class _Authorization:
-    id_tag: str
-    parent_id_tag: str | None
+    id_token: str
+    parent_id_token: str | None
     granted_at: float
 
 
 @dataclass
 class _Transaction:
-    id_tag: str
-    parent_id_tag: str | None
+    id_token: str
+    parent_id_token: str | None
     started_at: float
     energy_blocked: bool = False  # CSMS said the id is invalid and StopTransactionOnInvalidId is false
     recorded: bool = False  # the journal holds its start (TransactionRecorded): only then may energy flow
@@ -371,8 +358,8 @@ class _LockHold:
     id, or an id of the same parent id) presents the card, or the CSMS unlocks it
     (UnlockConnectorOnEVSideDisconnect = false)."""
 
-    id_tag: str
-    parent_id_tag: str | None
+    id_token: str
+    parent_id_token: str | None
 
 
 @dataclass(frozen=True)
@@ -386,18 +373,17 @@ class ConnectorView:
     contactor_closed: bool
     contactor_feedback: bool
     status: ConnectorStatus
-    error_code: str
+    status_fault: Fault | None  # the fault the status reports (the most severe active one)
     faults: tuple[str, ...]
     transaction_active: bool
-    id_tag: str | None
-    authorized_id_tag: str | None
+    id_token: str | None
+    authorized_id_token: str | None
     operative: bool
     availability_scheduled: bool
     reservation: ReservationMade | None = None
     lock_commanded: bool = False
     lock_feedback: bool = False
     lock_held_for: str | None = None  # the id whose card releases the cable (UnlockConnectorOnEVSideDisconnect)
-    vendor_error_code: str | None = None
 
 
 @dataclass
@@ -423,7 +409,7 @@ class ConnectorController:
     _diode_verified: bool = False
     _pilot_seen: bool = False  # no lock command before the first pilot reading (a resumed session keeps it)
     _wind_down_since: float | None = None  # orderly stop under load: x1 sent, waiting for the EV to leave C
-    _starts_unrecorded: int = 0  # StartTransactions the journal has not answered yet (TransactionRecorded)
+    _starts_unrecorded: int = 0  # transaction starts the journal has not answered yet (TransactionRecorded)
     _lock_cmd: bool = False
     _lock_cmd_at: float = -math.inf  # never commanded: the first step commands the lock open
     lock_feedback: bool = False
@@ -457,23 +443,23 @@ class ConnectorController:
         return self._tx is not None
 
     @property
-    def transaction_id_tag(self) -> str | None:
-        return self._tx.id_tag if self._tx else None
+    def transaction_id_token(self) -> str | None:
+        return self._tx.id_token if self._tx else None
 
     @property
-    def transaction_parent_id_tag(self) -> str | None:
-        return self._tx.parent_id_tag if self._tx else None
+    def transaction_parent_id_token(self) -> str | None:
+        return self._tx.parent_id_token if self._tx else None
 
     @property
     def plugged(self) -> bool:
         return self.cp_state in (CpState.B, CpState.C, CpState.D)
 
-    def can_accept_remote_start(self, id_tag: str | None = None) -> bool:
-        """Whether a RemoteStartTransaction (for `id_tag`, if given) may be accepted here. On a reserved
+    def can_accept_remote_start(self, id_token: str | None = None) -> bool:
+        """Whether a RemoteStartTransaction (for `id_token`, if given) may be accepted here. On a reserved
         connector only the reserved id may start, or any id when the reservation has a parent id (its
         Authorize tells whether the id belongs to it)."""
         r = self._reservation
-        if r is not None and id_tag is not None and r.parent_id_tag is None and not _same_id(id_tag, r.id_tag):
+        if r is not None and id_token is not None and r.parent_id_token is None and not _same_id(id_token, r.id_token):
             return False
         return (self._tx is None and self.operative and not self.faults and self._authorizing is None
                 and self._lock_hold is None)
@@ -497,15 +483,15 @@ class ConnectorController:
             return "Occupied"
         return "Accepted"
 
-    def admits(self, id_tag: str, parent_id_tag: str | None) -> bool:
+    def admits(self, id_token: str, parent_id_token: str | None) -> bool:
         """Whether the id (with its parent, if known) may start here: anyone without a reservation; the
         reserved id, or an id with the reservation's parent id, with one."""
         r = self._reservation
         return (
             r is None
-            or _same_id(id_tag, r.id_tag)
-            or (r.parent_id_tag is not None and parent_id_tag is not None
-                and _same_id(parent_id_tag, r.parent_id_tag))
+            or _same_id(id_token, r.id_token)
+            or (r.parent_id_token is not None and parent_id_token is not None
+                and _same_id(parent_id_token, r.parent_id_token))
         )
 
     @property
@@ -536,7 +522,7 @@ class ConnectorController:
     @property
     def lock_held_for(self) -> str | None:
         """The id whose card releases a cable held locked after an EV-side disconnect."""
-        return self._lock_hold.id_tag if self._lock_hold else None
+        return self._lock_hold.id_token if self._lock_hold else None
 
     @property
     def blocking_faults(self) -> set[Fault]:
@@ -563,12 +549,11 @@ class ConnectorController:
             contactor_closed=self._contactor_cmd,
             contactor_feedback=self.feedback_closed,
             status=status.status,
-            error_code=status.error_code,
-            vendor_error_code=status.vendor_error_code,
+            status_fault=status.fault,
             faults=tuple(sorted(self.faults)),
             transaction_active=self._tx is not None,
-            id_tag=self._tx.id_tag if self._tx else None,
-            authorized_id_tag=self._auth.id_tag if self._auth else None,
+            id_token=self._tx.id_token if self._tx else None,
+            authorized_id_token=self._auth.id_token if self._auth else None,
             operative=self.operative,
             availability_scheduled=self._inoperative_scheduled,
             reservation=self._reservation,
@@ -602,18 +587,18 @@ class ConnectorController:
                     self._raise_fault(fault, out)
                 elif fault not in LATCHED_FAULTS and fault not in (Fault.DIODE, Fault.LOCK):
                     self.faults.discard(fault)
-            case IdTagPresented(id_tag):
-                self._on_id_tag(id_tag, out)
-            case AuthorizationResult(id_tag, accepted, parent):
-                self._on_authorization(id_tag, accepted, parent, out)
-            case RemoteStart(id_tag):
-                self._on_remote_start(id_tag, out)
-            case ResumeTransaction(id_tag):
-                if self._tx is None:  # already journaled: no StartTransaction, and recorded
-                    self._tx = _Transaction(id_tag, None, self._now, recorded=True)
-            case StopRequested(reason, id_tag):
+            case TokenPresented(id_token):
+                self._on_id_token(id_token, out)
+            case AuthorizationResult(id_token, accepted, parent):
+                self._on_authorization(id_token, accepted, parent, out)
+            case RemoteStart(id_token):
+                self._on_remote_start(id_token, out)
+            case ResumeTransaction(id_token):
+                if self._tx is None:  # already journaled: no BeginTransaction, and recorded
+                    self._tx = _Transaction(id_token, None, self._now, recorded=True)
+            case StopRequested(reason, id_token):
                 if self._tx is not None:
-                    self._stop(reason, id_tag, out)
+                    self._stop(reason, id_token, out)
                 elif reason in (StopReason.SOFT_RESET, StopReason.HARD_RESET):
                     self._auth = None
             case TransactionRecorded(ok):
@@ -671,10 +656,10 @@ class ConnectorController:
         if self._tx is not None:
             self._stop(StopReason.UNLOCK_COMMAND, None, out)
         if self._lock_hold is not None:
-            out.append(Notice(f"cable held for {self._lock_hold.id_tag} released by an unlock command"))
+            out.append(Notice(f"cable held for {self._lock_hold.id_token} released by an unlock command"))
             self._lock_hold = None
         if self._auth is not None and self._lock_cmd:  # locking to start a session: the CSMS wants it open
-            out.append(Notice(f"authorization for {self._auth.id_tag} dropped: connector unlocked by command"))
+            out.append(Notice(f"authorization for {self._auth.id_token} dropped: connector unlocked by command"))
             self._auth = None
         if self._may_be_live():
             out.append(Notice("unlock waits: the contactor is closed or its mirror contact reads closed"))
@@ -683,87 +668,87 @@ class ConnectorController:
         self._lock_cmd_at = self._now  # a new deadline for the feedback (a retry if it failed to open)
         out.append(SetLock(False))
 
-    def _on_id_tag(self, id_tag: str, out: list[Command]) -> None:
+    def _on_id_token(self, id_token: str, out: list[Command]) -> None:
         hold = self._lock_hold
         if self._tx is None and hold is not None:
-            if _same_id(id_tag, hold.id_tag):
+            if _same_id(id_token, hold.id_token):
                 self._lock_hold = None
-                out.append(Notice(f"card {id_tag}: cable released"))
-            elif hold.parent_id_tag is not None:
-                self._authorizing = id_tag  # the answer tells whether the card has the owner's parent id
-                out.append(RequestAuthorization(id_tag))
+                out.append(Notice(f"card {id_token}: cable released"))
+            elif hold.parent_id_token is not None:
+                self._authorizing = id_token  # the answer tells whether the card has the owner's parent id
+                out.append(RequestAuthorization(id_token))
             else:
-                out.append(Notice(f"card {id_tag} ignored: the cable stays locked until {hold.id_tag} is presented"))
+                out.append(Notice(f"card {id_token} ignored: the cable stays locked until {hold.id_token} is presented"))
             return
         if self._tx is not None:
-            if id_tag == self._tx.id_tag:
-                self._stop(StopReason.LOCAL, id_tag, out)
+            if id_token == self._tx.id_token:
+                self._stop(StopReason.LOCAL, id_token, out)
             else:
                 # another card may stop the session if it shares the parent id: ask the CSMS
-                self._authorizing = id_tag
-                out.append(RequestAuthorization(id_tag))
+                self._authorizing = id_token
+                out.append(RequestAuthorization(id_token))
             return
-        if self._auth is not None and self._auth.id_tag == id_tag:
+        if self._auth is not None and self._auth.id_token == id_token:
             self._auth = None  # second swipe before plugging in cancels
-            out.append(Notice(f"authorization for {id_tag} cancelled by a second swipe"))
+            out.append(Notice(f"authorization for {id_token} cancelled by a second swipe"))
             return
-        if not self.operative or self.faults:  # a new session needs a working meter for its meterStart
+        if not self.operative or self.faults:  # a new session needs a working meter for its start reading
             out.append(
-                Notice(f"card {id_tag} ignored: connector {'faulted' if self.faults else 'unavailable'}")
+                Notice(f"card {id_token} ignored: connector {'faulted' if self.faults else 'unavailable'}")
             )
             return
         r = self._reservation
-        if r is not None and r.parent_id_tag is None and not _same_id(id_tag, r.id_tag):
+        if r is not None and r.parent_id_token is None and not _same_id(id_token, r.id_token):
             # nothing to ask the CSMS: no parent id could make this card the reserved one
-            out.append(Notice(f"card {id_tag} refused: connector reserved (reservation {r.reservation_id})"))
+            out.append(Notice(f"card {id_token} refused: connector reserved (reservation {r.reservation_id})"))
             return
-        self._authorizing = id_tag
-        out.append(RequestAuthorization(id_tag))
+        self._authorizing = id_token
+        out.append(RequestAuthorization(id_token))
 
-    def _on_remote_start(self, id_tag: str, out: list[Command]) -> None:
+    def _on_remote_start(self, id_token: str, out: list[Command]) -> None:
         if not self.can_accept_remote_start():
-            out.append(Notice(f"remote start for {id_tag} ignored: connector busy"))
+            out.append(Notice(f"remote start for {id_token} ignored: connector busy"))
             return
-        if self.settings.authorize_remote_tx or not self.admits(id_tag, None):
-            self._authorizing = id_tag  # (on a reserved connector: the answer tells the id's parent)
-            out.append(RequestAuthorization(id_tag))
+        if self.settings.authorize_remote_tx or not self.admits(id_token, None):
+            self._authorizing = id_token  # (on a reserved connector: the answer tells the id's parent)
+            out.append(RequestAuthorization(id_token))
         else:
-            self._auth = _Authorization(id_tag, None, self._now)
+            self._auth = _Authorization(id_token, None, self._now)
 
-    def _on_authorization(self, id_tag: str, accepted: bool, parent: str | None, out: list[Command]) -> None:
-        if self._authorizing != id_tag:
+    def _on_authorization(self, id_token: str, accepted: bool, parent: str | None, out: list[Command]) -> None:
+        if self._authorizing != id_token:
             return  # stale answer (the session moved on)
         self._authorizing = None
         hold = self._lock_hold
         if self._tx is None and hold is not None:
-            if accepted and parent is not None and hold.parent_id_tag is not None and _same_id(parent, hold.parent_id_tag):
+            if accepted and parent is not None and hold.parent_id_token is not None and _same_id(parent, hold.parent_id_token):
                 self._lock_hold = None
-                out.append(Notice(f"card {id_tag} (parent id {parent}): cable released"))
+                out.append(Notice(f"card {id_token} (parent id {parent}): cable released"))
             else:
-                out.append(Notice(f"card {id_tag} may not release the cable held for {hold.id_tag}"))
+                out.append(Notice(f"card {id_token} may not release the cable held for {hold.id_token}"))
             return
         if self._tx is not None:
-            same_group = parent is not None and parent == self._tx.parent_id_tag
+            same_group = parent is not None and parent == self._tx.parent_id_token
             if accepted and same_group:
-                self._stop(StopReason.LOCAL, id_tag, out)
+                self._stop(StopReason.LOCAL, id_token, out)
             else:
-                out.append(Notice(f"card {id_tag} may not stop the running session"))
+                out.append(Notice(f"card {id_token} may not stop the running session"))
             return
         if not accepted:
-            out.append(Notice(f"card {id_tag} rejected"))
+            out.append(Notice(f"card {id_token} rejected"))
             return
-        if not self.admits(id_tag, parent):
+        if not self.admits(id_token, parent):
             assert self._reservation is not None
-            out.append(Notice(f"card {id_tag} refused: connector reserved (reservation "
+            out.append(Notice(f"card {id_token} refused: connector reserved (reservation "
                               f"{self._reservation.reservation_id}) for another id and parent id"))
             return
-        self._auth = _Authorization(id_tag, parent, self._now)
+        self._auth = _Authorization(id_token, parent, self._now)
 
     def _on_transaction_confirmed(self, accepted: bool, parent: str | None, out: list[Command]) -> None:
         if self._tx is None:
             return
         if parent is not None:
-            self._tx.parent_id_tag = parent
+            self._tx.parent_id_token = parent
         if accepted:
             self._tx.energy_blocked = False
         elif self.settings.stop_on_invalid_id:
@@ -786,7 +771,7 @@ class ConnectorController:
         assert r is not None
         self._reservation = None
         out.append(ReservationEnded(r.reservation_id, reason))
-        out.append(Notice(f"reservation {r.reservation_id} for {r.id_tag} ended: {reason}"))
+        out.append(Notice(f"reservation {r.reservation_id} for {r.id_token} ended: {reason}"))
 
     def _raise_fault(self, fault: Fault, out: list[Command]) -> None:
         if fault in self.faults:
@@ -794,22 +779,22 @@ class ConnectorController:
         self.faults.add(fault)
         out.append(Notice(f"fault: {fault.value}"))
         if fault is Fault.LOCK and self._tx is None and self._auth is not None:
-            out.append(Notice(f"authorization for {self._auth.id_tag} dropped: the connector could not be locked"))
+            out.append(Notice(f"authorization for {self._auth.id_token} dropped: the connector could not be locked"))
             self._auth = None  # no transaction without a locked plug (OCTT TC_024)
         if self._tx is not None and fault in self.blocking_faults and fault not in SUSPENDING_FAULTS:
             self._stop(StopReason.OTHER, None, out)
 
-    def _stop(self, reason: StopReason, id_tag: str | None, out: list[Command]) -> None:
+    def _stop(self, reason: StopReason, id_token: str | None, out: list[Command]) -> None:
         assert self._tx is not None
         tx, self._tx = self._tx, None
         self._auth = None
-        if (self.has_lock and self._lock_cmd and not self.plugged and id_tag is None
+        if (self.has_lock and self._lock_cmd and not self.plugged and id_token is None
                 and not self.settings.unlock_on_ev_side_disconnect and reason is not StopReason.UNLOCK_COMMAND):
             # EV side gone, UnlockConnectorOnEVSideDisconnect false: the cable stays locked for its owner
-            self._lock_hold = _LockHold(tx.id_tag, tx.parent_id_tag)
-            out.append(Notice(f"cable stays locked until {tx.id_tag} is presented (UnlockConnectorOnEVSideDisconnect)"))
+            self._lock_hold = _LockHold(tx.id_token, tx.parent_id_token)
+            out.append(Notice(f"cable stays locked until {tx.id_token} is presented (UnlockConnectorOnEVSideDisconnect)"))
         self._finishing = self.plugged
-        out.append(StopTransaction(reason, id_tag))
+        out.append(EndTransaction(reason, id_token))
         if self._inoperative_scheduled:
             self._inoperative_scheduled = False
             self.operative = False
@@ -848,7 +833,7 @@ class ConnectorController:
         if self._now - auth.granted_at >= self.settings.connection_timeout_s:
             self._auth = None
             out.append(
-                Notice(f"authorization for {auth.id_tag} expired: no EV plugged in within ConnectionTimeOut")
+                Notice(f"authorization for {auth.id_token} expired: no EV plugged in within ConnectionTimeOut")
             )
 
     def _expire_reservation(self, out: list[Command]) -> None:
@@ -874,16 +859,16 @@ class ConnectorController:
             assert self._auth is not None
             auth, self._auth = self._auth, None
             reservation_id = None
-            if self._reservation is not None and self.admits(auth.id_tag, auth.parent_id_tag):
+            if self._reservation is not None and self.admits(auth.id_token, auth.parent_id_token):
                 reservation_id = self._reservation.reservation_id
                 self._end_reservation("used", out)
-            if self.admits(auth.id_tag, auth.parent_id_tag):
-                self._tx = _Transaction(auth.id_tag, auth.parent_id_tag, self._now)
+            if self.admits(auth.id_token, auth.parent_id_token):
+                self._tx = _Transaction(auth.id_token, auth.parent_id_token, self._now)
                 self._finishing = False
                 self._starts_unrecorded += 1
-                out.append(StartTransaction(auth.id_tag, reservation_id))
+                out.append(BeginTransaction(auth.id_token, reservation_id))
             else:  # authorized before the connector was reserved for someone else
-                out.append(Notice(f"authorization for {auth.id_tag} dropped: the connector is reserved"))
+                out.append(Notice(f"authorization for {auth.id_token} dropped: the connector is reserved"))
 
         want_lock = self.has_lock and (
             self._may_be_live()  # a plug is never released while the outlet may carry mains
@@ -991,19 +976,16 @@ class ConnectorController:
 
     def _derive_status(self) -> StatusChanged:
         if self.blocking_faults:
-            fault = _most_severe(self.blocking_faults)
-            code, vendor = FAULT_ERROR_CODES[fault]
-            return StatusChanged(ConnectorStatus.FAULTED, code, None, vendor)
+            return StatusChanged(ConnectorStatus.FAULTED, _most_severe(self.blocking_faults))
         status = self._operational_status()
-        if self.faults:  # a fault that does not stop charging: the status with the error code is a warning
-            code, vendor = FAULT_ERROR_CODES[_most_severe(self.faults)]
-            return StatusChanged(status.status, code, status.info, vendor)
+        if self.faults:  # a fault that does not stop charging: the status with the fault is a warning
+            return StatusChanged(status.status, _most_severe(self.faults), status.info)
         return status
 
     def _operational_status(self) -> StatusChanged:
         if self._tx is not None:
             if not self._tx.recorded and self.plugged:
-                return StatusChanged(ConnectorStatus.PREPARING)  # until the journal holds the start
+                return StatusChanged(ConnectorStatus.OCCUPIED)  # until the journal holds the start
             if not self.plugged:
                 return StatusChanged(ConnectorStatus.SUSPENDED_EV, info="EV side disconnected")
             if not self._energy_allowed():
@@ -1016,18 +998,18 @@ class ConnectorController:
                 and self._now - self._pwm_since < self.settings.ev_response_grace_s
             ):
                 # the EV has up to 3 s to answer a new PWM; it is not "suspended" before that
-                return StatusChanged(ConnectorStatus.PREPARING)
+                return StatusChanged(ConnectorStatus.OCCUPIED)
             return StatusChanged(ConnectorStatus.SUSPENDED_EV)
         if not self.operative:
             return StatusChanged(ConnectorStatus.UNAVAILABLE)
         if self._lock_hold is not None:  # the session is over, but its cable is still locked in the outlet
-            return StatusChanged(ConnectorStatus.FINISHING)
+            return StatusChanged(ConnectorStatus.FINISHED)
         if self._reservation is not None and self._auth is None:
             return StatusChanged(ConnectorStatus.RESERVED)  # until the reserved id is authorized here
         if self.plugged:
-            return StatusChanged(ConnectorStatus.FINISHING if self._finishing else ConnectorStatus.PREPARING)
+            return StatusChanged(ConnectorStatus.FINISHED if self._finishing else ConnectorStatus.OCCUPIED)
         if self._auth is not None:
-            return StatusChanged(ConnectorStatus.PREPARING)  # authorized, waiting for the plug
+            return StatusChanged(ConnectorStatus.OCCUPIED)  # authorized, waiting for the plug
         return StatusChanged(ConnectorStatus.AVAILABLE)
 
 
@@ -1038,7 +1020,7 @@ _FAULT_SEVERITY = [
 
 
 def indicator_for(status: ConnectorStatus) -> IndicatorState:
-    """What the connector's status LEDs show for an OCPP connector status."""
+    """What the connector's status LEDs show for a connector status."""
     match status:
         case ConnectorStatus.FAULTED:
             return IndicatorState.FAULT
@@ -1046,7 +1028,7 @@ def indicator_for(status: ConnectorStatus) -> IndicatorState:
             return IndicatorState.OFF
         case ConnectorStatus.CHARGING | ConnectorStatus.SUSPENDED_EV | ConnectorStatus.SUSPENDED_EVSE:
             return IndicatorState.CHARGING
-        case _:  # Available, Preparing, Reserved, Finishing: the outlet is there for its driver
+        case _:  # available, occupied, reserved, finished: the outlet is there for its driver
             return IndicatorState.READY
 
 
@@ -1065,16 +1047,16 @@ def _safety_first(commands: list[Command]) -> list[Command]:
     return opens + [c for c in commands if c not in opens]
 
 
-def route_id_tag(controllers: dict[int, ConnectorController], id_tag: str) -> int | None:
+def route_id_token(controllers: dict[int, ConnectorController], id_token: str) -> int | None:
     """Which connector a card swiped at the station's single reader is meant for."""
     for cid, ctl in controllers.items():
-        if ctl.transaction_id_tag == id_tag:
+        if ctl.transaction_id_token == id_token:
             return cid  # stopping one's own session
-        if ctl.lock_held_for is not None and _same_id(ctl.lock_held_for, id_tag) and not ctl.transaction_active:
+        if ctl.lock_held_for is not None and _same_id(ctl.lock_held_for, id_token) and not ctl.transaction_active:
             return cid  # releasing one's own cable (UnlockConnectorOnEVSideDisconnect = false)
     for cid, ctl in controllers.items():
         reservation = ctl.reservation
-        if reservation is not None and _same_id(reservation.id_tag, id_tag) and not ctl.transaction_active:
+        if reservation is not None and _same_id(reservation.id_token, id_token) and not ctl.transaction_active:
             if reservation.any_connector:  # the station is reserved: an EV already plugged in elsewhere first
                 for other_cid, other in controllers.items():
                     if (other.reservation is None and other.plugged and not other.transaction_active
@@ -1124,12 +1106,12 @@ def station_reservation_used(controllers: dict[int, ConnectorController], connec
     """The connector holding a reservation of connector 0 that the transaction just started on
     `connector_id` (another connector) uses: the reserved id, or an id of the same parent id."""
     started = controllers[connector_id]
-    id_tag = started.transaction_id_tag
-    if id_tag is None:
+    id_token = started.transaction_id_token
+    if id_token is None:
         return None
     for cid, ctl in controllers.items():
         reservation = ctl.reservation
         if (cid != connector_id and reservation is not None and reservation.any_connector
-                and ctl.admits(id_tag, started.transaction_parent_id_tag)):
+                and ctl.admits(id_token, started.transaction_parent_id_token)):
             return cid
     return None

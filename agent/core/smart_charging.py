@@ -2,12 +2,13 @@
 
 Pure logic: no I/O, no `ocpp` import; the time is always passed in (timezone-aware UTC datetimes).
 The station (agent.station.station) owns the installed profiles, persists them and turns the composite limit
-into a controller event; the OCPP layer (agent.ocpp.v16.smart_charging) only translates messages.
+into a controller event; the OCPP layer (agent.ocpp.v16.smart_charging) translates messages and reads and
+writes the chargingProfile wire object.
 
 Rules held here (OCPP 1.6 §3.13, §5.5, §5.7, §5.16 and the errata):
 * ChargePointMaxProfile only on connector 0 and never Relative; TxDefaultProfile on connector 0 (every
   connector) or one connector (overrides connector 0); TxProfile only on a connector with a running
-  transaction (and its transactionId, if given).
+  transaction (and its transaction id, if given).
 * Within a purpose the valid profile with the highest stackLevel wins at each instant; a profile that is
   not valid yet (validFrom), no more (validTo) or whose schedule has ended (duration, also within each
   recurrence) falls back to lower stack levels, then to "no limit" (errata 3.43/3.44).
@@ -24,7 +25,6 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 CHARGE_POINT_MAX = "ChargePointMaxProfile"
@@ -76,40 +76,6 @@ class ChargingProfile:
     valid_to: datetime | None = None
     transaction_id: int | None = None
 
-    def to_ocpp(self) -> dict:
-        """The csChargingProfiles object as OCPP puts it on the wire (camelCase); also the persisted form."""
-        s = self.schedule
-        schedule: dict[str, Any] = {
-            "chargingRateUnit": s.rate_unit,
-            "chargingSchedulePeriod": [
-                {"startPeriod": p.start_period, "limit": p.limit}
-                | ({"numberPhases": p.number_phases} if p.number_phases is not None else {})
-                for p in s.periods
-            ],
-        }
-        if s.duration is not None:
-            schedule["duration"] = s.duration
-        if s.start_schedule is not None:
-            schedule["startSchedule"] = format_time(s.start_schedule)
-        if s.min_charging_rate is not None:
-            schedule["minChargingRate"] = s.min_charging_rate
-        out: dict[str, Any] = {
-            "chargingProfileId": self.id,
-            "stackLevel": self.stack_level,
-            "chargingProfilePurpose": self.purpose,
-            "chargingProfileKind": self.kind,
-            "chargingSchedule": schedule,
-        }
-        if self.transaction_id is not None:
-            out["transactionId"] = self.transaction_id
-        if self.recurrency_kind is not None:
-            out["recurrencyKind"] = self.recurrency_kind
-        if self.valid_from is not None:
-            out["validFrom"] = format_time(self.valid_from)
-        if self.valid_to is not None:
-            out["validTo"] = format_time(self.valid_to)
-        return out
-
 
 @dataclass(frozen=True)
 class Limits:
@@ -149,7 +115,7 @@ class Transaction:
     """The transaction a connector runs, as far as schedules care."""
 
     started_at: datetime
-    transaction_id: int | None = None  # the CSMS's id; None until StartTransaction.conf came
+    transaction_id: int | None = None  # the CSMS's id; None until the CSMS answered the start
 
 
 @dataclass(frozen=True)
@@ -210,100 +176,9 @@ def format_time(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 
-def _int(data: dict, name: str, *, required: bool = True, minimum: int | None = None) -> int | None:
-    value = data.get(name)
-    if value is None:
-        if required:
-            raise ProfileError(f"{name} is missing")
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | Decimal | float) or value != int(value):
-        raise ProfileError(f"{name} must be an integer")
-    number = int(value)
-    if minimum is not None and number < minimum:
-        raise ProfileError(f"{name} must be >= {minimum}, got {number}")
-    return number
-
-
-def _number(data: dict, name: str, *, required: bool = True) -> float | None:
-    value = data.get(name)
-    if value is None:
-        if required:
-            raise ProfileError(f"{name} is missing")
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
-        raise ProfileError(f"{name} must be a number")
-    number = float(value)
-    if not math.isfinite(number) or number < 0:
-        raise ProfileError(f"{name} must be a finite number >= 0, got {value}")
-    return number
-
-
 def floor_tenths(value: float) -> float:
     """Down to the schema's multipleOf 0.1 (never above the limit the CSMS gave)."""
     return math.floor(value * 10 + 1e-9) / 10
-
-
-def parse_profile(connector_id: int, data: Any) -> ChargingProfile:
-    """A csChargingProfiles / chargingProfile object (camelCase, numbers possibly Decimal) → ChargingProfile.
-    Raises ProfileError for anything malformed; station-specific limits are checked by check_profile()."""
-    if not isinstance(data, dict):
-        raise ProfileError("chargingProfile must be an object")
-    purpose = data.get("chargingProfilePurpose")
-    if purpose not in PURPOSES:
-        raise ProfileError(f"unknown chargingProfilePurpose {purpose!r}")
-    kind = data.get("chargingProfileKind")
-    if kind not in KINDS:
-        raise ProfileError(f"unknown chargingProfileKind {kind!r}")
-    recurrency = data.get("recurrencyKind")
-    if kind == "Recurring":
-        if recurrency not in RECURRENCY:
-            raise ProfileError(f"a Recurring profile needs recurrencyKind Daily or Weekly, got {recurrency!r}")
-    elif recurrency is not None and recurrency not in RECURRENCY:
-        raise ProfileError(f"unknown recurrencyKind {recurrency!r}")
-    else:
-        recurrency = None  # only meaningful for Recurring profiles
-    raw = data.get("chargingSchedule")
-    if not isinstance(raw, dict):
-        raise ProfileError("chargingSchedule is missing")
-    unit = raw.get("chargingRateUnit")
-    if unit not in UNITS:
-        raise ProfileError(f"unknown chargingRateUnit {unit!r}")
-    raw_periods = raw.get("chargingSchedulePeriod")
-    if not isinstance(raw_periods, list) or not raw_periods:
-        raise ProfileError("chargingSchedulePeriod must list at least one period")
-    periods = []
-    for item in raw_periods:
-        if not isinstance(item, dict):
-            raise ProfileError("a chargingSchedulePeriod must be an object")
-        phases = _int(item, "numberPhases", required=False)
-        if phases is not None and not 1 <= phases <= 3:
-            raise ProfileError(f"numberPhases must be 1, 2 or 3, got {phases}")
-        start = _int(item, "startPeriod", minimum=0)
-        periods.append(SchedulePeriod(start, floor_tenths(_number(item, "limit")), phases))
-    if periods[0].start_period != 0:
-        raise ProfileError("the first period must start at 0 (errata 3.45)")
-    if any(b.start_period <= a.start_period for a, b in zip(periods, periods[1:], strict=False)):
-        raise ProfileError("startPeriod values must increase")
-    start_schedule = parse_time(raw["startSchedule"], "startSchedule") if raw.get("startSchedule") else None
-    if kind == "Recurring" and start_schedule is None:
-        raise ProfileError("a Recurring profile needs startSchedule")
-    schedule = ChargingSchedule(
-        rate_unit=unit, periods=tuple(periods), duration=_int(raw, "duration", required=False, minimum=0),
-        start_schedule=start_schedule, min_charging_rate=_number(raw, "minChargingRate", required=False),
-    )
-    valid_from = parse_time(data["validFrom"], "validFrom") if data.get("validFrom") else None
-    valid_to = parse_time(data["validTo"], "validTo") if data.get("validTo") else None
-    if valid_from is not None and valid_to is not None and valid_to <= valid_from:
-        raise ProfileError("validTo must be after validFrom")
-    profile = ChargingProfile(
-        id=_int(data, "chargingProfileId"), connector_id=connector_id,
-        stack_level=_int(data, "stackLevel", minimum=0), purpose=purpose, kind=kind, schedule=schedule,
-        recurrency_kind=recurrency, valid_from=valid_from, valid_to=valid_to,
-        transaction_id=_int(data, "transactionId", required=False),
-    )
-    if purpose == CHARGE_POINT_MAX and kind == "Relative":
-        raise ProfileError("a ChargePointMaxProfile cannot be Relative")
-    return profile
 
 
 def check_profile(profile: ChargingProfile, installed: Iterable[ChargingProfile], *, limits: Limits,
@@ -318,11 +193,11 @@ def check_profile(profile: ChargingProfile, installed: Iterable[ChargingProfile]
             return "a TxProfile needs a connector"
         if for_remote_start:
             if profile.transaction_id is not None:
-                return "the chargingProfile of a RemoteStartTransaction may not name a transactionId"
+                return "the chargingProfile of a RemoteStartTransaction may not name a transaction id"
         elif transaction is None:
             return f"no transaction runs on connector {profile.connector_id}"
         elif profile.transaction_id is not None and profile.transaction_id != transaction.transaction_id:
-            return f"transactionId {profile.transaction_id} does not run on connector {profile.connector_id}"
+            return f"transaction {profile.transaction_id} does not run on connector {profile.connector_id}"
     elif for_remote_start:
         return f"the chargingProfile of a RemoteStartTransaction must be a TxProfile, not {profile.purpose}"
     if profile.stack_level > limits.max_stack_level:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from agent.core.authorization import IdTagInfo, ListChange, cache_evictions
+from agent.core.authorization import ListChange, TokenInfo, cache_evictions
 from agent.core.clock import WallClock, utc_now
+from agent.ocpp.v16.vocabulary import authorization_status, authorization_status_from_ocpp
 from agent.station.journal import Journal
 
 SCHEMA = """
@@ -30,12 +31,13 @@ CREATE TABLE IF NOT EXISTS local_list (
 LIST_VERSION_KEY = "local_list.version"
 
 
-def _row_to_info(status: str, expiry: str | None, parent: str | None) -> IdTagInfo:
-    return IdTagInfo(status, datetime.fromisoformat(expiry) if expiry else None, parent)
+def _row_to_info(status: str, expiry: str | None, parent: str | None) -> TokenInfo:
+    # the stored status is the OCPP 1.6 word (the journal's format until it is neutral)
+    return TokenInfo(authorization_status_from_ocpp(status), datetime.fromisoformat(expiry) if expiry else None, parent)
 
 
-def _info_to_row(info: IdTagInfo) -> tuple[str, str | None, str | None]:
-    return info.status, info.expiry.isoformat() if info.expiry else None, info.parent_id_tag
+def _info_to_row(info: TokenInfo) -> tuple[str, str | None, str | None]:
+    return authorization_status(info.status), info.expiry.isoformat() if info.expiry else None, info.parent_id_token
 
 
 class AuthStore:
@@ -48,11 +50,11 @@ class AuthStore:
 
     # ---- cache -----------------------------------------------------------------------------------
 
-    def cached(self, id_tag: str) -> IdTagInfo | None:
+    def cached(self, id_tag: str) -> TokenInfo | None:
         row = self._db.execute("SELECT status, expiry, parent FROM auth_cache WHERE id_tag = ?", (id_tag,)).fetchone()
         return _row_to_info(*row) if row else None
 
-    def remember(self, id_tag: str, info: IdTagInfo) -> None:
+    def remember(self, id_tag: str, info: TokenInfo) -> None:
         """Cache what the CSMS said about a tag (valid or not), unless the tag is in the local list."""
         if self.listed(id_tag) is not None:
             return  # list entries are never cached (§3.5.3)
@@ -81,7 +83,7 @@ class AuthStore:
 
     # ---- local list ------------------------------------------------------------------------------
 
-    def listed(self, id_tag: str) -> IdTagInfo | None:
+    def listed(self, id_tag: str) -> TokenInfo | None:
         row = self._db.execute("SELECT status, expiry, parent FROM local_list WHERE id_tag = ?", (id_tag,)).fetchone()
         return _row_to_info(*row) if row else None
 

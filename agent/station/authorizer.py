@@ -13,9 +13,9 @@ from agent.core import controller as ctl
 from agent.core.authorization import (
     AuthSettings,
     Decision,
-    IdTagInfo,
     ListUpdate,
     Source,
+    TokenInfo,
     decide,
     plan_send_local_list,
 )
@@ -54,46 +54,46 @@ class Authorizer:
             allow_offline_unknown=cfg.get_bool("AllowOfflineTxForUnknownId"),
         )
 
-    def local_decision(self, id_tag: str, online: bool) -> Decision:
-        return decide(id_tag, online=online, now=self._wall_clock(), list_entry=self.store.listed(id_tag),
-                      cache_entry=self.store.cached(id_tag), settings=self.settings())
+    def local_decision(self, id_token: str, online: bool) -> Decision:
+        return decide(id_token, online=online, now=self._wall_clock(), list_entry=self.store.listed(id_token),
+                      cache_entry=self.store.cached(id_token), settings=self.settings())
 
-    def present_id_tag(self, id_tag: str) -> int | None:
+    def present_id_token(self, id_token: str) -> int | None:
         """A card at the reader: the connector it went to, or None."""
         if self._closing():
-            self.log.info("card %s ignored: the agent is shutting down", id_tag)
+            self.log.info("card %s ignored: the agent is shutting down", id_token)
             return None
         controllers = {cid: rt.controller for cid, rt in self._connectors.items()}
-        cid = ctl.route_id_tag(controllers, id_tag)
+        cid = ctl.route_id_token(controllers, id_token)
         if cid is None:
-            self.log.info("card %s: no connector can take it", id_tag)
+            self.log.info("card %s: no connector can take it", id_token)
             return None
-        self._dispatch(self._connectors[cid], ctl.IdTagPresented(id_tag))
+        self._dispatch(self._connectors[cid], ctl.TokenPresented(id_token))
         return cid
 
-    async def authorize(self, rt: ConnectorRuntime, id_tag: str) -> None:
+    async def authorize(self, rt: ConnectorRuntime, id_token: str) -> None:
         """The controller asks whether `id_tag` may charge: it gets an AuthorizationResult."""
         csms = self._csms()
-        decision = self.local_decision(id_tag, online=csms.accepted)
+        decision = self.local_decision(id_token, online=csms.accepted)
         verdict = "Accepted" if decision.accepted else "refused"
         if decision.ask_csms:
-            tag_info = await csms.authorize_id(id_tag)
+            tag_info = await csms.authorize(id_token)
             if tag_info is not None:
-                self.remember(id_tag, tag_info)
-                decision = Decision(tag_info.status == "Accepted", Source.CSMS, tag_info.parent_id_tag)
-                verdict = tag_info.status
+                self.remember(id_token, tag_info)
+                decision = Decision(tag_info.accepted, Source.CSMS, tag_info.parent_id_token)
+                verdict = tag_info.status.value
             else:  # the CSMS could not be asked after all: offline rules
-                decision = self.local_decision(id_tag, online=False)
+                decision = self.local_decision(id_token, online=False)
                 verdict = "Accepted" if decision.accepted else "refused"
         if self._closing() and decision.accepted:
             decision, verdict = Decision(False, decision.source, None), "ignored: the agent is shutting down"
-        self.log.info("connector %d: card %s: %s (%s)", rt.id, id_tag, verdict, decision.source.value)
-        self._dispatch(rt, ctl.AuthorizationResult(id_tag, decision.accepted, decision.parent_id_tag))
+        self.log.info("connector %d: card %s: %s (%s)", rt.id, id_token, verdict, decision.source.value)
+        self._dispatch(rt, ctl.AuthorizationResult(id_token, decision.accepted, decision.parent_id_token))
 
-    def remember(self, id_tag: str, info: IdTagInfo) -> None:
+    def remember(self, id_token: str, info: TokenInfo) -> None:
         """Every IdTagInfo the CSMS sends updates the Authorization Cache (§3.5.1)."""
         if self._configuration.get_bool("AuthorizationCacheEnabled"):
-            self.store.remember(id_tag, info)
+            self.store.remember(id_token, info)
 
     def clear_cache(self) -> str:
         self.store.clear_cache()
@@ -107,7 +107,7 @@ class Authorizer:
         change = plan_send_local_list(
             enabled=cfg.get_bool("LocalAuthListEnabled"), current_version=self.store.list_version(),
             current_size=self.store.list_size(), list_version=list_version, update_type=update_type,
-            entries=[{"idTag": e.id_tag, "idTagInfo": e.id_tag_info} for e in entries],
+            entries=[(e.id_token, e.info) for e in entries],
             max_length=cfg.get_int("LocalAuthListMaxLength"), send_max_length=cfg.get_int("SendLocalListMaxLength"),
         )
         if change.status is ListUpdate.ACCEPTED:

@@ -21,6 +21,7 @@ from agent.core import controller as ctl
 from agent.core import smart_charging as sc
 from agent.logs import StationLogs
 from agent.ocpp.v16.config import OcppConfiguration
+from agent.ocpp.v16.smart_charging import parse_profile
 from agent.station.journal import Journal, JournalError
 from agent.station.profile_store import ProfileStore
 
@@ -87,7 +88,7 @@ class ChargingLimits:
         now = self._wall_clock()
         c = rt.controller
         waiting = (s.pending_tx_profile is not None and not c.transaction_active
-                   and c.view().authorized_id_tag is None and c.can_accept_remote_start())
+                   and c.view().authorized_id_token is None and c.can_accept_remote_start())
         if s.pending_tx_profile is not None and not waiting:
             s.pending_taken_up = True
         if waiting and (s.pending_taken_up or s.pending_since is None
@@ -140,7 +141,7 @@ class ChargingLimits:
         """RemoteStartTransaction with a chargingProfile: only a TxProfile without transactionId (errata
         3.41, TC_059/TC_060); it governs the transaction from its start."""
         try:
-            profile = sc.parse_profile(rt.id, data)
+            profile = parse_profile(rt.id, data)
         except sc.ProfileError as exc:
             self.log.warning("RemoteStartTransaction: chargingProfile rejected: %s", exc)
             return False
@@ -158,7 +159,7 @@ class ChargingLimits:
     def set_profile(self, connector_id: int, data: dict) -> str:
         """SetChargingProfile: the SetChargingProfile.conf status."""
         try:
-            profile = sc.parse_profile(connector_id, data)
+            profile = parse_profile(connector_id, data)
         except sc.ProfileError as exc:
             self.log.warning("SetChargingProfile on connector %d: Rejected: %s", connector_id, exc)
             return "Rejected"

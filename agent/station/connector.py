@@ -36,7 +36,7 @@ class TransactionOp:
     """One step of a connector's transaction bookkeeping, done in order by agent.station.recorder."""
 
     kind: str  # "start" | "stop" | "sample"
-    id_tag: str | None = None
+    id_token: str | None = None
     reason: str | None = None
     reading: MeterReading | None = None
     context: str = "Sample.Periodic"  # or "Sample.Clock" for clock-aligned values

@@ -91,8 +91,8 @@ class ControlChannel:
         self.control_lost = why
         self.log.critical("control loop lost: %s; every connector is reported Faulted", why)
         for rt in self._connectors.values():
-            self._csms().send_status(rt.id, ctl.ConnectorStatus.FAULTED.value, "InternalError",
-                                     "control process lost", "ControlLoopLost")
+            self._csms().send_status(rt.id, ctl.ConnectorStatus.FAULTED, info="control process lost",
+                                     control_lost=True)
 
     def _on_state(self, connector_id: int, state: dict, indicator: str | None) -> None:
         rt = self._connectors.get(connector_id)

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from datetime import datetime
 
 from agent.core import controller as ctl
-from agent.core.authorization import IdTagInfo
 from agent.core.clock import utc_now
 from agent.ocpp.security import SecurityManager
 from agent.ocpp.v16.config import OcppConfiguration
+from agent.ocpp.v16.vocabulary import token_info
 from agent.station.authorizer import Authorizer
 from agent.station.charging_limits import ChargingLimits
 from agent.station.connector import ConnectorRuntime
@@ -59,7 +59,8 @@ class StationAvailability:
                 self._journal.set_setting(f"availability.{rt.id}", value)
             if self.station_operative != operative:
                 self.station_operative = operative
-                self._csms().send_status(0, "Available" if operative else "Unavailable")
+                self._csms().send_status(0, ctl.ConnectorStatus.AVAILABLE if operative
+                                         else ctl.ConnectorStatus.UNAVAILABLE)
         scheduled = False
         for rt in targets:
             # the controller schedules Inoperative while a transaction runs (the replica tells it now)
@@ -110,38 +111,37 @@ class CsmsFacade:
         return list(self._connectors)
 
     def statuses(self) -> list[StatusReport]:
-        station = "Available" if self._availability.station_operative else "Unavailable"
-        result = [StatusReport(0, station)]
+        operative = self._availability.station_operative
+        result = [StatusReport(0, ctl.ConnectorStatus.AVAILABLE if operative else ctl.ConnectorStatus.UNAVAILABLE)]
         for rt in self._connectors.values():
             view = rt.controller.view()
-            # the error code of the status the controller derived: its most severe fault's
-            result.append(StatusReport(rt.id, view.status.value, view.error_code,
-                                       vendor_error_code=view.vendor_error_code))
+            # the status the controller derived, with its most severe fault
+            result.append(StatusReport(rt.id, view.status, view.status_fault))
         return result
 
     def meter_values_now(self, connector_id: int) -> list[dict]:
         return self._metering.meter_values_now(self._connectors[connector_id])
 
-    def remote_start(self, connector_id: int | None, id_tag: str, charging_profile: dict | None = None) -> bool:
+    def remote_start(self, connector_id: int | None, id_token: str, charging_profile: dict | None = None) -> bool:
         if self._closing():
             return False
         chosen: ConnectorRuntime | None
         if connector_id is None:
-            candidates = [rt for rt in self._connectors.values() if rt.controller.can_accept_remote_start(id_tag)]
+            candidates = [rt for rt in self._connectors.values() if rt.controller.can_accept_remote_start(id_token)]
             # the connector reserved for this id first; a connector reserved for another id last
             reserved = [rt for rt in candidates if rt.controller.reservation is not None
-                        and rt.controller.reservation.id_tag.casefold() == id_tag.casefold()]
+                        and rt.controller.reservation.id_token.casefold() == id_token.casefold()]
             unreserved = [rt for rt in candidates if rt.controller.reservation is None]
             plugged = [rt for rt in unreserved if rt.controller.plugged]
             chosen = next(iter(reserved or plugged or unreserved or candidates), None)
         else:
             chosen = self._connectors.get(connector_id)
-        if chosen is None or not chosen.controller.can_accept_remote_start(id_tag):
+        if chosen is None or not chosen.controller.can_accept_remote_start(id_token):
             return False
         if charging_profile is not None and not self._charging_limits.accept_remote_start_profile(
                 chosen, charging_profile):
             return False
-        self._dispatch(chosen, ctl.RemoteStart(id_tag))
+        self._dispatch(chosen, ctl.RemoteStart(id_token))
         return True
 
     def remote_stop(self, transaction_id: int) -> bool:
@@ -180,7 +180,7 @@ class CsmsFacade:
     def transaction_message_delivered(self, message: QueuedMessage, response: dict) -> None:
         info = response.get("idTagInfo") or {}
         if info and message.payload.get("idTag"):
-            self._authorizer.remember(message.payload["idTag"], IdTagInfo.from_ocpp(info))
+            self._authorizer.remember(message.payload["idTag"], token_info(info))
         if message.action != "StartTransaction":
             return
         for rt in self._connectors.values():
@@ -207,8 +207,8 @@ class CsmsFacade:
             return "Rejected"  # configured not to accept reservations (OCTT TC_048_4)
         if request.connector_id == 0 and not self.configuration.get_bool("ReserveConnectorZeroSupported"):
             return "Rejected"  # TC_050_4
-        return self._reservations.reserve(request.connector_id, request.expiry_date, request.id_tag,
-                                          request.reservation_id, request.parent_id_tag)
+        return self._reservations.reserve(request.connector_id, request.expiry_date, request.id_token,
+                                          request.reservation_id, request.parent_id_token)
 
     def cancel_reservation(self, reservation_id: int) -> str:
         return self._reservations.cancel(reservation_id)

@@ -13,9 +13,10 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from agent.core.authorization import IdTagInfo
+from agent.core.authorization import TokenInfo
+from agent.core.controller import ConnectorStatus, Fault
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
@@ -28,30 +29,30 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class StatusReport:
-    """The status of the station (connector 0) or of one connector, as the CSMS is told it."""
+    """The status of the station (connector 0) or of one connector, in neutral words: the adapter renders it."""
 
     connector_id: int
-    status: str
-    error_code: str = "NoError"
+    status: ConnectorStatus
+    fault: Fault | None = None  # why it is faulted (or the warning a working connector reports)
     info: str | None = None
-    vendor_error_code: str | None = None
+    control_lost: bool = False  # the agent lost its control process (no Fault of a controller says it)
 
 
-@dataclass(frozen=True)
-class LocalListEntry:
-    """One entry of a local authorization list update; no id_tag_info: remove the id (Differential)."""
+class LocalListEntry(NamedTuple):
+    """One entry of a local authorization list update, as the adapter read it; no info: remove the id
+    (Differential). An id token that is no non-empty string makes the update fail (plan_send_local_list)."""
 
-    id_tag: str
-    id_tag_info: IdTagInfo | None
+    id_token: object
+    info: TokenInfo | None
 
 
 @dataclass(frozen=True)
 class ReservationRequest:
     connector_id: int  # 0: any connector
     expiry_date: str  # as the CSMS sent it: the station parses it and logs it unparsed when it cannot
-    id_tag: str
+    id_token: str
     reservation_id: int
-    parent_id_tag: str | None = None
+    parent_id_token: str | None = None
 
 
 class CsmsPort(Protocol):
@@ -65,7 +66,7 @@ class CsmsPort(Protocol):
     @property
     def connector_ids(self) -> list[int]: ...
 
-    def remote_start(self, connector_id: int | None, id_tag: str, charging_profile: dict | None = None) -> bool: ...
+    def remote_start(self, connector_id: int | None, id_token: str, charging_profile: dict | None = None) -> bool: ...
 
     def remote_stop(self, transaction_id: int) -> bool: ...
 
@@ -114,8 +115,8 @@ class CsmsLink(Protocol):
     def accepted(self) -> bool:
         """Connected and registered: messages can be sent now."""
 
-    def send_status(self, connector_id: int, status: str, error_code: str = "NoError", info: str | None = None,
-                    vendor_error_code: str | None = None) -> None: ...
+    def send_status(self, connector_id: int, status: ConnectorStatus, fault: Fault | None = None,
+                    info: str | None = None, *, control_lost: bool = False) -> None: ...
 
     def send_meter_values(self, connector_id: int, meter_value: list[dict]) -> None:
         """Meter values outside a transaction (clock-aligned); those of a transaction go through the journal."""
@@ -123,7 +124,7 @@ class CsmsLink(Protocol):
     def journal_changed(self) -> None:
         """Queued transaction messages (or security events) wait in the journal: wake the sender."""
 
-    async def authorize_id(self, id_tag: str) -> IdTagInfo | None:
+    async def authorize(self, id_token: str) -> TokenInfo | None:
         """The CSMS's answer, or None when it cannot be asked (then the offline rules decide)."""
 
     def queue_follow_up(self, payload: Any, done: asyncio.Future | None = None, *,

@@ -10,6 +10,7 @@ import json
 import logging
 
 from agent.core import smart_charging as sc
+from agent.ocpp.v16.smart_charging import parse_profile, profile_to_ocpp
 from agent.station.journal import Journal
 
 log = logging.getLogger("evse.smart_charging")
@@ -35,7 +36,7 @@ class ProfileStore:
             "SELECT profile_id, connector_id, payload FROM charging_profiles ORDER BY rowid").fetchall()
         for profile_id, connector_id, payload in rows:
             try:
-                profiles.append(sc.parse_profile(connector_id, json.loads(payload)))
+                profiles.append(parse_profile(connector_id, json.loads(payload)))
             except (ValueError, TypeError) as exc:
                 log.warning("dropping stored charging profile %s: %s", profile_id, exc)
         return tuple(profiles)
@@ -46,5 +47,5 @@ class ProfileStore:
             db.execute("DELETE FROM charging_profiles")
             db.executemany(
                 "INSERT INTO charging_profiles (profile_id, connector_id, payload) VALUES (?, ?, ?)",
-                [(p.id, p.connector_id, json.dumps(p.to_ocpp())) for p in profiles],
+                [(p.id, p.connector_id, json.dumps(profile_to_ocpp(p))) for p in profiles],
             )

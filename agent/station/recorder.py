@@ -18,6 +18,7 @@ from agent.core import controller as ctl
 from agent.core.clock import utc_now
 from agent.ocpp.v16.config import OcppConfiguration
 from agent.ocpp.v16.meter_values import meter_value, ocpp_timestamp, register_value
+from agent.ocpp.v16.vocabulary import stop_reason
 from agent.station.connector import ConnectorRuntime, TransactionOp
 from agent.station.csms_link import CsmsLink
 from agent.station.journal import Journal, JournalError, JournalValueError, TransactionRecord
@@ -50,11 +51,11 @@ class TransactionRecorder:
 
     # ---- what the controllers decided -------------------------------------------------------------
 
-    def start(self, rt: ConnectorRuntime, id_tag: str, reservation_id: int | None) -> None:
-        rt.ops.put_nowait(TransactionOp("start", id_tag=id_tag, reservation_id=reservation_id))
+    def start(self, rt: ConnectorRuntime, id_token: str, reservation_id: int | None) -> None:
+        rt.ops.put_nowait(TransactionOp("start", id_token=id_token, reservation_id=reservation_id))
 
-    def stop(self, rt: ConnectorRuntime, reason: str, id_tag: str | None) -> None:
-        rt.ops.put_nowait(TransactionOp("stop", id_tag=id_tag, reason=reason))
+    def stop(self, rt: ConnectorRuntime, reason: str, id_token: str | None) -> None:
+        rt.ops.put_nowait(TransactionOp("stop", id_token=id_token, reason=reason))
 
     def transactions_active(self) -> bool:
         """A transaction runs, or its last journal write (StopTransaction) is still to be done."""
@@ -117,12 +118,12 @@ class TransactionRecorder:
         reading = await self._read_meter(rt)
         energy = self._energy_now(rt, reading)
         timestamp = ocpp_timestamp(self._wall_clock())
-        rt.local_tx = self._journal.begin_transaction(rt.id, op.id_tag or "", energy, timestamp,
+        rt.local_tx = self._journal.begin_transaction(rt.id, op.id_token or "", energy, timestamp,
                                                       reservation_id=op.reservation_id)
         rt.tx_begin = (energy, timestamp)  # durable now: the worker tells the controller it may offer energy
         interval = self._configuration.get_int("MeterValueSampleInterval")
         rt.next_sample_at = self._clock() + interval if interval > 0 else None
-        self.log.info("connector %d: transaction started for %s at %.0f Wh%s", rt.id, op.id_tag, energy,
+        self.log.info("connector %d: transaction started for %s at %.0f Wh%s", rt.id, op.id_token, energy,
                       f" (reservation {op.reservation_id})" if op.reservation_id is not None else "")
 
     async def _journal_stop(self, rt: ConnectorRuntime, op: TransactionOp) -> None:
@@ -133,8 +134,8 @@ class TransactionRecorder:
         energy = self._energy_now(rt, reading)
         timestamp = ocpp_timestamp(self._wall_clock())
         payload: dict = {"meterStop": round(energy), "timestamp": timestamp, "reason": op.reason}
-        if op.id_tag:
-            payload["idTag"] = op.id_tag
+        if op.id_token:
+            payload["idTag"] = op.id_token
         measurands = self._configuration.get_list("StopTxnSampledData")
         if measurands and rt.tx_begin is not None:
             begin_wh, begin_ts = rt.tx_begin
@@ -199,7 +200,7 @@ class TransactionRecorder:
             payload = {
                 "meterStop": round(tx.last_meter),
                 "timestamp": tx.last_meter_at,
-                "reason": ctl.StopReason.POWER_LOSS.value,
+                "reason": stop_reason(ctl.StopReason.POWER_LOSS),
             }
             if "Energy.Active.Import.Register" in stop_measurands:
                 payload["transactionData"] = [

@@ -39,8 +39,8 @@ class Reservations:
         # "idTag", "parentIdTag", "expiryDate"}, exactly as persisted
         self._active: dict[int, dict] = {}
 
-    def reserve(self, connector_id: int, expiry_date: str, id_tag: str, reservation_id: int,
-                parent_id_tag: str | None) -> str:
+    def reserve(self, connector_id: int, expiry_date: str, id_token: str, reservation_id: int,
+                parent_id_token: str | None) -> str:
         """ReserveNow: the ReserveNow.conf status. A reservation with the id of an active one replaces it."""
         try:
             expiry = datetime.fromisoformat(expiry_date)
@@ -56,11 +56,11 @@ class Reservations:
             status, held_on = ctl.reserve_any_connector(self._controllers, reservation_id)
         else:
             status, held_on = self._controllers[connector_id].reservation_answer(reservation_id), connector_id
-        self.log.info("ReserveNow %d for %s on connector %d until %s: %s", reservation_id, id_tag, connector_id,
+        self.log.info("ReserveNow %d for %s on connector %d until %s: %s", reservation_id, id_token, connector_id,
                       expiry_date, status)
         if status != "Accepted" or held_on is None:
             return status
-        record = {"connectorId": connector_id, "heldOn": held_on, "idTag": id_tag, "parentIdTag": parent_id_tag,
+        record = {"connectorId": connector_id, "heldOn": held_on, "idTag": id_token, "parentIdTag": parent_id_token,
                   "expiryDate": expiry.astimezone(UTC).isoformat().replace("+00:00", "Z")}
         previous = self._active.get(reservation_id)
         try:
@@ -140,8 +140,8 @@ class Reservations:
         if reservation is None:
             return None
         record = self._active.get(reservation.reservation_id, {})
-        return {"id": reservation.reservation_id, "id_tag": reservation.id_tag,
-                "parent_id_tag": reservation.parent_id_tag, "expiry_date": record.get("expiryDate"),
+        return {"id": reservation.reservation_id, "id_tag": reservation.id_token,
+                "parent_id_tag": reservation.parent_id_token, "expiry_date": record.get("expiryDate"),
                 "any_connector": reservation.any_connector}
 
     def _place(self, reservation_id: int, record: dict) -> None:

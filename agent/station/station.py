@@ -23,6 +23,7 @@ from agent.core import controller as ctl
 from agent.core.clock import utc_now
 from agent.ocpp.security import RESET_OR_REBOOT, STARTUP, SecurityManager
 from agent.ocpp.v16.config import OcppConfiguration
+from agent.ocpp.v16.vocabulary import stop_reason
 from agent.station.auth_store import AuthStore
 from agent.station.authorizer import Authorizer
 from agent.station.charging_limits import ChargingLimits
@@ -106,7 +107,7 @@ class Station:
                                             lambda: self.channel.control_lost is not None, clock, wall_clock)
         self.authorizer = Authorizer(self.connectors, self.configuration, AuthStore(journal, wall_clock=wall_clock),
                                      dispatch, adapter, lambda: self.closing, wall_clock)
-        self.link.on_tag = self.authorizer.present_id_tag
+        self.link.on_tag = self.authorizer.present_id_token
         controllers = {cid: rt.controller for cid, rt in self.connectors.items()}
         self.reservations = Reservations(journal, controllers, self.channel.dispatch_to, clock, wall_clock,
                                          self.recorder.journal_failed, self.logs)
@@ -274,23 +275,22 @@ class Station:
 
     def _execute(self, rt: ConnectorRuntime, command: ctl.Command) -> None:
         match command:
-            case ctl.RequestAuthorization(id_tag):
-                self._spawn(self.authorizer.authorize(rt, id_tag))
-            case ctl.StartTransaction(id_tag, reservation_id):
+            case ctl.RequestAuthorization(id_token):
+                self._spawn(self.authorizer.authorize(rt, id_token))
+            case ctl.BeginTransaction(id_token, reservation_id):
                 if reservation_id is None:
                     reservation_id = self.reservations.used_elsewhere(rt.id)
-                self.recorder.start(rt, id_tag, reservation_id)
+                self.recorder.start(rt, id_token, reservation_id)
                 self.charging_limits.transaction_started(rt)
             case ctl.ReservationEnded(reservation_id, reason):
                 self.reservations.ended(rt.id, reservation_id, reason)
-            case ctl.StopTransaction(reason, id_tag):
-                self.recorder.stop(rt, reason.value, id_tag)
+            case ctl.EndTransaction(reason, id_token):
+                self.recorder.stop(rt, stop_reason(reason), id_token)
                 self.charging_limits.transaction_ended(rt)
-            case ctl.StatusChanged(status, error_code, info, vendor_code):
-                self.log.info("connector %d: %s%s", rt.id, status.value,
-                              "" if error_code == "NoError" else f" ({error_code}/{vendor_code})")
+            case ctl.StatusChanged(status, fault, info):
+                self.log.info("connector %d: %s%s", rt.id, status.value, f" ({fault.value} fault)" if fault else "")
                 if self.channel.control_lost is None:
-                    self.ocpp.send_status(rt.id, status.value, error_code, info, vendor_code)
+                    self.ocpp.send_status(rt.id, status, fault, info)
             case ctl.Notice(text):
                 self.log.info("connector %d: %s", rt.id, text)
 
@@ -304,8 +304,8 @@ class Station:
     def status(self) -> dict:
         return self.status_view.status()
 
-    def present_id_tag(self, id_tag: str) -> int | None:
-        return self.authorizer.present_id_tag(id_tag)
+    def present_id_token(self, id_token: str) -> int | None:
+        return self.authorizer.present_id_token(id_token)
 
     def change_availability(self, connector_id: int, operative: bool) -> str:
         return self.availability.change(connector_id, operative)

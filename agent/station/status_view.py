@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from agent.ocpp.v16.vocabulary import connector_status, error_codes
 from agent.station.meter_sampling import MeterSampling
 
 if TYPE_CHECKING:
@@ -52,13 +53,14 @@ class StatusView:
             "offered_current_a": view.offered_current_a,
             "contactor_closed": view.contactor_closed,
             "contactor_feedback": view.contactor_feedback,
-            "status": view.status.value,
-            "error_code": view.error_code,
+            # the technician sees what the CSMS is told (agent.ocpp.v16.vocabulary); `faults` are the kinds
+            "status": connector_status(view.status),
+            "error_code": error_codes(view.status_fault)[0],
             "faults": list(view.faults),
             # until its StopTransaction is in the journal, the transaction is not over
             "transaction_active": view.transaction_active or rt.local_tx is not None,
             "transaction_id": record.csms_id if record else None,
-            "id_tag": view.id_tag,
+            "id_tag": view.id_token,
             "reservation": self._reservations.status(view.reservation),
             "energy_wh": reading.energy_wh if reading else None,
             "power_w": reading.power_w if reading else None,

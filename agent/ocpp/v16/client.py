@@ -45,7 +45,8 @@ from ocpp.v16 import call, call_result
 from ocpp.v16.enums import Action
 
 from agent.config import AgentConfig
-from agent.core.authorization import IdTagInfo, valid_id_token
+from agent.core.authorization import TokenInfo, valid_id_token
+from agent.core.controller import ConnectorStatus, Fault
 from agent.logs import StationLogs
 from agent.ocpp.rpc import GuardedRouting, short
 from agent.ocpp.security import TlsAwareConnection, redact_frame, redact_text
@@ -54,6 +55,13 @@ from agent.ocpp.v16.meter_values import ocpp_timestamp
 from agent.ocpp.v16.reservation import ReservationHandlers
 from agent.ocpp.v16.security import SecurityHandlers
 from agent.ocpp.v16.smart_charging import SmartChargingHandlers, tolerate_limits
+from agent.ocpp.v16.vocabulary import (
+    CONTROL_LOST_ERROR_CODES,
+    connector_status,
+    error_codes,
+    local_list_entries,
+    token_info,
+)
 from agent.station.csms_link import CsmsPort, LocalListEntry, StatusReport
 from agent.station.journal import Journal, JournalError, JournalValueError, QueuedMessage
 
@@ -265,29 +273,32 @@ class OcppClient:
     def send_status(
         self,
         connector_id: int,
-        status: str,
-        error_code: str = "NoError",
+        status: ConnectorStatus,
+        fault: Fault | None = None,
         info: str | None = None,
-        vendor_error_code: str | None = None,
+        *,
+        control_lost: bool = False,
     ) -> None:
-        """StatusNotifications are not queued while offline: the current ones go out after reconnect."""
+        """StatusNotifications are not queued while offline: the current ones go out after reconnect.
+        `control_lost`: the agent lost its control process (reported with its own error code)."""
         if self.accepted:
             self._outgoing.put_nowait(
-                _Outgoing(_status_payload(connector_id, status, error_code, info, vendor_error_code,
-                                          timestamp=ocpp_timestamp(self._station.wall_clock())))
+                _Outgoing(_status_payload(connector_id, status, fault, info,
+                                          timestamp=ocpp_timestamp(self._station.wall_clock()),
+                                          codes=CONTROL_LOST_ERROR_CODES if control_lost else None))
             )
 
-    async def authorize(self, id_tag: str) -> dict | None:
-        """idTagInfo (camelCase dict) from the CSMS, or None when it cannot be asked (offline, error, no
-        answer within authorize_deadline_s): then the offline rules decide. An id that cannot be sent at
+    async def authorize(self, id_token: str) -> TokenInfo | None:
+        """What the CSMS says about the id token (Authorize), or None when it cannot be asked (offline, error,
+        no answer within authorize_deadline_s): then the offline rules decide. An id that cannot be sent at
         all (not an IdToken: more than 20 characters, not printable ASCII) is refused here, never None:
         it must not reach the offline rules (AllowOfflineTxForUnknownId)."""
-        if not valid_id_token(id_tag):
-            self.log.warning("card id %.40r cannot be sent to the CSMS (not an OCPP IdToken): refused", id_tag)
-            return {"status": "Invalid"}
+        if not valid_id_token(id_token):
+            self.log.warning("card id %.40r cannot be sent to the CSMS (not an OCPP IdToken): refused", id_token)
+            return token_info({"status": "Invalid"})
         if not self.accepted:
             return None
-        item = _Outgoing(call.Authorize(id_tag=id_tag), asyncio.get_running_loop().create_future())
+        item = _Outgoing(call.Authorize(id_tag=id_token), asyncio.get_running_loop().create_future())
         self._outgoing.put(item, urgent=True)  # a card holder waits: before statuses and triggered messages
         try:
             async with asyncio.timeout(self.authorize_deadline_s):
@@ -300,12 +311,7 @@ class OcppClient:
             return None
         except (OCPPError, ConnectionError, websockets.ConnectionClosed):
             return None
-        return snake_to_camel_case(result.id_tag_info) if result else None
-
-    async def authorize_id(self, id_tag: str) -> IdTagInfo | None:
-        """authorize(), read: the CsmsLink's question."""
-        info = await self.authorize(id_tag)
-        return IdTagInfo.from_ocpp(info) if info is not None else None
+        return token_info(snake_to_camel_case(result.id_tag_info)) if result else None
 
     async def run(self) -> None:
         """Connect, serve, reconnect with back-off; forever, until stop()."""
@@ -671,23 +677,25 @@ class OcppClient:
 
 
 def _report_payload(report: StatusReport, timestamp: str) -> call.StatusNotification:
-    return _status_payload(report.connector_id, report.status, report.error_code, report.info,
-                           report.vendor_error_code, timestamp=timestamp)
+    return _status_payload(report.connector_id, report.status, report.fault, report.info, timestamp=timestamp,
+                           codes=CONTROL_LOST_ERROR_CODES if report.control_lost else None)
 
 
 def _status_payload(
     connector_id: int,
-    status: str,
-    error_code: str = "NoError",
+    status: ConnectorStatus,
+    fault: Fault | None = None,
     info: str | None = None,
-    vendor_error_code: str | None = None,
     *,
     timestamp: str,
+    codes: tuple[str, str | None] | None = None,
 ) -> call.StatusNotification:
+    """`codes`: (errorCode, vendorErrorCode) instead of those of `fault`."""
+    error_code, vendor_error_code = codes or error_codes(fault)
     return call.StatusNotification(
         connector_id=connector_id,
         error_code=error_code,
-        status=status,
+        status=connector_status(status),
         timestamp=timestamp,
         info=info,
         vendor_error_code=vendor_error_code,
@@ -838,8 +846,7 @@ class _ChargePoint(SecurityHandlers, FirmwareHandlers, SmartChargingHandlers, Re
     def on_send_local_list(self, list_version: int, update_type: str, local_authorization_list=None, **_):
         entries = snake_to_camel_case(local_authorization_list or [])  # incoming nested data is snake_case
         status = self._station.send_local_list(list_version, update_type, [
-            LocalListEntry(entry.get("idTag"), None if entry.get("idTagInfo") is None
-                           else IdTagInfo.from_ocpp(entry["idTagInfo"])) for entry in entries])
+            LocalListEntry(token, info) for token, info in local_list_entries(entries)])
         return call_result.SendLocalList(status=status)
 
     @on(Action.data_transfer)

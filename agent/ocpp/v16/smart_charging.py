@@ -17,6 +17,137 @@ from ocpp.routing import on
 from ocpp.v16 import call_result
 from ocpp.v16.enums import Action
 
+from agent.core import smart_charging as sc
+
+# ---- chargingProfile on the wire (camelCase) <-> agent.core.smart_charging.ChargingProfile ------------
+
+
+def parse_profile(connector_id: int, data: Any) -> sc.ChargingProfile:
+    """A csChargingProfiles / chargingProfile object (camelCase, numbers possibly Decimal) → sc.ChargingProfile.
+    Raises ProfileError for anything malformed; station-specific limits are checked by check_profile()."""
+    if not isinstance(data, dict):
+        raise sc.ProfileError("chargingProfile must be an object")
+    purpose = data.get("chargingProfilePurpose")
+    if purpose not in sc.PURPOSES:
+        raise sc.ProfileError(f"unknown chargingProfilePurpose {purpose!r}")
+    kind = data.get("chargingProfileKind")
+    if kind not in sc.KINDS:
+        raise sc.ProfileError(f"unknown chargingProfileKind {kind!r}")
+    recurrency = data.get("recurrencyKind")
+    if kind == "Recurring":
+        if recurrency not in sc.RECURRENCY:
+            raise sc.ProfileError(f"a Recurring profile needs recurrencyKind Daily or Weekly, got {recurrency!r}")
+    elif recurrency is not None and recurrency not in sc.RECURRENCY:
+        raise sc.ProfileError(f"unknown recurrencyKind {recurrency!r}")
+    else:
+        recurrency = None  # only meaningful for Recurring profiles
+    raw = data.get("chargingSchedule")
+    if not isinstance(raw, dict):
+        raise sc.ProfileError("chargingSchedule is missing")
+    unit = raw.get("chargingRateUnit")
+    if unit not in sc.UNITS:
+        raise sc.ProfileError(f"unknown chargingRateUnit {unit!r}")
+    raw_periods = raw.get("chargingSchedulePeriod")
+    if not isinstance(raw_periods, list) or not raw_periods:
+        raise sc.ProfileError("chargingSchedulePeriod must list at least one period")
+    periods = []
+    for item in raw_periods:
+        if not isinstance(item, dict):
+            raise sc.ProfileError("a chargingSchedulePeriod must be an object")
+        phases = _int(item, "numberPhases", required=False)
+        if phases is not None and not 1 <= phases <= 3:
+            raise sc.ProfileError(f"numberPhases must be 1, 2 or 3, got {phases}")
+        start = _int(item, "startPeriod", minimum=0)
+        periods.append(sc.SchedulePeriod(start, sc.floor_tenths(_number(item, "limit")), phases))
+    if periods[0].start_period != 0:
+        raise sc.ProfileError("the first period must start at 0 (errata 3.45)")
+    if any(b.start_period <= a.start_period for a, b in zip(periods, periods[1:], strict=False)):
+        raise sc.ProfileError("startPeriod values must increase")
+    start_schedule = sc.parse_time(raw["startSchedule"], "startSchedule") if raw.get("startSchedule") else None
+    if kind == "Recurring" and start_schedule is None:
+        raise sc.ProfileError("a Recurring profile needs startSchedule")
+    schedule = sc.ChargingSchedule(
+        rate_unit=unit, periods=tuple(periods), duration=_int(raw, "duration", required=False, minimum=0),
+        start_schedule=start_schedule, min_charging_rate=_number(raw, "minChargingRate", required=False),
+    )
+    valid_from = sc.parse_time(data["validFrom"], "validFrom") if data.get("validFrom") else None
+    valid_to = sc.parse_time(data["validTo"], "validTo") if data.get("validTo") else None
+    if valid_from is not None and valid_to is not None and valid_to <= valid_from:
+        raise sc.ProfileError("validTo must be after validFrom")
+    profile = sc.ChargingProfile(
+        id=_int(data, "chargingProfileId"), connector_id=connector_id,
+        stack_level=_int(data, "stackLevel", minimum=0), purpose=purpose, kind=kind, schedule=schedule,
+        recurrency_kind=recurrency, valid_from=valid_from, valid_to=valid_to,
+        transaction_id=_int(data, "transactionId", required=False),
+    )
+    if purpose == sc.CHARGE_POINT_MAX and kind == "Relative":
+        raise sc.ProfileError("a ChargePointMaxProfile cannot be Relative")
+    return profile
+
+
+def profile_to_ocpp(profile: sc.ChargingProfile) -> dict:
+    """The csChargingProfiles object as OCPP puts it on the wire (camelCase); also the persisted form."""
+    s = profile.schedule
+    schedule: dict[str, Any] = {
+        "chargingRateUnit": s.rate_unit,
+        "chargingSchedulePeriod": [
+            {"startPeriod": p.start_period, "limit": p.limit}
+            | ({"numberPhases": p.number_phases} if p.number_phases is not None else {})
+            for p in s.periods
+        ],
+    }
+    if s.duration is not None:
+        schedule["duration"] = s.duration
+    if s.start_schedule is not None:
+        schedule["startSchedule"] = sc.format_time(s.start_schedule)
+    if s.min_charging_rate is not None:
+        schedule["minChargingRate"] = s.min_charging_rate
+    out: dict[str, Any] = {
+        "chargingProfileId": profile.id,
+        "stackLevel": profile.stack_level,
+        "chargingProfilePurpose": profile.purpose,
+        "chargingProfileKind": profile.kind,
+        "chargingSchedule": schedule,
+    }
+    if profile.transaction_id is not None:
+        out["transactionId"] = profile.transaction_id
+    if profile.recurrency_kind is not None:
+        out["recurrencyKind"] = profile.recurrency_kind
+    if profile.valid_from is not None:
+        out["validFrom"] = sc.format_time(profile.valid_from)
+    if profile.valid_to is not None:
+        out["validTo"] = sc.format_time(profile.valid_to)
+    return out
+
+
+def _int(data: dict, name: str, *, required: bool = True, minimum: int | None = None) -> int | None:
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise sc.ProfileError(f"{name} is missing")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | Decimal | float) or value != int(value):
+        raise sc.ProfileError(f"{name} must be an integer")
+    number = int(value)
+    if minimum is not None and number < minimum:
+        raise sc.ProfileError(f"{name} must be >= {minimum}, got {number}")
+    return number
+
+
+def _number(data: dict, name: str, *, required: bool = True) -> float | None:
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise sc.ProfileError(f"{name} is missing")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise sc.ProfileError(f"{name} must be a number")
+    number = float(value)
+    if not math.isfinite(number) or number < 0:
+        raise sc.ProfileError(f"{name} must be a finite number >= 0, got {value}")
+    return number
+
+
 # requests whose chargingSchedulePeriod limits the schema restricts to multipleOf 0.1
 _PROFILE_ACTIONS = {"SetChargingProfile": "csChargingProfiles", "RemoteStartTransaction": "chargingProfile"}
 
