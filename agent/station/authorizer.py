@@ -21,6 +21,7 @@ from agent.core.authorization import (
 )
 from agent.core.clock import utc_now
 from agent.ocpp.v16.config import OcppConfiguration
+from agent.ocpp.v16.vocabulary import authorization_status
 from agent.station.auth_store import AuthStore
 from agent.station.connector import ConnectorRuntime
 from agent.station.csms_link import CsmsLink, LocalListEntry
@@ -81,7 +82,7 @@ class Authorizer:
             if tag_info is not None:
                 self.remember(id_token, tag_info)
                 decision = Decision(tag_info.accepted, Source.CSMS, tag_info.parent_id_token)
-                verdict = tag_info.status.value
+                verdict = authorization_status(tag_info.status)  # the CSMS's word, as its logs show it
             else:  # the CSMS could not be asked after all: offline rules
                 decision = self.local_decision(id_token, online=False)
                 verdict = "Accepted" if decision.accepted else "refused"
