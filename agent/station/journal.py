@@ -162,6 +162,14 @@ class TransactionRecord:
     stop_reason: str | None = None
     stop_id_token: str | None = None
 
+    @property
+    def csms_tx_number(self) -> int | None:
+        """The CSMS's transaction id as an integer when it is one (every OCPP 1.6 id is), else None."""
+        try:
+            return int(self.csms_tx_id) if self.csms_tx_id is not None else None
+        except ValueError:
+            return None
+
 
 @dataclass(frozen=True)
 class QueuedMessage:

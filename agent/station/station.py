@@ -42,10 +42,11 @@ from agent.ocpp.security import RESET_OR_REBOOT, STARTUP, SecurityManager
 from agent.ocpp.v16.client import OcppClient
 from agent.ocpp.v16.config import OcppConfiguration
 from agent.ocpp.v16.meter_values import meter_value, ocpp_timestamp, register_value
+from agent.ocpp.v16.transactions import meter_value_from_v16, stop_reason_from_v16
 from agent.station.auth_store import AuthStore
 from agent.station.charging_limits import ChargingLimits
 from agent.station.firmware import FirmwareManager
-from agent.station.journal import Journal, JournalError, JournalValueError, QueuedMessage
+from agent.station.journal import Delivery, Journal, JournalError, JournalValueError, QueuedMessage
 from agent.station.reservations import Reservations
 from hal.interfaces import Board, CpState, MeterReading
 
@@ -199,19 +200,15 @@ class Station:
         for tx in self.journal.running_transactions():
             if self._resume(tx):
                 continue
-            payload = {
-                "meterStop": round(tx.last_meter),
-                "timestamp": tx.last_meter_at,
-                "reason": ctl.StopReason.POWER_LOSS.value,
-            }
+            registers = []
             if "Energy.Active.Import.Register" in stop_measurands:
-                payload["transactionData"] = [
-                    register_value(tx.meter_start, "Transaction.Begin", tx.started_at),
-                    register_value(tx.last_meter, "Transaction.End", tx.last_meter_at),
-                ]
-            self.journal.end_transaction(tx.local_id, payload)
+                registers = [meter_value_from_v16(register_value(tx.meter_start, "Transaction.Begin", tx.started_at)),
+                             meter_value_from_v16(register_value(tx.last_meter, "Transaction.End", tx.last_meter_at))]
+            # the stop is at the last journaled register: the one in the transaction's last queued event
+            self.journal.end_transaction(tx.local_id, round(tx.last_meter), tx.last_meter_at, "power_loss",
+                                         meter_values=registers)
             log.warning("transaction %s on connector %d was interrupted: stopped with PowerLoss at %.0f Wh",
-                        tx.csms_id or f"local-{tx.local_id}", tx.connector_id, tx.last_meter)
+                        tx.csms_tx_id or f"local-{tx.local_id}", tx.connector_id, tx.last_meter)
         availability = self.journal.settings("availability.")
         for rt in self.connectors.values():
             operative = self.station_operative and availability.get(str(rt.id), "Operative") == "Operative"
@@ -234,9 +231,9 @@ class Station:
         self.charging_limits.transaction_resumed(rt, tx.started_at)
         interval = self.configuration.get_int("MeterValueSampleInterval")
         rt.next_sample_at = self.clock() + interval if interval > 0 else None
-        self._dispatch(rt, ctl.ResumeTransaction(tx.id_tag))
+        self._dispatch(rt, ctl.ResumeTransaction(tx.id_token))
         log.warning("transaction %s on connector %d resumes after the restart (EV still plugged in)",
-                    tx.csms_id or f"local-{tx.local_id}", rt.id)
+                    tx.csms_tx_id or f"local-{tx.local_id}", rt.id)
         return True
 
     async def start_control(self) -> None:
@@ -597,16 +594,17 @@ class Station:
         reading = await self._read_meter(rt)  # the contactor is open: this is the final register
         energy = self._energy_now(rt, reading)
         timestamp = ocpp_timestamp(self.wall_clock())
-        payload: dict = {"meterStop": round(energy), "timestamp": timestamp, "reason": op.reason}
-        if op.id_tag:
-            payload["idTag"] = op.id_tag
+        transaction_data = []
         measurands = self.configuration.get_list("StopTxnSampledData")
         if measurands and rt.tx_begin is not None:
             begin_wh, begin_ts = rt.tx_begin
             end = (meter_value(reading, measurands, "Transaction.End", timestamp) if reading
                    else register_value(energy, "Transaction.End", timestamp))
-            payload["transactionData"] = [register_value(begin_wh, "Transaction.Begin", begin_ts), end]
-        self.journal.end_transaction(rt.local_tx, payload)
+            transaction_data = [meter_value_from_v16(register_value(begin_wh, "Transaction.Begin", begin_ts)),
+                                meter_value_from_v16(end)]
+        # the register as the stop has always reported it (whole Wh); the reason in the journal's words
+        self.journal.end_transaction(rt.local_tx, round(energy), timestamp, stop_reason_from_v16(op.reason or "local"),
+                                     id_token=op.id_tag or None, meter_values=transaction_data)
         log.info("connector %d: transaction stopped (%s) at %.0f Wh", rt.id, op.reason, energy)
         rt.local_tx = None
         rt.tx_begin = None
@@ -629,7 +627,9 @@ class Station:
         measurands = self.configuration.get_list(
             "MeterValuesAlignedData" if op.context == "Sample.Clock" else "MeterValuesSampledData")
         value = meter_value(reading, measurands, op.context, timestamp, rt.controller.offered_current_a())
-        self.journal.add_meter_values(rt.local_tx, rt.id, [value], reading.energy_wh, timestamp)
+        trigger = "meter_sample_clock" if op.context == "Sample.Clock" else "meter_sample_periodic"
+        self.journal.add_meter_values(rt.local_tx, [meter_value_from_v16(value)], reading.energy_wh, timestamp,
+                                      trigger)
 
     # ---- StationPort: what the OCPP layer may ask -----------------------------------------------
 
@@ -721,19 +721,19 @@ class Station:
                 return "UnlockFailed"
             await asyncio.sleep(0.02)
 
-    def transaction_message_delivered(self, message: QueuedMessage, response: dict) -> None:
-        info = response.get("idTagInfo") or {}
-        if info and message.payload.get("idTag"):
-            self._remember(message.payload["idTag"], IdTagInfo.from_ocpp(info))
-        if message.action != "StartTransaction":
+    def transaction_message_delivered(self, message: QueuedMessage, delivery: Delivery) -> None:
+        token = delivery.token
+        if token is not None and delivery.id_token:
+            self._remember(delivery.id_token, token)
+        if not delivery.started:
             return
         for rt in self.connectors.values():
             if rt.local_tx == message.local_tx:
-                accepted = info.get("status") == "Accepted"
+                accepted = token is not None and token.status == "Accepted"
                 if not accepted:
                     log.warning("connector %d: CSMS refused id %s in StartTransaction (%s)",
-                                rt.id, message.payload.get("idTag"), info.get("status"))
-                self._dispatch(rt, ctl.TransactionConfirmed(accepted, info.get("parentIdTag")))
+                                rt.id, delivery.id_token, token.status if token else None)
+                self._dispatch(rt, ctl.TransactionConfirmed(accepted, token.parent_id_tag if token else None))
 
     def clear_cache(self) -> str:
         self.auth.clear_cache()
@@ -844,7 +844,7 @@ class Station:
                 "faults": list(view.faults),
                 # until its StopTransaction is in the journal, the transaction is not over
                 "transaction_active": view.transaction_active or rt.local_tx is not None,
-                "transaction_id": record.csms_id if record else None,
+                "transaction_id": record.csms_tx_number if record else None,
                 "id_tag": view.id_tag,
                 "reservation": self.reservations.status(view.reservation),
                 "energy_wh": reading.energy_wh if reading else None,

@@ -9,10 +9,11 @@ migration, agent.station.journal_migration).
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 from agent.core.authorization import IdTagInfo
-from agent.station.journal import MESSAGE, Delivery, QueuedMessage, TransactionRecord
+from agent.station.journal import MESSAGE, Delivery, QueuedMessage, TransactionRecord, read_queue
 
 PROTOCOL = "ocpp1.6"  # a queued message kept as a 1.6 wire payload (QueuedMessage.protocol)
 TRANSACTION_ID_UNKNOWN = -1  # OCPP 1.6 errata 3.18
@@ -108,3 +109,9 @@ def read_answer(action: str, payload: dict[str, Any], response: dict[str, Any]) 
     return Delivery(csms_tx_id=str(transaction) if transaction is not None else None,
                     token_status=TOKEN_STATUSES.get(info.get("status"), info.get("status")) if started else None,
                     id_token=payload.get("idTag"), token=token, started=started)
+
+
+def queued_wire_messages(db: sqlite3.Connection) -> list[tuple[int, str, dict[str, Any]]]:
+    """(seq, action, payload) of everything a journal holds, in send order, as this adapter would send it now:
+    for tools that read a copy of a stopped agent's journal (hil.chaos, the resilience tests)."""
+    return [(message.seq, *render(message)) for message in read_queue(db)]
