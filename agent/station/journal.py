@@ -245,7 +245,7 @@ class Journal:
                 self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 self._db.execute("INSERT INTO journal_info (key, value) VALUES ('id', ?)", (identity,))
             self._inode = _inode(os.stat(self.path))
-        except JournalSetupError:
+        except JournalError:  # refused, or a migration that could not read what it found: nothing kept open
             self._db.close()
             raise
         except (sqlite3.Error, OSError) as exc:
