@@ -65,8 +65,8 @@ def user_version(path: Path) -> int:
         db.close()
 
 
-def test_the_fixture_is_a_release_journal():
-    db = sqlite3.connect(f"file:{RELEASE}?mode=ro", uri=True)
+def test_the_fixture_is_a_release_journal(path):
+    db = sqlite3.connect(path)  # the copy: even a read-only connection leaves -wal/-shm beside a WAL journal
     try:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 0
         actions = [row[0] for row in db.execute("SELECT action FROM outbox ORDER BY seq")]

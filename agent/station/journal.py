@@ -378,7 +378,7 @@ class Journal:
 
     def _schema_version(self) -> int:
         """The journal's schema version: user_version, or 1 for release 0.1's layout (no version, `outbox`)."""
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
         if version > SCHEMA_VERSION:
             raise JournalSetupError(
                 f"journal {self.path}: written by a newer evse-agent (journal schema version {version}; this one "
@@ -745,7 +745,7 @@ def _transaction_columns(table: str = "") -> str:
 
 def _transaction_record(row: tuple[Any, ...]) -> TransactionRecord:
     """A row of _TRANSACTION_FIELDS: the record's fields in order (`stopped_at IS NOT NULL` is `stopped`)."""
-    return TransactionRecord(*row[:8], bool(row[8]), *row[9:])
+    return TransactionRecord(*(*row[:8], bool(row[8]), *row[9:]))  # one tuple: mypy cannot count starred slices
 
 
 def read_queue(db: sqlite3.Connection, limit: int = -1) -> list[QueuedMessage]:

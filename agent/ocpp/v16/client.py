@@ -54,13 +54,13 @@ from agent.config import AgentConfig
 from agent.core.authorization import valid_id_token
 from agent.logs import excerpt
 from agent.ocpp.security import TlsAwareConnection, redact_frame, redact_text
+from agent.ocpp.v16 import transactions as v16_transactions
 from agent.ocpp.v16.config import OcppConfiguration
 from agent.ocpp.v16.firmware import FirmwareHandlers
 from agent.ocpp.v16.meter_values import ocpp_timestamp
 from agent.ocpp.v16.reservation import ReservationHandlers
 from agent.ocpp.v16.security import SecurityHandlers
 from agent.ocpp.v16.smart_charging import SmartChargingHandlers, tolerate_limits
-from agent.ocpp.v16 import transactions as v16_transactions
 from agent.ocpp.v16.transactions import TRANSACTION_ACTIONS
 from agent.station.journal import Delivery, Journal, JournalError, JournalValueError, QueuedMessage
 
