@@ -74,13 +74,13 @@ async def wait_answer(csms: LocalCsms, action: str, since: int, timeout: float =
 
 
 def read_journal(workdir: Path) -> tuple[list[dict], list[tuple[str, dict]]]:
-    """(transactions rows, queued (action, payload) in order, as the 1.6 adapter sends them) of a stopped agent,
-    read-only."""
+    """(transactions rows, queued (action, payload without transactionId) in order, as the 1.6 adapter sends
+    them) of a stopped agent, read-only."""
     db = sqlite3.connect(f"file:{workdir / 'state' / 'journal.sqlite'}?mode=ro", uri=True)
     db.row_factory = sqlite3.Row
     try:
         transactions = [dict(row) for row in db.execute("SELECT * FROM transactions ORDER BY local_id")]
-        outbox = [(action, payload) for _, action, payload in queued_wire_messages(db)]
+        outbox = [(action, without_tx_id(payload)) for _, action, payload in queued_wire_messages(db)]
     finally:
         db.close()
     return transactions, outbox
