@@ -651,3 +651,36 @@ def test_a_path_that_can_be_no_journal_raises_journal_setup_error_naming_it(tmp_
     with pytest.raises(JournalSetupError) as info:
         Journal(bad)
     assert str(bad) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("stored", "sent"), [
+    ("ev_disconnected", "EVDisconnected"), ("deauthorized", "DeAuthorized"), ("power_loss", "PowerLoss"),
+    ("unlock_command", "UnlockCommand"), ("other", "Other"),
+    ("EVDisconnected", "EVDisconnected"),  # a 1.6 word (a controller that still speaks 1.6) passes through
+])
+def test_the_stop_reason_is_sent_in_1_6_words(journal, stored, sent):
+    local = journal.begin_transaction(1, "TAG-1", 0, T0)
+    stop(journal, local, 10, T1, reason=stored)
+    assert drain(journal)[-1][1]["reason"] == sent
+
+
+def test_the_station_journals_neutral_stop_reasons_whichever_words_the_controller_uses():
+    from agent.ocpp.v16.transactions import STOP_REASONS, stop_reason_from_v16
+
+    assert {stop_reason_from_v16(word) for word in STOP_REASONS.values()} == set(STOP_REASONS)
+    assert {stop_reason_from_v16(neutral) for neutral in STOP_REASONS} == set(STOP_REASONS)
+
+
+def test_events_carry_a_trigger_and_a_per_transaction_seq_no(journal):
+    a = journal.begin_transaction(1, "TAG-A", 0, T0)
+    b = journal.begin_transaction(2, "TAG-B", 0, T0)
+    journal.add_meter_values(a, sample(5, T1), 5, T1)
+    journal.add_meter_values(b, sample(7, T1), 7, T1, trigger="meter_sample_clock")
+    stop(journal, a, 10, T2, reason="remote")
+    queued = []
+    while (message := journal.next_message()) is not None:
+        queued.append((message.local_tx, message.kind, message.trigger, message.seq_no))
+        deliver(journal, message, start_answer(message.local_tx) if message.kind == "started" else {})
+    assert queued == [(a, "started", "authorized", 0), (b, "started", "authorized", 0),
+                      (a, "updated", "meter_sample_periodic", 1), (b, "updated", "meter_sample_clock", 1),
+                      (a, "ended", "remote_stop", 2)]
