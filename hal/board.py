@@ -1,13 +1,13 @@
 """Board config loader: a TOML file names a back-end and describes the connectors; we build the Board.
 
-Back-ends are looked up by `[board] backend` in BACKENDS, the way python-can maps `interface=` to a bus
-class:
+Back-ends are looked up by `[board] backend` in BACKENDS (a hal.registry.BackendRegistry: built-ins plus
+the entry-point group evse_agent.backends.board), the way python-can maps `interface=` to a bus class:
     "sim"      the simulated station (hal.sim), configured by a [sim] table
     "devices"  real hardware, each device of each connector chosen by its own table (hal.devices_board)
 The loader validates what every back-end shares ([board] and the common [[connectors]] keys) and
-checks that no table or key is unknown; a builder validates the top-level tables it registered in
-BACKEND_TABLES and the connector keys it registered in BACKEND_CONNECTOR_KEYS, using ConfigTable so
-errors look the same.
+checks that no table or key is unknown; a back-end (BoardBackend) names the top-level tables and the
+connector keys it accepts besides those, and its builder validates them, using ConfigTable so errors
+look the same.
 
 Every error is a BoardConfigError with a one-line message naming the file and the key, e.g.
     board-configs/x.toml: [[connectors]][0].max_current_a: expected a number, got "abc"
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from hal.interfaces import Board
+from hal.registry import BackendClash, BackendLoadError, BackendRegistry
 
 Clock = Callable[[], float]
 
@@ -42,10 +43,20 @@ class LoadOptions:
     pin_factory: Any = None
     # Build every device without touching hardware (GPIO on a gpiozero MockFactory, no I2C bus opened),
     # to check a config on any machine, even while an agent holds the real devices. Never start such a board.
+    # It also reads the installed packages' back-ends and logs one that claims a built-in name (hal/registry.py).
     dry_run: bool = False
 
 
 BoardBuilder = Callable[[dict, Path, LoadOptions], Board]
+
+
+@dataclass(frozen=True)
+class BoardBackend:
+    """What `[board] backend = "name"` resolves to (hal.board.BACKENDS)."""
+
+    build: BoardBuilder  # gets the validated config (defaults filled in), the file's path and the options
+    tables: tuple[str, ...] = ()  # top-level tables it accepts besides [board] and [[connectors]]
+    connector_keys: tuple[str, ...] = ()  # [[connectors]] keys besides COMMON_CONNECTOR_KEYS
 
 COMMON_CONNECTOR_KEYS = ("id", "max_current_a", "phases", "cable", "lock")
 CABLE_KINDS = ("socket", "fixed")
@@ -239,25 +250,13 @@ def build_sim_board(config: dict, path: Path, options: LoadOptions) -> Board:
     return simulator.as_board()
 
 
-def build_devices_board(config: dict, path: Path, options: LoadOptions) -> Board:
-    """Real hardware: see hal.devices_board (imported here, since its device modules import this one)."""
-    from hal.devices_board import build_devices_board as build
+SIM_BACKEND = BoardBackend(build_sim_board, tables=("sim",), connector_keys=("cable_ampacity_a",))
 
-    return build(config, path, options)
-
-
-# `[board] backend` -> builder.
-BACKENDS: dict[str, BoardBuilder] = {"sim": build_sim_board, "devices": build_devices_board}
-# Top-level tables a back-end accepts besides [board] and [[connectors]] (its builder validates them).
-BACKEND_TABLES: dict[str, tuple[str, ...]] = {
-    "sim": ("sim",),
-    "devices": ("buses", "gpio", "coprocessor", "rfid"),
-}
-# Connector keys a back-end accepts besides COMMON_CONNECTOR_KEYS (its builder validates them).
-BACKEND_CONNECTOR_KEYS: dict[str, tuple[str, ...]] = {
-    "sim": ("cable_ampacity_a",),
-    "devices": ("pilot", "contactor", "meter", "proximity", "lock", "rcd", "leds"),
-}
+# `[board] backend` -> BoardBackend; other packages add theirs under the entry-point group
+# evse_agent.backends.board (hal/registry.py, docs/hal-backends.md).
+BACKENDS = BackendRegistry(
+    "board", {"sim": "hal.board:SIM_BACKEND", "devices": "hal.devices_board:DEVICES_BACKEND"}
+)
 
 
 # --- loader --------------------------------------------------------------------------------------------
@@ -277,8 +276,8 @@ def load_board(
     device that is opened while building (a GPIO pin factory, an ADC) cannot be opened.
     """
     path = Path(path)
-    config = _validate(_read_toml(path), path)
-    builder = BACKENDS[config["board"]["backend"]]
+    config, backend = _validate(_read_toml(path), path, dry_run=dry_run)
+    builder = backend.build
     options = LoadOptions(state_dir=state_dir, clock=clock, pin_factory=pin_factory, dry_run=dry_run)
     try:
         board = builder(config, path, options)
@@ -340,17 +339,21 @@ def _file_kind(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
-def _validate(raw: dict, path: Path) -> dict:
-    """Check the parts every back-end shares; return them normalised (defaults filled in)."""
+def _validate(raw: dict, path: Path, *, dry_run: bool = False) -> tuple[dict, BoardBackend]:
+    """Check the parts every back-end shares; return them normalised (defaults filled in), and the back-end."""
     if "board" not in raw:
         raise BoardConfigError(f"{path}: [board]: required table is missing")
     board = ConfigTable(raw["board"], "[board]", path)
     board.reject_unknown(
         ("name", "backend", "reboot_command", "firmware_install_command", "firmware_max_download_mb"))
     backend = board.string("backend")
-    if backend not in BACKENDS:
+    try:
+        board_backend: BoardBackend = BACKENDS.lookup(backend, check_installed=dry_run)
+    except KeyError:
         known = ", ".join(json.dumps(b) for b in BACKENDS)
-        raise board.error("backend", f"unknown back-end {_show(backend)} (known: {known})")
+        raise board.error("backend", f"unknown back-end {_show(backend)} (known: {known})") from None
+    except (BackendClash, BackendLoadError) as exc:
+        raise board.error("backend", str(exc)) from exc
     board_section = {
         "name": board.string("name"),
         "backend": backend,
@@ -361,7 +364,7 @@ def _validate(raw: dict, path: Path) -> dict:
                                                  maximum=1_000_000, unit="MB"),
     }
 
-    tables = BACKEND_TABLES.get(backend, ())
+    tables = board_backend.tables
     for key in raw:
         if key not in ("board", "connectors", *tables):
             known = ", ".join(f"[{t}]" for t in tables) or "none"
@@ -374,7 +377,7 @@ def _validate(raw: dict, path: Path) -> dict:
     if not isinstance(connectors_raw, list) or not connectors_raw:
         raise BoardConfigError(f"{path}: [[connectors]]: expected a non-empty array of tables")
 
-    allowed_keys = set(COMMON_CONNECTOR_KEYS + BACKEND_CONNECTOR_KEYS.get(backend, ()))
+    allowed_keys = set(COMMON_CONNECTOR_KEYS + board_backend.connector_keys)
     connectors = []
     ids_seen: dict[int, int] = {}
     for index, entry in enumerate(connectors_raw):
@@ -388,7 +391,7 @@ def _validate(raw: dict, path: Path) -> dict:
         ids_seen[connector_id] = index
         cable = table.string("cable", choices=CABLE_KINDS)
         lock_table = None
-        if isinstance(entry.get("lock"), dict) and "lock" in BACKEND_CONNECTOR_KEYS.get(backend, ()):
+        if isinstance(entry.get("lock"), dict) and "lock" in board_backend.connector_keys:
             lock_table = entry["lock"]  # a back-end whose lock is a device table: the table means "has a lock"
         connectors.append(
             {
@@ -419,4 +422,4 @@ def _validate(raw: dict, path: Path) -> dict:
         **{key: value for key, value in raw.items() if key not in ("board", "connectors")},
         "board": board_section,
         "connectors": connectors,  # file order, so builders' error messages index the file correctly
-    }
+    }, board_backend

@@ -1,8 +1,8 @@
 """What a device back-end gets when the board loader builds it from a board config.
 
-Each real back-end module exposes `build(table: ConfigTable, ctx: BuildContext) -> <device>`; the board
-loader (hal/board.py) picks the module by the `backend` key of the device's table, the way python-can
-picks a bus class by `interface=`.
+Every device back-end is a factory `build(table: ConfigTable, ctx: BuildContext) -> <device>`; the
+"devices" board (hal/devices_board.py) picks it by the `backend` key of the device's table in the
+registry of that device kind (hal/device_backends.py), the way python-can picks a bus class by `interface=`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,18 @@ class BuildContext:
     # every device on them (several Modbus devices on one RS-485 line must not talk at once)
     buses: dict[str, Any] = field(default_factory=dict)
     connector_id: int | None = None  # the connector being built, when the device belongs to one
+    # The rest is set by the "devices" board while it builds one connector's devices:
+    # the validated [[connectors]] entry (id, max_current_a, phases, cable, lock)
+    connector: dict[str, Any] = field(default_factory=dict)
+    pilot: Any = None  # this connector's pilot once built: a contactor or PP back-end may be the pilot itself
+    pilot_backend: str | None = None
+    coprocessor: Any = None  # the board's CoprocessorLink, when it has a [coprocessor] table
+    # id(device) -> the shared object that must run for the device to work (the co-processor link)
+    served_by: dict[int, object] = field(default_factory=dict)
+    dry_run: bool = False  # build without touching hardware (hal.board.LoadOptions.dry_run)
+    # A back-end that uses GPIO calls need_gpio(table) first: it sets pin_factory (made from the board's
+    # [gpio] table on first use), or raises a config error naming `table` when the board has none.
+    need_gpio: Callable[[Any], None] = lambda table: None
 
 
 class Lifecycle:

@@ -1,7 +1,9 @@
 """The "devices" board back-end: real hardware, each device of each connector chosen by its own table.
 
 Like python-can picks a bus class by `interface=`, every device table names its back-end with `backend`,
-and the module that implements it builds it from the rest of the table (hal/build.py):
+and the factory registered under that name for the device kind builds it from the rest of the table
+(hal/build.py, hal/device_backends.py; other packages add back-ends through entry points, see
+docs/hal-backends.md). The built-in ones:
 
     [board]          backend = "devices"
     [gpio]           factory = "lgpio" | "rpigpio" | "native" | "mock"; chip = N (lgpio only)
@@ -42,21 +44,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hal.board import BoardConfigError, ConfigTable, LoadOptions
+from hal.board import BoardBackend, BoardConfigError, ConfigTable, LoadOptions
 from hal.build import BuildContext
+from hal.device_backends import (
+    CONTACTORS,
+    LEDS,
+    LOCKS,
+    MAX_CURRENT_WITHOUT_PP_A,
+    METERS,
+    PILOTS,
+    PROXIMITY,
+    RCDS,
+)
 from hal.interfaces import Board, ConnectorHardware, HardwareError
+from hal.registry import BackendRegistry
 
 log = logging.getLogger(__name__)
 
 GPIO_FACTORIES = ("lgpio", "rpigpio", "native", "mock")
-PILOT_BACKENDS = ("coprocessor", "modbus-evse", "linux-pwm")
-CONTACTOR_BACKENDS = ("gpio", "coprocessor", "modbus-evse")
-METER_BACKENDS = ("modbus",)
-PROXIMITY_BACKENDS = ("coprocessor", "linux-pwm", "none")
-LOCK_BACKENDS = ("gpio", "coprocessor")
-RCD_BACKENDS = ("gpio", "coprocessor")
-# With no PP reading the agent cannot know the plugged cable's rating: offer at most the smallest coding.
-MAX_CURRENT_WITHOUT_PP_A = 13.0
+# A built-in pilot -> the contactor it needs; a contactor named here (the pilot's own) needs that pilot.
+PAIRING = {"coprocessor": "coprocessor", "modbus-evse": "modbus-evse", "linux-pwm": "gpio"}
+PAIRED_CONTACTORS = ("coprocessor", "modbus-evse")
 
 _FACTORY_IMPORTS = {
     "lgpio": ("gpiozero.pins.lgpio", "LGPIOFactory", "lgpio", "pip install lgpio, or apt install python3-lgpio"),
@@ -111,16 +119,17 @@ class _Builder:
         self.config = config
         self.path = path
         self.options = options
-        self.ctx = BuildContext(path=path, clock=options.clock)
+        self.ctx = BuildContext(path=path, clock=options.clock, dry_run=options.dry_run,
+                                need_gpio=self.ensure_pin_factory)
         self.gpio_table = self._gpio_table()
         self.owns_pin_factory = False  # True once ensure_pin_factory() made ctx.pin_factory itself
-        self.link = None  # CoprocessorLink
-        self.served_by: dict[int, object] = {}
+        self.link: Any = None  # CoprocessorLink
+        self.served_by = self.ctx.served_by
         self.modbus_addresses: dict[tuple[str, int], str] = {}  # (bus name, device id) -> where
         self.built: dict[int, object] = {}  # every device made so far, to release them if the build fails
 
     def made(self, device: Any) -> Any:
-        if device is not None:
+        if device is not None and id(device) not in self.served_by:  # the link releases its own devices
             self.built.setdefault(id(device), device)
         return device
 
@@ -150,7 +159,7 @@ class _Builder:
                 'uses GPIO, but the board has no [gpio] table: add [gpio] with factory = "lgpio" '
                 '(Raspberry Pi 5 and older), "rpigpio", "native", or "mock" for tests',
             )
-        name = "mock" if self.options.dry_run else self.gpio_table.string("factory")
+        name = "mock" if self.gpio_table is None or self.options.dry_run else self.gpio_table.string("factory")
         module_name, class_name, package, install = _FACTORY_IMPORTS[name]
         try:
             module = importlib.import_module(module_name)
@@ -160,7 +169,7 @@ class _Builder:
                 "factory", f'"{name}" needs the {package or exc.name} package ({install}): {exc}'
             ) from exc
         kwargs = {}
-        if name == "lgpio" and "chip" in self.gpio_table.data:
+        if name == "lgpio" and self.gpio_table is not None and "chip" in self.gpio_table.data:
             kwargs["chip"] = self.gpio_table.data["chip"]
         try:
             factory = getattr(module, class_name)(**kwargs)
@@ -190,8 +199,9 @@ class _Builder:
 
         table = ConfigTable(self.config["coprocessor"], "[coprocessor]", self.path)
         self.link = self.made(build_coprocessor(table, self.ctx))
+        self.ctx.coprocessor = self.link
 
-    def build_rfid(self):
+    def build_rfid(self) -> Any:
         if "rfid" not in self.config:
             return None
         from hal.rfid import build_rfid
@@ -212,18 +222,16 @@ class _Builder:
             return None
         return ConfigTable(conn[key], where, self.path)
 
-    def coprocessor_for(self, table: ConfigTable, connector_id: int):
-        """The co-processor's devices of this connector; the table may say nothing but its backend."""
-        table.reject_unknown(("backend",))
-        if self.link is None:
-            raise table.error(
-                "backend", '"coprocessor" needs a [coprocessor] table (transport, port...) in the board config'
-            )
-        return self.link.connector(connector_id)
+    def required_table(self, conn: dict, index: int, key: str) -> ConfigTable:
+        table = self.device_table(conn, index, key, required=True)
+        assert table is not None
+        return table
 
-    def serve(self, device: object) -> object:
-        """Record that `device` works only while the co-processor link runs."""
-        self.served_by[id(device)] = self.link
+    def build_device(self, table: ConfigTable, factory: Any) -> Any:
+        """Build one device with its back-end's factory; a Modbus device's address must be its own."""
+        device = self.made(factory(table, self.ctx))
+        if device is not None and "bus" in table.data and "device_id" in table.data:
+            self.note_modbus_address(table)
         return device
 
     def note_modbus_address(self, table: ConfigTable) -> None:
@@ -238,47 +246,30 @@ class _Builder:
     def build_connector(self, index: int, conn: dict) -> ConnectorHardware:
         cid = conn["id"]
         self.ctx.connector_id = cid
-        pilot_table = self.device_table(conn, index, "pilot", required=True)
-        contactor_table = self.device_table(conn, index, "contactor", required=True)
-        meter_table = self.device_table(conn, index, "meter", required=True)
-        pilot_kind = pilot_table.string("backend", choices=PILOT_BACKENDS)
-        contactor_kind = contactor_table.string("backend", choices=CONTACTOR_BACKENDS)
-        meter_table.string("backend", choices=METER_BACKENDS)
+        self.ctx.connector = conn
+        self.ctx.pilot = self.ctx.pilot_backend = None
+        pilot_table = self.required_table(conn, index, "pilot")
+        contactor_table = self.required_table(conn, index, "contactor")
+        meter_table = self.required_table(conn, index, "meter")
+        thorough = self.options.dry_run  # also look for installed packages claiming a built-in name
+        pilot_kind, build_pilot = PILOTS.from_table(pilot_table, check_installed=thorough)
+        contactor_kind, build_contactor = CONTACTORS.from_table(contactor_table, check_installed=thorough)
+        _, build_meter = METERS.from_table(meter_table, check_installed=thorough)
 
-        # pilot
-        if pilot_kind == "coprocessor":
-            pilot = self.serve(self.coprocessor_for(pilot_table, cid).pilot)
-        elif pilot_kind == "modbus-evse":
-            from hal.modbus import build_evse_board
-
-            pilot = self.made(build_evse_board(pilot_table, self.ctx))
-            self.note_modbus_address(pilot_table)
-        else:
-            pilot = self.made(self.build_linux_pilot(pilot_table))
+        pilot = self.build_device(pilot_table, build_pilot)
+        self.ctx.pilot, self.ctx.pilot_backend = pilot, pilot_kind
 
         # contactor: the pairings from the module docstring
-        pairing = {"coprocessor": "coprocessor", "modbus-evse": "modbus-evse", "linux-pwm": "gpio"}
-        if contactor_kind != pairing[pilot_kind]:
+        expected = PAIRING.get(pilot_kind)
+        if expected is not None and contactor_kind != expected:
+            raise contactor_table.error("backend", _pairing_message(pilot_kind, contactor_kind, expected))
+        if contactor_kind in PAIRED_CONTACTORS and pilot_kind != contactor_kind:
             raise contactor_table.error(
-                "backend",
-                _pairing_message(pilot_kind, contactor_kind, pairing[pilot_kind]),
+                "backend", f'"{contactor_kind}" needs a "{contactor_kind}" pilot, this connector\'s is "{pilot_kind}"'
             )
-        if contactor_kind == "coprocessor":
-            contactor = self.serve(self.coprocessor_for(contactor_table, cid).contactor)
-        elif contactor_kind == "modbus-evse":
-            contactor_table.reject_unknown(("backend",))
-            contactor = pilot  # the EVSE board switches its own relay: one object, pilot and contactor
-        else:
-            from hal.gpio import build_contactor
+        contactor = self.build_device(contactor_table, build_contactor)
 
-            self.ensure_pin_factory(contactor_table)
-            contactor = self.made(build_contactor(contactor_table, self.ctx))
-
-        # meter
-        from hal.modbus import build_meter
-
-        meter = self.made(build_meter(meter_table, self.ctx))
-        self.note_modbus_address(meter_table)
+        meter = self.build_device(meter_table, build_meter)
         if meter.phases < conn["phases"]:
             raise meter_table.error(
                 "model",
@@ -286,23 +277,17 @@ class _Builder:
                 f"phases = {conn['phases']}",
             )
 
-        proximity = self.build_proximity(conn, index, pilot_kind, pilot)
+        proximity = self.build_proximity(conn, index, pilot_kind)
         lock = None
         if conn["lock_table"] is not None:
-            lock = self.build_optional(conn["lock_table"], index, "lock", LOCK_BACKENDS, cid)
+            lock = self.build_optional(conn["lock_table"], index, "lock", LOCKS)
         elif conn["lock"]:
             raise BoardConfigError(
                 f"{self.path}: [[connectors]][{index}].lock: a socket locks the plug: describe the lock "
                 f"actuator in a [connectors.lock] table, or set lock = false for a socket without one"
             )
-        rcd = self.build_optional(conn.get("rcd"), index, "rcd", RCD_BACKENDS, cid)
-        indicator = None
-        leds_table = self.device_table(conn, index, "leds", required=False)
-        if leds_table is not None:
-            from hal.gpio import build_status_leds
-
-            self.ensure_pin_factory(leds_table)
-            indicator = self.made(build_status_leds(leds_table, self.ctx))
+        rcd = self.build_optional(conn.get("rcd"), index, "rcd", RCDS)
+        indicator = self.build_optional(conn.get("leds"), index, "leds", LEDS)
         return ConnectorHardware(
             connector_id=cid,
             pilot=pilot,
@@ -316,67 +301,32 @@ class _Builder:
             phases=conn["phases"],
         )
 
-    def build_linux_pilot(self, table: ConfigTable):
-        from hal.linux_pilot import build_linux_pilot
-
-        if table.data.get("adc") == "mcp3008" or "peak_reset_pin" in table.data:
-            self.ensure_pin_factory(table)
-        open_i2c_bus = _unopened_i2c_bus if self.options.dry_run else None
-        return build_linux_pilot(table, self.ctx, open_i2c_bus=open_i2c_bus)
-
-    def build_proximity(self, conn: dict, index: int, pilot_kind: str, pilot: Any):
+    def build_proximity(self, conn: dict, index: int, pilot_kind: str) -> Any:
         table = self.device_table(conn, index, "proximity", required=False)
         where = f"{self.path}: [[connectors]][{index}]"
         if conn["cable"] == "fixed":
             if table is not None:
                 raise BoardConfigError(f'{where}.proximity: a fixed cable has no PP (cable = "fixed"); remove it')
             return None
-        kind = table.string("backend", choices=PROXIMITY_BACKENDS) if table is not None else pilot_kind
-        if kind == "none":
-            table.reject_unknown(("backend",))
-            if conn["max_current_a"] > MAX_CURRENT_WITHOUT_PP_A:
-                raise table.error(
-                    "backend",
-                    f'"none": without a PP reading the agent cannot see the plugged cable\'s rating, so '
-                    f"max_current_a must be at most {MAX_CURRENT_WITHOUT_PP_A:g} A (the smallest Type 2 "
-                    f"cable), got {conn['max_current_a']:g}",
+        if table is None:
+            if pilot_kind not in PROXIMITY:
+                # a pilot back-end that cannot read PP (the EVSE board reports none over Modbus)
+                raise BoardConfigError(
+                    f'{where}.proximity: a socket needs the PP reading, and a "{pilot_kind}" pilot has none: add '
+                    f'[connectors.proximity] with backend = "none" (then max_current_a <= '
+                    f'{MAX_CURRENT_WITHOUT_PP_A:g}), or use cable = "fixed"'
                 )
-            return None
-        if kind == "coprocessor":
-            if table is None:
-                return self.serve(self.link.connector(conn["id"]).proximity)
-            return self.serve(self.coprocessor_for(table, conn["id"]).proximity)
-        if kind == "linux-pwm":
-            if table is not None:
-                table.reject_unknown(("backend",))
-            if pilot_kind != "linux-pwm" or not pilot.has_proximity:
-                message = (
-                    "the pilot has no pp_channel: add pp_channel (and the PP divider keys) to "
-                    "[connectors.pilot]"
-                    if pilot_kind == "linux-pwm"
-                    else f'"linux-pwm" reads PP through a linux-pwm pilot; this connector\'s pilot is "{pilot_kind}"'
-                )
-                raise BoardConfigError(f"{where}.proximity: {message}")
-            return pilot
-        # no table and a pilot back-end that cannot read PP (the EVSE board reports none over Modbus)
-        raise BoardConfigError(
-            f'{where}.proximity: a socket needs the PP reading, and a "{pilot_kind}" pilot has none: add '
-            f'[connectors.proximity] with backend = "none" (then max_current_a <= {MAX_CURRENT_WITHOUT_PP_A:g}), '
-            f'or use cable = "fixed"'
-        )
+            # no table: the pilot's back-end reads PP too
+            table = ConfigTable({"backend": pilot_kind}, f"[[connectors]][{index}].proximity", self.path)
+        _, build = PROXIMITY.from_table(table, check_installed=self.options.dry_run)
+        return self.build_device(table, build)
 
-    def build_optional(self, data: Any, index: int, key: str, backends: tuple[str, ...], cid: int):
+    def build_optional(self, data: Any, index: int, key: str, registry: BackendRegistry) -> Any:
         if data is None:
             return None
         table = ConfigTable(data, f"[[connectors]][{index}].{key}", self.path)
-        kind = table.string("backend", choices=backends)
-        if kind == "coprocessor":
-            devices = self.coprocessor_for(table, cid)
-            return self.serve(getattr(devices, key))
-        from hal.gpio import build_lock, build_rcd
-
-        self.ensure_pin_factory(table)
-        return self.made((build_lock if key == "lock" else build_rcd)(table, self.ctx))
+        _, build = registry.from_table(table, check_installed=self.options.dry_run)
+        return self.build_device(table, build)
 
     # ---- checks after building ------------------------------------------------------------------------
 
@@ -441,6 +391,14 @@ def _release_now(devices: list[object]) -> None:
     worker.join(5.0)
 
 
+# `[board] backend = "devices"` (hal.board.BACKENDS)
+DEVICES_BACKEND = BoardBackend(
+    build_devices_board,
+    tables=("buses", "gpio", "coprocessor", "rfid"),
+    connector_keys=("pilot", "contactor", "meter", "proximity", "lock", "rcd", "leds"),
+)
+
+
 def _pairing_message(pilot_kind: str, contactor_kind: str, expected: str) -> str:
     why = {
         "coprocessor": "the co-processor switches the contactor and opens it on its own",
@@ -450,20 +408,3 @@ def _pairing_message(pilot_kind: str, contactor_kind: str, expected: str) -> str
     return (
         f'must be "{expected}" with a "{pilot_kind}" pilot ({why}), got "{contactor_kind}"'
     )
-
-
-class _UnopenedI2cBus:
-    """Stands in for /dev/i2c-N in a dry run: building needs a bus object, reading it is an error."""
-
-    def __init__(self, number: int):
-        self.number = number
-
-    def write_i2c_block_data(self, *args) -> None:
-        raise HardwareError(f"/dev/i2c-{self.number} is not opened in a dry run")
-
-    def read_i2c_block_data(self, *args) -> list[int]:
-        raise HardwareError(f"/dev/i2c-{self.number} is not opened in a dry run")
-
-
-def _unopened_i2c_bus(number: int) -> _UnopenedI2cBus:
-    return _UnopenedI2cBus(number)

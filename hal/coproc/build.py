@@ -1,7 +1,7 @@
 """build_coprocessor: a CoprocessorLink from the board config's [coprocessor] table.
 
     [coprocessor]
-    transport = "uart"            # or "can"
+    transport = "uart"            # or "can", or one a package registers (TRANSPORTS)
     port = "/dev/ttyAMA0"         # uart: the serial device
     baudrate = 115200             # uart, default 115200
     # can_interface = "socketcan" # can: python-can interface, default "socketcan"
@@ -20,17 +20,26 @@ from __future__ import annotations
 from hal.board import ConfigTable
 from hal.build import BuildContext
 from hal.coproc.link import CoprocessorLink
+from hal.coproc.transport import Transport
+from hal.registry import BackendRegistry
 
-TRANSPORTS = ("uart", "can")
 UART_KEYS = ("port", "baudrate")
 CAN_KEYS = ("can_interface", "can_channel", "can_base_id")
 COMMON_KEYS = ("transport", "keepalive_s", "mcu_timeout_s", "status_timeout_s")
 BAUDRATES = (9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600, 1000000, 2000000)
 
 
+# `transport = "name"` -> factory(table, ctx) -> Transport (hal.coproc.transport); other packages add theirs
+# under the entry-point group evse_agent.backends.coproc_transport (docs/hal-backends.md). A factory checks
+# its own keys: table.reject_unknown(COMMON_KEYS + its keys).
+TRANSPORTS = BackendRegistry("coproc_transport", {
+    "uart": "hal.coproc.build:build_uart_transport",
+    "can": "hal.coproc.build:build_can_transport",
+})
+
+
 def build_coprocessor(table: ConfigTable, ctx: BuildContext) -> CoprocessorLink:
-    table.reject_unknown(COMMON_KEYS + UART_KEYS + CAN_KEYS)
-    transport_kind = table.string("transport", choices=TRANSPORTS)
+    transport_kind, build_transport = TRANSPORTS.from_table(table, "transport", check_installed=ctx.dry_run)
     keepalive_s = table.number("keepalive_s", default=1.0, minimum=0.05, maximum=5.0, unit="s")
     mcu_timeout_s = table.number("mcu_timeout_s", default=3.0, minimum=1.0, maximum=10.0, unit="s")
     status_timeout_s = table.number("status_timeout_s", default=1.0, minimum=0.1, maximum=10.0, unit="s")
@@ -40,30 +49,34 @@ def build_coprocessor(table: ConfigTable, ctx: BuildContext) -> CoprocessorLink:
             f"must be at most half of mcu_timeout_s ({mcu_timeout_s:g} s) so one lost keep-alive "
             f"does not open the contactor, got {keepalive_s:g}",
         )
-
-    if transport_kind == "uart":
-        _reject_other_transport_keys(table, CAN_KEYS, transport_kind)
-        from hal.coproc.uart import UartTransport
-
-        transport = UartTransport(
-            table.string("port"), table.integer("baudrate", default=115200, choices=BAUDRATES)
-        )
-    else:
-        _reject_other_transport_keys(table, UART_KEYS, transport_kind)
-        from hal.coproc.can import DEFAULT_BASE_ID, CanTransport
-
-        base_id = table.integer("can_base_id", default=DEFAULT_BASE_ID, minimum=0, maximum=0x7E0)
-        if base_id % 0x20:
-            raise table.error("can_base_id", f"must be a multiple of 0x20 (32), got {base_id:#x}")
-        transport = CanTransport(
-            table.string("can_interface", default="socketcan"), table.string("can_channel"), base_id=base_id
-        )
+    transport: Transport = build_transport(table, ctx)
     return CoprocessorLink(
         transport,
         keepalive_s=keepalive_s,
         status_timeout_s=status_timeout_s,
         mcu_timeout_s=mcu_timeout_s,
         clock=ctx.clock,
+    )
+
+
+def build_uart_transport(table: ConfigTable, ctx: BuildContext) -> Transport:
+    _reject_other_transport_keys(table, CAN_KEYS, "uart")
+    table.reject_unknown(COMMON_KEYS + UART_KEYS)
+    from hal.coproc.uart import UartTransport
+
+    return UartTransport(table.string("port"), table.integer("baudrate", default=115200, choices=BAUDRATES))
+
+
+def build_can_transport(table: ConfigTable, ctx: BuildContext) -> Transport:
+    _reject_other_transport_keys(table, UART_KEYS, "can")
+    table.reject_unknown(COMMON_KEYS + CAN_KEYS)
+    from hal.coproc.can import DEFAULT_BASE_ID, CanTransport
+
+    base_id = table.integer("can_base_id", default=DEFAULT_BASE_ID, minimum=0, maximum=0x7E0)
+    if base_id % 0x20:
+        raise table.error("can_base_id", f"must be a multiple of 0x20 (32), got {base_id:#x}")
+    return CanTransport(
+        table.string("can_interface", default="socketcan"), table.string("can_channel"), base_id=base_id
     )
 
 

@@ -366,7 +366,7 @@ class CoprocessorLink(Lifecycle):
                 hello.protocol_major,
                 hello.protocol_minor,
                 hello.connector_count,
-                "|".join(c.name for c in Capability if c & hello.capabilities) or "none",
+                "|".join(str(c.name) for c in Capability if c & hello.capabilities) or "none",
                 hello.keepalive_timeout_ms,
             )
 
@@ -456,7 +456,7 @@ def _in_sync(state: ConnectorLink) -> bool:
 
 
 def _flag_names(flags: ErrorFlag) -> str:
-    return "|".join(flag.name for flag in ErrorFlag if flag & flags) or "none"
+    return "|".join(str(flag.name) for flag in ErrorFlag if flag & flags) or "none"
 
 
 def _off_reason_name(detail: int) -> str:

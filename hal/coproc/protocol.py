@@ -382,7 +382,7 @@ def encode_payload(message: Message, seq: int) -> bytes:
         value = getattr(message, f.name)
         if f.metadata["kind"] is str:
             value = value.encode("ascii")
-        values.append(int(value) if isinstance(value, enum.Enum | bool) else value)
+        values.append(int(value) if isinstance(value, int) else value)  # IntEnum, IntFlag, bool -> int
     try:
         return HEADER.pack(message.TYPE, seq & 0xFF, message.connector) + message.LAYOUT.pack(*values)
     except (struct.error, UnicodeEncodeError) as exc:

@@ -18,7 +18,7 @@ required with "none"). Unknown keys are rejected.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 from gpiozero.exc import GPIOZeroError
 
@@ -49,6 +49,10 @@ LED_KEYS = ("backend", "ready_pin", "charging_pin", "fault_pin", "active_high")
 Device = TypeVar("Device")
 
 
+@overload
+def config_pin(table: ConfigTable, key: str, *, required: Literal[True] = True) -> int | str: ...
+@overload
+def config_pin(table: ConfigTable, key: str, *, required: bool) -> int | str | None: ...
 def config_pin(table: ConfigTable, key: str, *, required: bool = True) -> int | str | None:
     """A GPIO given as a BCM number or a gpiozero pin name."""
     if key not in table.data:
@@ -65,6 +69,10 @@ def config_pin(table: ConfigTable, key: str, *, required: bool = True) -> int | 
     return value
 
 
+@overload
+def config_input(table: ConfigTable, prefix: str, *, required: Literal[True] = True) -> InputSpec: ...
+@overload
+def config_input(table: ConfigTable, prefix: str, *, required: bool) -> InputSpec | None: ...
 def config_input(table: ConfigTable, prefix: str, *, required: bool = True) -> InputSpec | None:
     """`<prefix>_pin` with `<prefix>_pull` and `<prefix>_active_low`."""
     pin = config_pin(table, f"{prefix}_pin", required=required)
@@ -116,7 +124,7 @@ def build_contactor(table: ConfigTable, ctx: BuildContext) -> GpioContactor:
     mirror_2 = None
     if "feedback_pin_2" in table.data:  # the second mirror is wired like the first
         mirror_2 = InputSpec(config_pin(table, "feedback_pin_2"), mirror.pull, mirror.active_low)
-    options = dict(
+    options: dict[str, Any] = dict(
         mirror=mirror,
         mirror_2=mirror_2,
         mirror_type=table.string("feedback", default=DEFAULT_MIRROR_TYPE, choices=MIRROR_TYPES),
@@ -138,7 +146,7 @@ def build_rcd(table: ConfigTable, ctx: BuildContext) -> GpioRcd:
         for key in ("test_active_high", "self_test_pulse_ms", "self_test_timeout_ms"):
             if key in table.data:
                 raise table.error(key, "only applies with a test_pin")
-    options = dict(
+    options: dict[str, Any] = dict(
         test_pin=test_pin,
         test_active_high=table.boolean("test_active_high", default=True),
         debounce_s=_seconds(table, "debounce_ms", 0.001, minimum_ms=0, maximum_ms=100),
@@ -156,7 +164,7 @@ def build_lock(table: ConfigTable, ctx: BuildContext) -> GpioLock:
     unlock_pin = config_pin(table, "unlock_pin", required=False)
     if unlock_pin is None and "pulse_ms" in table.data:
         raise table.error("pulse_ms", "only applies to a motor lock (lock_pin and unlock_pin)")
-    options = dict(
+    options: dict[str, Any] = dict(
         feedback=config_input(table, "lock_feedback"),
         unlock_pin=unlock_pin,
         active_high=table.boolean("active_high", default=True),

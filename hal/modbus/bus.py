@@ -258,7 +258,7 @@ class ModbusBus(Lifecycle):
         if self._client is None:
             self._client = self._make_client()
         if not self._client.connected:
-            if self.is_rtu and self.settings.port.startswith("/") and not os.path.exists(self.settings.port):
+            if isinstance(self.settings, RtuSettings) and self.settings.port.startswith("/") and not os.path.exists(self.settings.port):
                 raise self._not_connected(
                     what, device_id, f"{self.settings.port} does not exist: is the RS-485 adapter plugged in?"
                 )

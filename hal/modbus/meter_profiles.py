@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pymodbus.client.mixin import ModbusClientMixin
 
@@ -121,7 +121,7 @@ def _per_phase(first: int, step: int, phases: int, **fields) -> tuple[Register, 
 
 def _eastron(model: str, title: str, *, phases: int, power_address: int, max_registers: int, serial: str):
     """Eastron SDM: input registers (FC 4), IEEE-754 float32, high word first, energy in kWh."""
-    f32 = {"function_code": INPUT, "data_type": "float32"}
+    f32: dict[str, Any] = {"function_code": INPUT, "data_type": "float32"}
     return MeterProfile(
         model=model,
         title=title,
@@ -178,7 +178,7 @@ ABB_B23 = MeterProfile(
 # The B24 differs from the B23 in its pulse/IO options, not in these registers.
 ABB_B24 = MeterProfile(**{**ABB_B23.__dict__, "model": "abb-b24", "title": "ABB B24 (same map as the B23)"})
 
-_EM340_I32 = {"function_code": INPUT, "data_type": "int32", "word_order": "little"}
+_EM340_I32: dict[str, Any] = {"function_code": INPUT, "data_type": "int32", "word_order": "little"}
 EM340 = MeterProfile(
     model="em340",
     title="Carlo Gavazzi EM340",

@@ -9,7 +9,8 @@
     every back-end: hold_off_s = 2.0 (a card seen again within this time after its last sighting is
               the same presentation; 0 reports every read)
 
-Every reader reports uppercase hex (normalise_uid). The back-end module is imported only when chosen,
+Every reader reports uppercase hex (normalise_uid). Back-ends are looked up in BACKENDS (a registry that
+other packages extend through entry points). The back-end module is imported only when chosen,
 so a board without evdev can still use a serial reader and the other way round.
 """
 
@@ -18,9 +19,17 @@ from __future__ import annotations
 from hal.board import ConfigTable
 from hal.build import BuildContext
 from hal.interfaces import RfidReader
+from hal.registry import BackendRegistry
 from hal.rfid.common import DEFAULT_HOLD_OFF_S
 
-BACKENDS = ("pn532", "rdm6300", "hid")
+# `backend = "name"` -> factory(table, ctx) -> RfidReader; other packages add theirs under the entry-point
+# group evse_agent.backends.rfid (docs/hal-backends.md). A factory checks its own keys and reads hold_off_s
+# with hold_off(table) like the built-in ones.
+BACKENDS = BackendRegistry("rfid", {
+    "pn532": "hal.rfid:build_pn532",
+    "rdm6300": "hal.rfid:build_rdm6300",
+    "hid": "hal.rfid:build_hid",
+})
 COMMON_KEYS = ("backend", "hold_off_s")
 BACKEND_KEYS = {
     "pn532": ("port", "baudrate", "poll_interval_s"),
@@ -32,26 +41,30 @@ MAX_HOLD_OFF_S = 60.0
 
 def build_rfid(table: ConfigTable, ctx: BuildContext) -> RfidReader:
     """The reader a config table describes. Raises BoardConfigError naming the file and the key."""
-    backend = table.string("backend", choices=BACKENDS)
-    table.reject_unknown(COMMON_KEYS + BACKEND_KEYS[backend])
-    hold_off_s = table.number(
-        "hold_off_s", default=DEFAULT_HOLD_OFF_S, minimum=0, maximum=MAX_HOLD_OFF_S, unit="s"
-    )
-    if backend == "pn532":
-        return _build_pn532(table, ctx, hold_off_s)
-    if backend == "rdm6300":
-        return _build_rdm6300(table, ctx, hold_off_s)
-    return _build_hid(table, ctx, hold_off_s)
+    _, build = BACKENDS.from_table(table, check_installed=ctx.dry_run)
+    reader: RfidReader = build(table, ctx)
+    return reader
 
 
 build = build_rfid  # the name the board loader looks for in a back-end module (hal/build.py)
+
+
+def hold_off(table: ConfigTable) -> float:
+    """The `hold_off_s` every reader's table may give."""
+    return table.number("hold_off_s", default=DEFAULT_HOLD_OFF_S, minimum=0, maximum=MAX_HOLD_OFF_S, unit="s")
+
+
+def _common_keys(table: ConfigTable, backend: str) -> float:
+    table.reject_unknown(COMMON_KEYS + BACKEND_KEYS[backend])
+    return hold_off(table)
 
 
 def _baudrate(table: ConfigTable, default: int) -> int:
     return table.integer("baudrate", default=default, minimum=1200, maximum=4_000_000)
 
 
-def _build_pn532(table: ConfigTable, ctx: BuildContext, hold_off_s: float) -> RfidReader:
+def build_pn532(table: ConfigTable, ctx: BuildContext) -> RfidReader:
+    hold_off_s = _common_keys(table, "pn532")
     from hal.rfid import pn532
 
     poll_interval_s = table.number(
@@ -72,7 +85,8 @@ def _build_pn532(table: ConfigTable, ctx: BuildContext, hold_off_s: float) -> Rf
     )
 
 
-def _build_rdm6300(table: ConfigTable, ctx: BuildContext, hold_off_s: float) -> RfidReader:
+def build_rdm6300(table: ConfigTable, ctx: BuildContext) -> RfidReader:
+    hold_off_s = _common_keys(table, "rdm6300")
     from hal.rfid import rdm6300
 
     return rdm6300.Rdm6300Reader(
@@ -84,7 +98,8 @@ def _build_rdm6300(table: ConfigTable, ctx: BuildContext, hold_off_s: float) -> 
     )
 
 
-def _build_hid(table: ConfigTable, ctx: BuildContext, hold_off_s: float) -> RfidReader:
+def build_hid(table: ConfigTable, ctx: BuildContext) -> RfidReader:
+    hold_off_s = _common_keys(table, "hid")
     from hal.rfid import hid, hid_keys
 
     device = table.string("device", default=None)

@@ -17,6 +17,7 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import TypeVar
 
 from hal.build import Clock
 from hal.interfaces import HardwareError
@@ -74,6 +75,7 @@ class Response:
 
 
 Frame = Ack | Nack | ErrorFrame | Response
+_F = TypeVar("_F", Ack, Response)  # what _expect() waits for
 
 
 def build_frame(command: int, params: bytes = b"") -> bytes:
@@ -267,13 +269,13 @@ class Pn532Reader(BackgroundTagReader):
         response = await self._expect(Response, command + 1, self.response_timeout_s, f"answer to {name}")
         return response.data
 
-    async def _expect(self, kind: type, code: int | None, timeout: float, what: str) -> Frame:
+    async def _expect(self, kind: type[_F], code: int | None, timeout: float, what: str) -> _F:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             while self._frames:
                 frame = self._frames.popleft()
-                if isinstance(frame, kind) and (code is None or frame.code == code):
+                if isinstance(frame, kind) and (code is None or getattr(frame, "code", None) == code):
                     return frame
                 if isinstance(frame, Nack | ErrorFrame):
                     self.stats.drop(f"PN532: {type(frame).__name__} instead of {what}")

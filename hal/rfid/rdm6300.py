@@ -54,7 +54,7 @@ class Rdm6300FrameParser:
 
     def feed(self, data: bytes) -> list[bytes]:
         self._buffer += data
-        payloads = []
+        payloads: list[bytes] = []
         while True:
             start = self._buffer.find(STX)
             if start < 0:

@@ -54,7 +54,7 @@ class SerialLink:
         loop = asyncio.get_running_loop()
         readable = loop.create_future()
         fd = port.fileno()
-        loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
+        loop.add_reader(fd, lambda: None if readable.done() else readable.set_result(None))
         try:
             await asyncio.wait_for(readable, timeout)
         except TimeoutError:

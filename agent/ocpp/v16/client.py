@@ -36,15 +36,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import websockets
 from ocpp.charge_point import camel_to_snake_case, snake_to_camel_case
 from ocpp.exceptions import (
-    FormatViolationError,
-    NotSupportedError,
     OCPPError,
-    ProtocolError,
     SecurityError,
-    TypeConstraintViolationError,
 )
-from ocpp.exceptions import NotImplementedError as OcppNotImplemented
-from ocpp.messages import Call, CallError, unpack
 from ocpp.routing import after, on
 from ocpp.v16 import ChargePoint as _LibChargePoint
 from ocpp.v16 import call, call_result
@@ -52,7 +46,7 @@ from ocpp.v16.enums import Action
 
 from agent.config import AgentConfig
 from agent.core.authorization import valid_id_token
-from agent.logs import excerpt
+from agent.ocpp.rpc import GuardedRouting, short
 from agent.ocpp.security import TlsAwareConnection, redact_frame, redact_text
 from agent.ocpp.v16 import transactions as v16_transactions
 from agent.ocpp.v16.config import OcppConfiguration
@@ -100,13 +94,7 @@ AUTHORIZE_DEADLINE_S = 5.0
 # oldest is dropped: they describe a present state that a later message describes again
 MAX_PENDING_OUTGOING = 200
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the transactionIds the station accepts (see _check_usable)
-MAX_UNREAD_ANSWERS = 16  # CALLRESULT/CALLERROR frames waiting for the call in flight to read them
 
-# OCPP-J 1.6 spellings of the codes the library names differently
-_V16_ERROR_CODES = {
-    "FormatViolation": "FormationViolation",
-    "OccurrenceConstraintViolation": "OccurenceConstraintViolation",
-}
 
 
 class StationPort(Protocol):
@@ -655,7 +643,7 @@ class OcppClient:
             level = logging.INFO if self._refused_security_events else logging.WARNING
             self._refused_security_events = True  # said once per connection; each event is dropped
             log.log(level, "CSMS refused %s (%s: %s): dropped, not sent again", action, exc.code,
-                    _short(str(exc.description or ""), 100))
+                    short(str(exc.description or ""), 100))
             self._journal.drop_message(message)
             return
         except TimeoutError as exc:
@@ -770,56 +758,14 @@ def _check_usable(action: str, response: dict) -> None:
     if action == "StartTransaction":
         transaction_id = response.get("transactionId")
         if not isinstance(transaction_id, int) or not INT64_MIN <= transaction_id <= INT64_MAX:
-            raise _UnusableAnswer(f"transactionId {_short(str(transaction_id), 60)} is outside signed 64 bits")
+            raise _UnusableAnswer(f"transactionId {short(str(transaction_id), 60)} is outside signed 64 bits")
 
 
 # CSMS calls whose payload may hold a secret (AuthorizationKey) or a certificate: never quoted in a log
-_SECRET_ACTIONS = {"ChangeConfiguration", "InstallCertificate", "CertificateSigned", "DeleteCertificate"}
 
 
-def _unique_id_of(raw: str) -> str | None:
-    """The message id of a CALL frame that the library could not unpack, to answer it with a CALLERROR."""
-    try:
-        frame = json.loads(raw)
-    except (ValueError, TypeError):
-        return None
-    if (
-        isinstance(frame, list)
-        and len(frame) >= 2
-        and frame[0] == Call.message_type_id
-        and isinstance(frame[1], str)
-    ):
-        return frame[1]  # echoed as sent, even beyond 36 characters: the answer's id must equal it
-    return None
-
-
-def _finite(payload: Any) -> bool:
-    """False if a number in the payload is NaN or +-Infinity: not JSON (RFC 8259), though Python reads them
-    (1e400 becomes inf), and they crash the library's multipleOf check."""
-    try:
-        json.dumps(payload, allow_nan=False)
-    except (ValueError, RecursionError):
-        return False
-    return True
-
-
-def _short(text: str, limit: int = 400) -> str:
-    """At most 200 characters, and fewer if their JSON form on the wire (non-ASCII escaped, up to 12
-    bytes a character) would exceed `limit` bytes."""
-    text = text[:200]
-    while len(json.dumps(text)) > limit:
-        text = text[: len(text) // 2]
-    return text
-
-
-def _call_error(unique_id: str, error: OCPPError) -> str:
-    code = _V16_ERROR_CODES.get(error.code, error.code)
-    cause = error.details.get("cause") if isinstance(error.details, dict) else None
-    details = {"cause": _short(str(cause))} if cause else {}  # the library's cause can hold a schema dump
-    return CallError(unique_id, code, error.description or "", details).to_json()
-
-
-class _ChargePoint(SecurityHandlers, FirmwareHandlers, SmartChargingHandlers, ReservationHandlers, _LibChargePoint):
+class _ChargePoint(SecurityHandlers, FirmwareHandlers, SmartChargingHandlers, ReservationHandlers, GuardedRouting,
+                  _LibChargePoint):
     """Routing and the Core/LocalAuthList/RemoteTrigger handlers; security, firmware, smart charging and
     reservation handlers come from their mixins."""
 
@@ -837,92 +783,19 @@ class _ChargePoint(SecurityHandlers, FirmwareHandlers, SmartChargingHandlers, Re
             # other tasks (the heartbeat to the control process, the journal workers, the CLI)
             await asyncio.sleep(0)
 
-    async def _get_specific_response(self, unique_id, timeout):
-        """The answer to our CALL `unique_id`; answers with other ids (late, unknown) are dropped (OCPP-J).
-        Replaces the library's version, which recursed once per dropped frame (a CSMS sending ~1000 of them
-        while a call waited raised RecursionError and ended the session) and timed with the wall clock."""
-        deadline = time.monotonic() + timeout
-        while True:
-            async with asyncio.timeout(max(deadline - time.monotonic(), 0)):  # not wait_for (3.11 cancel bug)
-                response = await self._response_queue.get()
-            if response.unique_id == unique_id:
-                return response
-            log.info("ignoring an answer to no open call: %s", excerpt(str(response), 100))
+    protocol_actions = frozenset(a.value for a in Action)
+    secret_actions = frozenset({"ChangeConfiguration", "InstallCertificate", "CertificateSigned", "DeleteCertificate"})
+    # OCPP-J 1.6 spellings of the codes the library names differently (errata §5.2: "will not be fixed")
+    error_code_spellings = {
+        "FormatViolation": "FormationViolation",
+        "OccurrenceConstraintViolation": "OccurenceConstraintViolation",
+    }
 
-    async def route_message(self, raw_msg) -> None:
-        try:
-            msg = unpack(raw_msg)
-        except OCPPError as error:
-            unique_id = _unique_id_of(raw_msg)
-            log.warning("malformed frame from CSMS (%s): %s", excerpt(error.description, 100),
-                        excerpt(redact_frame(raw_msg)))
-            if unique_id is not None and self._client.registration != "Rejected":
-                await self._send(_call_error(unique_id, error))
-            return
-        except (ValueError, RecursionError) as error:  # JSON beyond the parser: > 4300 digits, deep nesting
-            log.warning("unreadable frame from CSMS (%s): %s", type(error).__name__, excerpt(raw_msg))
-            return
-        if msg.message_type_id != Call.message_type_id:
-            # only a call in flight (it holds the lock until its answer or timeout) takes answers: others
-            # would pile up in the queue until the next call (a CSMS flooding CALLRESULTs grew the RSS)
-            if self._call_lock.locked():
-                if self._response_queue.qsize() >= MAX_UNREAD_ANSWERS:  # a flood: the oldest goes, so the
-                    dropped = self._response_queue.get_nowait()  # answer that comes after it still gets in
-                    log.info("ignoring an answer to no open call: %s", excerpt(str(dropped), 100))
-                self._response_queue.put_nowait(msg)
-            else:
-                log.info("ignoring an answer to no open call: %s", excerpt(str(raw_msg), 100))
-            return
-        if self._client.registration == "Rejected":
-            log.info("ignoring %s: registration was rejected", excerpt(msg.action, 60))  # OCPP 1.6 §4.2
-            return
-        if (
-            not isinstance(msg.unique_id, str)
-            or not isinstance(msg.action, str)
-            or not isinstance(msg.payload, dict)
-        ):
-            await self._send(
-                _call_error(
-                    msg.unique_id if isinstance(msg.unique_id, str) else str(msg.unique_id)[:36],
-                    ProtocolError(
-                        details={"cause": "CALL needs a string id, a string action and an object payload"}
-                    ),
-                )
-            )
-            return
-        handlers = self.route_map.get(msg.action, {})
-        if "_on_action" not in handlers:
-            # OCPP-J 1.6 Table 7: unknown action -> NotImplemented; known but unsupported -> NotSupported
-            known = msg.action in {a.value for a in Action}
-            error = NotSupportedError if known else OcppNotImplemented
-            await self._send(
-                _call_error(msg.unique_id, error(details={"cause": f"{msg.action} is not supported"}))
-            )
-            return
-        if not _finite(msg.payload):
-            await self._send(_call_error(msg.unique_id, FormatViolationError(
-                details={"cause": "NaN and Infinity are not JSON numbers"})))
-            return
-        try:
-            tolerate_limits(msg.action, msg.payload)  # 2-decimal charging limits, before schema validation
-            await self._handle_call(msg)
-        except OCPPError as error:
-            # the error's details can quote the payload: not for a key or a certificate
-            # (and the library's cause can quote all of a 1 MB payload: an excerpt)
-            shown = f"{error.code}: {excerpt(error.description, 100)}"
-            if msg.action not in _SECRET_ACTIONS and isinstance(error.details, dict) and error.details.get("cause"):
-                shown += f" ({excerpt(str(error.details['cause']))})"
-            log.warning("rejected %s from CSMS: %s", msg.action, shown)
-            await self._send(_call_error(msg.unique_id, error))
-        except ArithmeticError:  # the library's Decimal multipleOf check, on a number like 1e300 or 10**30
-            log.warning("rejected %s from CSMS: a number beyond Decimal precision", msg.action)
-            error = TypeConstraintViolationError(details={"cause": "a number is out of range"})
-            await self._send(_call_error(msg.unique_id, error))
-        except Exception:
-            log.exception("error handling %s", msg.action)
-            await self._send(
-                CallError(msg.unique_id, "InternalError", "An unexpected error occurred.", {}).to_json()
-            )
+    def _accepting_calls(self) -> bool:
+        return self._client.registration != "Rejected"  # OCPP 1.6 §4.2: a rejected station answers nothing
+
+    def _prepare_call(self, action: str, payload: dict) -> None:
+        tolerate_limits(action, payload)  # 2-decimal charging limits, before schema validation
 
     def _follow_up(self, coro: Awaitable) -> None:
         task = asyncio.ensure_future(coro)
