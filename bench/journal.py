@@ -13,6 +13,7 @@ import time
 
 from agent.ocpp.v16.config import KEYS
 from agent.ocpp.v16.meter_values import meter_value, ocpp_timestamp
+from agent.ocpp.v16.transactions import meter_value_from_v16
 from agent.station.journal import Journal
 from bench.common import DISK_TMP, TAG, Report, filesystem_of, scratch_dir
 from hal.interfaces import MeterReading
@@ -21,11 +22,11 @@ TARGET_PER_S = 2000.0
 
 
 def sample_value(energy_wh: float, timestamp: str) -> list[dict]:
-    """One meterValue entry as the agent builds it for a periodic sample, with the default measurands."""
+    """One meter value as the agent journals a periodic sample, with the default measurands."""
     reading = MeterReading(energy_wh=energy_wh, power_w=11040.0, current_a=(16.0, 16.0, 16.0),
                            voltage_v=(230.0, 230.0, 230.0), taken_at=0.0)
     measurands = KEYS["MeterValuesSampledData"].default.split(",")
-    return [meter_value(reading, measurands, "Sample.Periodic", timestamp, 16.0)]
+    return [meter_value_from_v16(meter_value(reading, measurands, "Sample.Periodic", timestamp, 16.0))]
 
 
 def raw_fsync_seconds(path, count: int) -> float:
@@ -58,14 +59,14 @@ def run(size: str) -> Report:
 
         started = time.perf_counter()
         for i in range(samples):
-            journal.add_meter_values(local_id, 1, sample_value(float(i), timestamp), float(i), timestamp)
+            journal.add_meter_values(local_id, sample_value(float(i), timestamp), float(i), timestamp)
         write_back_s = time.perf_counter() - started
-        journal.end_transaction(local_id, {"meterStop": samples, "timestamp": timestamp, "reason": "Local"})
+        journal.end_transaction(local_id, samples, timestamp, "local")
 
         started = time.perf_counter()
         for i in range(pairs):
             tx = journal.begin_transaction(1, TAG, float(i), timestamp)
-            journal.end_transaction(tx, {"meterStop": i, "timestamp": timestamp, "reason": "Local"})
+            journal.end_transaction(tx, i, timestamp, "local")
         durable_s = time.perf_counter() - started
         journal.close()
         fsync_s = raw_fsync_seconds(workdir / "fsync.probe", 200 if size == "full" else 20)

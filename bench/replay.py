@@ -40,8 +40,8 @@ def build_journal(path, count: int) -> None:
     timestamp = ocpp_timestamp()
     local_id = journal.begin_transaction(1, TAG, 0.0, timestamp)
     for i in range(count - 2):
-        journal.add_meter_values(local_id, 1, sample_value(float(i), timestamp), float(i), timestamp)
-    journal.end_transaction(local_id, {"meterStop": count, "timestamp": timestamp, "reason": "Local"})
+        journal.add_meter_values(local_id, sample_value(float(i), timestamp), float(i), timestamp)
+    journal.end_transaction(local_id, count, timestamp, "local")
     assert journal.pending_count() == count
     journal.close()
 

@@ -76,7 +76,6 @@ import sqlite3
 import sys
 import tempfile
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -84,6 +83,7 @@ from pathlib import Path
 
 from agent.cli.control_socket import ControlClientError
 from agent.ocpp.v16.meter_values import ocpp_timestamp
+from agent.ocpp.v16.transactions import queued_wire_messages
 from hil.agent_process import AgentProcess as HarnessProcess
 from hil.agent_process import write_agent_config
 from hil.csms import Frame, LocalCsms, StationNotConnected
@@ -190,16 +190,10 @@ def read_journal(workdir: Path) -> tuple[list[dict], list[tuple[int, str, dict]]
         db.row_factory = sqlite3.Row
         try:
             transactions = [dict(row) for row in db.execute("SELECT * FROM transactions ORDER BY local_id")]
-            outbox = [(row["seq"], row["action"], _payload(row["payload"]))
-                      for row in db.execute("SELECT seq, action, payload FROM outbox ORDER BY seq")]
+            outbox = queued_wire_messages(db)
         finally:
             db.close()
     return transactions, outbox
-
-
-def _payload(stored: bytes | str) -> dict:
-    """An outbox payload: zlib-compressed JSON (or plain JSON text in journals written before that)."""
-    return json.loads(zlib.decompress(stored) if isinstance(stored, bytes) else stored)
 
 
 def _register_wh(meter_values_payload: dict) -> int | None:
@@ -665,8 +659,8 @@ class ChaosRun:
                     self._problem("lost", f"{action} (journal seq {seq}, held at kill {copy.kill}) never "
                                           f"reached the CSMS: {payload}")
             for row in copy.transactions:
-                if row["csms_id"] is not None and row["csms_id"] not in live:
-                    self._problem("lost", f"journaled transaction {row['csms_id']} (kill {copy.kill}) is not "
+                if row["csms_tx_id"] is not None and int(row["csms_tx_id"]) not in live:
+                    self._problem("lost", f"journaled transaction {row['csms_tx_id']} (kill {copy.kill}) is not "
                                           "a live transaction at the CSMS")
 
         # 6. nothing unknown, no protocol violations

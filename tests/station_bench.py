@@ -13,9 +13,10 @@ from typing import Any
 from agent.config import load_config
 from agent.core.authorization import TokenInfo
 from agent.core.controller import AuthorizationResult, TokenPresented
+from agent.ocpp.v16 import transactions as v16_transactions
 from agent.ocpp.v16.client import OcppClient
 from agent.station.csms_link import CsmsLinkFactory, CsmsPort
-from agent.station.journal import Journal
+from agent.station.journal import Delivery, Journal, QueuedMessage
 from agent.station.station import ConnectorRuntime, Station
 from hal.board import load_board
 from hal.interfaces import Board
@@ -94,3 +95,14 @@ def authorize(station: Station, rt: ConnectorRuntime, tag: str = TAG_OK) -> None
     """A card presented and accepted, as the reader and the CSMS would answer."""
     station.channel.dispatch(rt, TokenPresented(tag))
     station.channel.dispatch(rt, AuthorizationResult(tag, True))
+
+
+def as_sent(message: QueuedMessage) -> tuple[str, dict]:
+    """(action, payload) of a queued journal message as the OCPP 1.6 adapter sends it."""
+    return v16_transactions.render(message)
+
+
+def answered(message: QueuedMessage, response: dict) -> Delivery:
+    """The CSMS's 1.6 answer `response` to `message`, read by the adapter as the journal and station take it."""
+    action, payload = v16_transactions.render(message)
+    return v16_transactions.read_answer(action, payload, response)

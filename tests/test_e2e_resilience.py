@@ -13,13 +13,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 from agent.ocpp.v16.meter_values import ocpp_timestamp
+from agent.ocpp.v16.transactions import queued_wire_messages
 from hil.csms import Frame, LocalCsms
 from tests.agent_harness import (
     REPO,
@@ -74,13 +74,13 @@ async def wait_answer(csms: LocalCsms, action: str, since: int, timeout: float =
 
 
 def read_journal(workdir: Path) -> tuple[list[dict], list[tuple[str, dict]]]:
-    """(transactions rows, queued (action, payload) in order) of a stopped agent, read-only."""
+    """(transactions rows, queued (action, payload without transactionId) in order, as the 1.6 adapter sends
+    them) of a stopped agent, read-only."""
     db = sqlite3.connect(f"file:{workdir / 'state' / 'journal.sqlite'}?mode=ro", uri=True)
     db.row_factory = sqlite3.Row
     try:
         transactions = [dict(row) for row in db.execute("SELECT * FROM transactions ORDER BY local_id")]
-        outbox = [(row["action"], json.loads(zlib.decompress(row["payload"])))
-                  for row in db.execute("SELECT action, payload FROM outbox ORDER BY seq")]
+        outbox = [(action, without_tx_id(payload)) for _, action, payload in queued_wire_messages(db)]
     finally:
         db.close()
     return transactions, outbox
@@ -341,7 +341,7 @@ async def test_kill9_mid_transaction_restart_stops_it_with_power_loss(csms, run_
     agent.kill9()
     transactions, _ = read_journal(tmp_path)
     (row,) = transactions
-    assert row["stopped_at"] is None and row["csms_id"] == tx.transaction_id
+    assert row["stopped_at"] is None and row["csms_tx_id"] == str(tx.transaction_id)
 
     agent.start()
     await agent.ready()
@@ -459,7 +459,7 @@ async def test_sigterm_with_stop_on_shutdown_journals_stop_other_before_exit(csm
         assert transactions == [] and outbox == []
     else:
         (row,) = transactions
-        assert row["stop_reason"] == "Other" and row["stopped_at"] is not None
+        assert row["stop_reason"] == "other" and row["stopped_at"] is not None
         assert outbox[-1][0] == "StopTransaction" and outbox[-1][1]["reason"] == "Other"
 
     agent.start()

@@ -1,5 +1,6 @@
-"""agent/station/journal.py on real SQLite files: queue order, transactionId patching, delivery bookkeeping,
-crash survival, settings, durability pragmas and the errors a bad journal file gives."""
+"""agent/station/journal.py on real SQLite files: queue order, the CSMS's id filled in when an event is sent
+(through the 1.6 adapter's rendering, agent/ocpp/v16/transactions.py), delivery bookkeeping, crash survival,
+settings, durability pragmas and the errors a bad journal file gives."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from agent.ocpp.v16.transactions import TRANSACTION_ID_UNKNOWN, read_answer, render
 from agent.station.journal import (
-    TRANSACTION_ID_UNKNOWN,
+    Delivery,
     Journal,
     JournalError,
     JournalSetupError,
     JournalValueError,
+    QueuedMessage,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,13 +31,35 @@ T3 = "2025-01-01T10:03:00.000Z"
 
 
 def sample(wh: float, timestamp: str) -> list[dict]:
+    """One neutral meter value: the energy register."""
+    return [{"timestamp": timestamp, "samples": [
+        {"value": f"{wh:.0f}", "context": "Sample.Periodic", "measurand": "Energy.Active.Import.Register",
+         "unit": "Wh"}]}]
+
+
+def sample_v16(wh: float, timestamp: str) -> list[dict]:
+    """sample() as the 1.6 adapter sends it."""
     return [{"timestamp": timestamp, "sampledValue": [
         {"value": f"{wh:.0f}", "context": "Sample.Periodic", "measurand": "Energy.Active.Import.Register",
          "unit": "Wh"}]}]
 
 
-def stop_payload(wh: float, timestamp: str, reason: str = "EVDisconnected") -> dict:
-    return {"meterStop": round(wh), "timestamp": timestamp, "reason": reason}
+def stop(journal: Journal, local_id: int, wh: float, timestamp: str, reason: str = "ev_disconnected") -> None:
+    journal.end_transaction(local_id, round(wh), timestamp, reason)
+
+
+def action_of(message: QueuedMessage) -> str:
+    return render(message)[0]
+
+
+def payload_of(message: QueuedMessage) -> dict:
+    return render(message)[1]
+
+
+def deliver(journal: Journal, message: QueuedMessage, answer: dict | None = None) -> None:
+    """The CSMS answered `message` (its 1.6 answer, read by the 1.6 adapter)."""
+    action, payload = render(message)
+    journal.message_delivered(message, read_answer(action, payload, answer or {}))
 
 
 def start_answer(transaction_id: int, status: str = "Accepted") -> dict:
@@ -56,9 +81,9 @@ def journal(path):
 def one_session(journal: Journal) -> int:
     """Start at 1000 Wh, two samples, stop at 1300 Wh: four queued messages."""
     local = journal.begin_transaction(1, "TAG-1", 1000.4, T0)
-    journal.add_meter_values(local, 1, sample(1100, T1), 1100.0, T1)
-    journal.add_meter_values(local, 1, sample(1200, T2), 1200.0, T2)
-    journal.end_transaction(local, stop_payload(1300.2, T3))
+    journal.add_meter_values(local, sample(1100, T1), 1100.0, T1)
+    journal.add_meter_values(local, sample(1200, T2), 1200.0, T2)
+    stop(journal, local, 1300.2, T3)
     return local
 
 
@@ -66,8 +91,9 @@ def drain(journal: Journal, answers: dict[str, dict] | None = None) -> list[tupl
     """Deliver every queued message as a CSMS would; returns (action, payload) in send order."""
     sent = []
     while (message := journal.next_message()) is not None:
-        sent.append((message.action, message.payload))
-        journal.message_delivered(message, (answers or {}).get(message.action, {}))
+        action, payload = render(message)
+        sent.append((action, payload))
+        deliver(journal, message, (answers or {}).get(action, {}))
     return sent
 
 
@@ -82,8 +108,8 @@ def test_begin_meter_end_queue_start_metervalues_stop_in_order(journal):
     start, mv1, mv2, stop = (payload for _, payload in sent)
     assert start == {"connectorId": 1, "idTag": "TAG-1", "meterStart": 1000, "timestamp": T0}
     assert "transactionId" not in start
-    assert mv1 == {"connectorId": 1, "meterValue": sample(1100, T1), "transactionId": 7}
-    assert mv2["meterValue"] == sample(1200, T2)
+    assert mv1 == {"connectorId": 1, "meterValue": sample_v16(1100, T1), "transactionId": 7}
+    assert mv2["meterValue"] == sample_v16(1200, T2)
     assert stop == {"meterStop": 1300, "timestamp": T3, "reason": "EVDisconnected", "transactionId": 7}
     assert journal.transaction(local) is None
 
@@ -93,28 +119,28 @@ def test_next_message_is_the_oldest_and_does_not_remove_it(journal):
     first = journal.next_message()
     again = journal.next_message()
     assert first == again
-    assert first.action == "StartTransaction"
+    assert action_of(first) == "StartTransaction"
     assert first.attempts == 0
     assert journal.pending_count() == 4
 
 
 def test_transaction_id_is_patched_only_after_start_transaction_was_delivered(journal):
     local = journal.begin_transaction(1, "TAG-1", 0, T0)
-    journal.add_meter_values(local, 1, sample(10, T1), 10, T1)
+    journal.add_meter_values(local, sample(10, T1), 10, T1)
     start = journal.next_message()
     # while the Start is queued it is what goes first; nothing later can be sent with a guessed id
-    assert start.action == "StartTransaction"
-    assert journal.transaction(local).csms_id is None
-    journal.message_delivered(start, start_answer(4242))
-    assert journal.transaction(local).csms_id == 4242
+    assert action_of(start) == "StartTransaction"
+    assert journal.transaction(local).csms_tx_id is None
+    deliver(journal, start, start_answer(4242))
+    assert journal.transaction(local).csms_tx_id == "4242"
     assert journal.local_id_for_csms_id(4242) == local
     meter = journal.next_message()
-    assert meter.action == "MeterValues"
-    assert meter.payload["transactionId"] == 4242
+    assert action_of(meter) == "MeterValues"
+    assert payload_of(meter)["transactionId"] == 4242
     # queued after the Start was delivered: patched too
-    journal.end_transaction(local, stop_payload(20, T2))
-    journal.message_delivered(meter, {})
-    assert journal.next_message().payload["transactionId"] == 4242
+    stop(journal, local, 20, T2)
+    deliver(journal, meter, {})
+    assert payload_of(journal.next_message())["transactionId"] == 4242
 
 
 def test_messages_after_a_dropped_start_transaction_carry_minus_one(journal):
@@ -132,19 +158,19 @@ def test_messages_after_a_dropped_start_transaction_carry_minus_one(journal):
 def test_message_delivered_removes_only_that_message(journal):
     a = journal.begin_transaction(1, "TAG-A", 0, T0)
     b = journal.begin_transaction(2, "TAG-B", 500, T0)
-    journal.add_meter_values(a, 1, sample(5, T1), 5, T1)
+    journal.add_meter_values(a, sample(5, T1), 5, T1)
     first = journal.next_message()
-    assert (first.local_tx, first.action) == (a, "StartTransaction")
-    journal.message_delivered(first, start_answer(1))
+    assert (first.local_tx, action_of(first)) == (a, "StartTransaction")
+    deliver(journal, first, start_answer(1))
     assert journal.pending_count() == 2
     second = journal.next_message()
-    assert (second.local_tx, second.action) == (b, "StartTransaction")
+    assert (second.local_tx, action_of(second)) == (b, "StartTransaction")
     assert second.seq > first.seq
-    journal.message_delivered(second, start_answer(2))
+    deliver(journal, second, start_answer(2))
     third = journal.next_message()
-    assert (third.local_tx, third.action, third.payload["transactionId"]) == (a, "MeterValues", 1)
+    assert (third.local_tx, action_of(third), payload_of(third)["transactionId"]) == (a, "MeterValues", 1)
     # a stale duplicate delivery of an already removed message changes nothing else
-    journal.message_delivered(first, start_answer(1))
+    deliver(journal, first, start_answer(1))
     assert journal.pending_count() == 1
     assert journal.next_message() == third
 
@@ -164,11 +190,11 @@ def test_message_failed_counts_attempts_and_keeps_the_message(journal):
 def test_stopped_transaction_is_forgotten_only_when_its_last_message_is_delivered(journal):
     local = one_session(journal)
     for _ in range(3):
-        journal.message_delivered(journal.next_message(), start_answer(9))
+        deliver(journal, journal.next_message(), start_answer(9))
         record = journal.transaction(local)
         assert record is not None and record.stopped
     assert journal.running_transactions() == []
-    journal.message_delivered(journal.next_message(), {})
+    deliver(journal, journal.next_message(), {})
     assert journal.transaction(local) is None
     assert journal.pending_count() == 0
     assert journal.next_message() is None
@@ -178,15 +204,15 @@ def test_running_transaction_keeps_its_row_after_all_messages_are_delivered(jour
     local = journal.begin_transaction(1, "TAG-1", 0, T0)
     drain(journal, {"StartTransaction": start_answer(3)})
     record = journal.transaction(local)
-    assert record is not None and not record.stopped and record.csms_id == 3
+    assert record is not None and not record.stopped and record.csms_tx_id == "3"
 
 
 def test_last_meter_follows_meter_values_and_stop(journal):
     local = journal.begin_transaction(1, "TAG-1", 1000, T0)
     assert (journal.transaction(local).last_meter, journal.transaction(local).last_meter_at) == (1000, T0)
-    journal.add_meter_values(local, 1, sample(1234.5, T1), 1234.5, T1)
+    journal.add_meter_values(local, sample(1234.5, T1), 1234.5, T1)
     assert (journal.transaction(local).last_meter, journal.transaction(local).last_meter_at) == (1234.5, T1)
-    journal.end_transaction(local, stop_payload(1300, T2))
+    stop(journal, local, 1300, T2)
     assert (journal.transaction(local).last_meter, journal.transaction(local).last_meter_at) == (1300, T2)
 
 
@@ -213,11 +239,11 @@ def die_after(path, work):
 def test_everything_survives_reopening_without_close(path):
     def work(first):
         done = first.begin_transaction(1, "TAG-1", 100, T0)
-        first.message_delivered(first.next_message(), start_answer(11))
-        first.add_meter_values(done, 1, sample(150, T1), 150, T1)
-        first.end_transaction(done, stop_payload(200, T2))
+        deliver(first, first.next_message(), start_answer(11))
+        first.add_meter_values(done, sample(150, T1), 150, T1)
+        stop(first, done, 200, T2)
         running = first.begin_transaction(2, "TAG-2", 5000, T1)
-        first.add_meter_values(running, 2, sample(5100, T2), 5100, T2)
+        first.add_meter_values(running, sample(5100, T2), 5100, T2)
         failed = first.next_message()
         first.message_failed(failed)
         first.set_setting("ocpp.HeartbeatInterval", "120")
@@ -228,12 +254,12 @@ def test_everything_survives_reopening_without_close(path):
     try:
         assert second.pending_count() == 4
         head = second.next_message()
-        assert (head.seq, head.action, head.attempts) == (ids["failed_seq"], "MeterValues", 1)
-        assert head.payload["transactionId"] == 11
+        assert (head.seq, action_of(head), head.attempts) == (ids["failed_seq"], "MeterValues", 1)
+        assert payload_of(head)["transactionId"] == 11
         assert [r.local_id for r in second.running_transactions()] == [ids["running"]]
         (record,) = second.running_transactions()
-        assert (record.connector_id, record.id_tag, record.meter_start, record.started_at) == (2, "TAG-2", 5000, T1)
-        assert (record.last_meter, record.last_meter_at, record.csms_id, record.stopped) == (5100, T2, None, False)
+        assert (record.connector_id, record.id_token, record.meter_start, record.started_at) == (2, "TAG-2", 5000, T1)
+        assert (record.last_meter, record.last_meter_at, record.csms_tx_id, record.stopped) == (5100, T2, None, False)
         assert second.transaction(ids["done"]).stopped
         assert second.settings("ocpp.") == {"HeartbeatInterval": "120"}
         sent = drain(second, {"StartTransaction": start_answer(12)})
@@ -248,11 +274,11 @@ def test_commits_survive_a_killed_process(path):
     script = f"""
 import os, sys
 sys.path.insert(0, {str(REPO)!r})
-from agent.station.journal import Journal
+from agent.station.journal import Delivery, Journal
 j = Journal({str(path)!r})
 local = j.begin_transaction(1, "TAG-1", 1000, {T0!r})
-j.message_delivered(j.next_message(), {{"transactionId": 77, "idTagInfo": {{"status": "Accepted"}}}})
-j.add_meter_values(local, 1, [], 1111, {T1!r})
+j.message_delivered(j.next_message(), Delivery(csms_tx_id="77", token_status="accepted", started=True))
+j.add_meter_values(local, [], 1111, {T1!r})
 j.set_setting("availability.1", "Inoperative")
 os._exit(0)
 """
@@ -260,9 +286,9 @@ os._exit(0)
     journal = Journal(path)
     try:
         (record,) = journal.running_transactions()
-        assert (record.csms_id, record.last_meter, record.last_meter_at) == (77, 1111, T1)
+        assert (record.csms_tx_id, record.last_meter, record.last_meter_at) == ("77", 1111, T1)
         message = journal.next_message()
-        assert (message.action, message.payload["transactionId"]) == ("MeterValues", 77)
+        assert (action_of(message), payload_of(message)["transactionId"]) == ("MeterValues", 77)
         assert journal.settings("availability.") == {"1": "Inoperative"}
     finally:
         journal.close()
@@ -273,13 +299,13 @@ def test_running_transactions_after_reopen_lists_only_unstopped_ones_in_order(pa
         a = first.begin_transaction(1, "A", 0, T0)
         b = first.begin_transaction(2, "B", 0, T0)
         c = first.begin_transaction(3, "C", 0, T0)
-        first.end_transaction(b, stop_payload(10, T1))
+        stop(first, b, 10, T1)
         return [a, c]
 
     a, c = die_after(path, work)
     second = Journal(path)
     try:
-        assert [(r.local_id, r.id_tag) for r in second.running_transactions()] == [(a, "A"), (c, "C")]
+        assert [(r.local_id, r.id_token) for r in second.running_transactions()] == [(a, "A"), (c, "C")]
     finally:
         second.close()
 
@@ -337,10 +363,10 @@ def test_start_and_stop_are_fsynced_meter_values_are_left_to_write_back(path):
     modes = []
     journal._db.set_trace_callback(lambda sql: modes.append(sql) if sql.startswith("PRAGMA synchronous") else None)
     local = journal.begin_transaction(1, "T", 0, T0)
-    journal.message_delivered(journal.next_message(), start_answer(5))
-    journal.add_meter_values(local, 1, sample(10, T1), 10, T1)
-    journal.message_delivered(journal.next_message(), {})
-    journal.end_transaction(local, stop_payload(20, T2))
+    deliver(journal, journal.next_message(), start_answer(5))
+    journal.add_meter_values(local, sample(10, T1), 10, T1)
+    deliver(journal, journal.next_message(), {})
+    stop(journal, local, 20, T2)
     assert modes == ["PRAGMA synchronous=NORMAL", "PRAGMA synchronous=FULL"]  # only around the sample
     journal.close()
 
@@ -380,7 +406,7 @@ def test_damaged_pages_behind_a_valid_header_raise_journal_error(path):
     journal = Journal(path)
     for i in range(300):  # several pages of rows and index entries
         local = journal.begin_transaction(1, f"TAG-{i:04d}" * 4, i, T0)
-        journal.add_meter_values(local, 1, sample(i, T1), i, T1)
+        journal.add_meter_values(local, sample(i, T1), i, T1)
     journal.close()  # checkpoints the WAL into the main file
     data = bytearray(path.read_bytes())
     page_size = int.from_bytes(data[16:18], "big")
@@ -398,7 +424,7 @@ def test_one_damaged_page_that_sqlite_still_opens_raises_journal_error(path):
     journal = Journal(path)
     for i in range(300):
         local = journal.begin_transaction(1, f"TAG-{i:04d}" * 4, i, T0)
-        journal.add_meter_values(local, 1, sample(i, T1), i, T1)
+        journal.add_meter_values(local, sample(i, T1), i, T1)
     journal.close()
     data = bytearray(path.read_bytes())
     page_size = int.from_bytes(data[16:18], "big")
@@ -414,8 +440,8 @@ def test_at_the_bound_the_oldest_meter_values_go_first_and_start_stop_never(path
     journal = Journal(path, max_messages=100)
     local = journal.begin_transaction(1, "T", 0, T0)
     for n in range(150):
-        journal.add_meter_values(local, 1, sample(n, T1), n, T1)
-    journal.end_transaction(local, stop_payload(150, T2))
+        journal.add_meter_values(local, sample(n, T1), n, T1)
+    stop(journal, local, 150, T2)
     assert journal.pending_count() == 101  # 100 at the bound, then the Stop on top: never dropped
     assert journal.dropped_for_space == 51
     sent = drain(journal, {"StartTransaction": start_answer(9)})
@@ -430,28 +456,40 @@ def test_at_the_bound_the_oldest_meter_values_go_first_and_start_stop_never(path
 # ---- values the journal cannot store (issue 9 C2) ----------------------------------------------------
 
 
-def test_a_transaction_id_beyond_64_bits_raises_journal_value_error_naming_it_and_writes_nothing(path):
+def test_the_csms_transaction_id_is_kept_as_text_of_any_size_and_sent_back_as_it_came(path):
+    """The journal keeps the protocol's id as text: no 64-bit bound (the 1.6 client refuses ids beyond
+    signed 64 bits before they reach the journal, test_ocpp_defects); 1.6 gets its integer back."""
+    journal = Journal(path)
+    local = journal.begin_transaction(1, "TAG-1", 0, T0)
+    deliver(journal, journal.next_message(), start_answer(2**64))
+    assert journal.transaction(local).csms_tx_id == "18446744073709551616"
+    assert journal.local_id_for_csms_id(2**64) == local == journal.local_id_for_csms_id("18446744073709551616")
+    journal.add_meter_values(local, sample(5, T1), 5, T1)
+    assert payload_of(journal.next_message())["transactionId"] == 2**64
+    journal.close()
+    reopened = Journal(path)
+    try:
+        assert reopened.transaction(local).csms_tx_id == str(2**64)
+    finally:
+        reopened.close()
+
+
+def test_an_answer_the_journal_cannot_store_raises_journal_value_error_and_writes_nothing(path):
     journal = Journal(path)
     local = journal.begin_transaction(1, "TAG-1", 0, T0)
     start = journal.next_message()
     with pytest.raises(JournalValueError) as info:
-        journal.message_delivered(start, start_answer(2**64))
-    assert isinstance(info.value, JournalError) and info.value.value == 2**64
-    assert "18446744073709551616" in str(info.value) and str(path) in str(info.value)
+        journal.message_delivered(start, Delivery(csms_tx_id="id-\ud800", started=True))
+    assert isinstance(info.value, JournalError) and info.value.value == "id-\ud800"
+    assert str(path) in str(info.value)
     # nothing half-written: the Start is still queued, its transaction has no CSMS id
     assert journal.next_message() == start and journal.pending_count() == 1
-    assert journal.transaction(local).csms_id is None
-    assert journal.local_id_for_csms_id(2**64) is None
+    assert journal.transaction(local).csms_tx_id is None
     # the journal works on: a failed attempt can be counted, a valid answer applied
     assert journal.message_failed(start) == 1
-    journal.message_delivered(journal.next_message(), start_answer(2**63 - 1))
-    assert journal.transaction(local).csms_id == 2**63 - 1
+    deliver(journal, journal.next_message(), start_answer(2**63 - 1))
+    assert journal.transaction(local).csms_tx_id == str(2**63 - 1)
     journal.close()
-    reopened = Journal(path)
-    try:
-        assert reopened.pending_count() == 0 and reopened.transaction(local).csms_id == 2**63 - 1
-    finally:
-        reopened.close()
 
 
 @pytest.mark.parametrize(("what", "store"), [
@@ -479,7 +517,7 @@ def test_a_journal_deleted_while_running_refuses_the_next_commit_and_saves_what_
     journal.begin_transaction(2, "TAG-2", 0, T0)
     path.unlink()
     with pytest.raises(JournalError, match="journal file was deleted or replaced while running"):
-        journal.add_meter_values(local, 1, sample(1400, T3), 1400, T3)
+        journal.add_meter_values(local, sample(1400, T3), 1400, T3)
     with pytest.raises(JournalError, match="deleted or replaced"):  # for good, and reading the queue too
         journal.next_message()
     journal.close()
@@ -491,7 +529,7 @@ def test_a_journal_deleted_while_running_refuses_the_next_commit_and_saves_what_
     rescued.rename(path)  # what the message tells the technician to do
     restored = Journal(path)
     try:
-        assert restored.pending_count() == 5 and [r.id_tag for r in restored.running_transactions()] == ["TAG-2"]
+        assert restored.pending_count() == 5 and [r.id_token for r in restored.running_transactions()] == ["TAG-2"]
     finally:
         restored.close()
 
@@ -613,3 +651,36 @@ def test_a_path_that_can_be_no_journal_raises_journal_setup_error_naming_it(tmp_
     with pytest.raises(JournalSetupError) as info:
         Journal(bad)
     assert str(bad) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("stored", "sent"), [
+    ("ev_disconnected", "EVDisconnected"), ("deauthorized", "DeAuthorized"), ("power_loss", "PowerLoss"),
+    ("unlock_command", "UnlockCommand"), ("other", "Other"),
+    ("EVDisconnected", "EVDisconnected"),  # a 1.6 word (a controller that still speaks 1.6) passes through
+])
+def test_the_stop_reason_is_sent_in_1_6_words(journal, stored, sent):
+    local = journal.begin_transaction(1, "TAG-1", 0, T0)
+    stop(journal, local, 10, T1, reason=stored)
+    assert drain(journal)[-1][1]["reason"] == sent
+
+
+def test_the_station_journals_neutral_stop_reasons_whichever_words_the_controller_uses():
+    from agent.ocpp.v16.transactions import STOP_REASONS, stop_reason_from_v16
+
+    assert {stop_reason_from_v16(word) for word in STOP_REASONS.values()} == set(STOP_REASONS)
+    assert {stop_reason_from_v16(neutral) for neutral in STOP_REASONS} == set(STOP_REASONS)
+
+
+def test_events_carry_a_trigger_and_a_per_transaction_seq_no(journal):
+    a = journal.begin_transaction(1, "TAG-A", 0, T0)
+    b = journal.begin_transaction(2, "TAG-B", 0, T0)
+    journal.add_meter_values(a, sample(5, T1), 5, T1)
+    journal.add_meter_values(b, sample(7, T1), 7, T1, trigger="meter_sample_clock")
+    stop(journal, a, 10, T2, reason="remote")
+    queued = []
+    while (message := journal.next_message()) is not None:
+        queued.append((message.local_tx, message.kind, message.trigger, message.seq_no))
+        deliver(journal, message, start_answer(message.local_tx) if message.kind == "started" else {})
+    assert queued == [(a, "started", "authorized", 0), (b, "started", "authorized", 0),
+                      (a, "updated", "meter_sample_periodic", 1), (b, "updated", "meter_sample_clock", 1),
+                      (a, "ended", "remote_stop", 2)]

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from agent.core.authorization import AuthorizationStatus, TokenInfo
 from agent.station.csms_link import ReservationRequest, StatusReport
 from tests.agent_harness import TAG_OK
-from tests.station_bench import RecordingCsmsLink, sim_station, steps
+from tests.station_bench import RecordingCsmsLink, answered, sim_station, steps
 
 
 async def test_the_station_receives_its_adapter_and_reports_typed_statuses(tmp_path):
@@ -51,8 +51,9 @@ async def test_remote_start_and_stop(tmp_path):
     assert rt.controller.transaction_active and rt.local_tx is not None
     assert not port.remote_stop(99)  # no transaction of the CSMS's has that id
     start = station.journal.next_message()
-    station.journal.message_delivered(start, {"transactionId": 42, "idTagInfo": {"status": "Accepted"}})
-    port.transaction_message_delivered(start, {"transactionId": 42, "idTagInfo": {"status": "Accepted"}})
+    delivery = answered(start, {"transactionId": 42, "idTagInfo": {"status": "Accepted"}})
+    station.journal.message_delivered(start, delivery)
+    port.transaction_message_delivered(start, delivery)
     assert port.remote_stop(42)
     await steps(station, 40)
     assert not rt.controller.transaction_active

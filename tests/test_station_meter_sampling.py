@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from tests.station_bench import RecordingCsmsLink, authorize, sim_station, steps
+from tests.station_bench import RecordingCsmsLink, answered, as_sent, authorize, sim_station, steps
 
 
 async def test_three_failed_reads_in_a_row_fault_the_connector_until_the_meter_answers(tmp_path):
@@ -54,11 +54,11 @@ async def test_clock_aligned_samples_outside_and_during_a_transaction(tmp_path):
     await station.recorder.drain()
     assert len(station.ocpp.meter_values) == 1  # during a transaction: not sent directly
     start = station.journal.next_message()
-    station.journal.message_delivered(start, {"transactionId": 7, "idTagInfo": {"status": "Accepted"}})
-    sample = station.journal.next_message()
-    assert sample.action == "MeterValues" and sample.payload["transactionId"] == 7
-    assert sample.payload["meterValue"][0]["timestamp"] == "2024-05-01T10:30:00.000Z"
-    assert sample.payload["meterValue"][0]["sampledValue"][0]["context"] == "Sample.Clock"
+    station.journal.message_delivered(start, answered(start, {"transactionId": 7, "idTagInfo": {"status": "Accepted"}}))
+    action, payload = as_sent(station.journal.next_message())
+    assert action == "MeterValues" and payload["transactionId"] == 7
+    assert payload["meterValue"][0]["timestamp"] == "2024-05-01T10:30:00.000Z"
+    assert payload["meterValue"][0]["sampledValue"][0]["context"] == "Sample.Clock"
     await board.close()
 
 

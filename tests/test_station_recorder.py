@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from agent.core import controller as ctl
 from agent.station.journal import JournalError
-from tests.station_bench import authorize, sim_station, steps
+from tests.station_bench import answered, as_sent, authorize, sim_station, steps
 
 
 def recording_dispatch(station, seen: list):
@@ -17,7 +17,7 @@ def recording_dispatch(station, seen: list):
 
     def spy(connector_id, event):
         if isinstance(event, ctl.TransactionRecorded):
-            seen.append((event.ok, [tx.id_tag for tx in station.journal.running_transactions()]))
+            seen.append((event.ok, [tx.id_token for tx in station.journal.running_transactions()]))
         send(connector_id, event)
     station.link.send_event = spy
 
@@ -34,7 +34,8 @@ async def test_the_start_is_committed_before_energy_may_flow(tmp_path):
     assert seen == [(True, ["0411223344"])]  # granted once, with the transaction already in the journal
     assert rt.controller.contactor_commanded and rt.local_tx is not None
     first = station.journal.next_message()
-    assert first.action == "StartTransaction" and first.payload["idTag"] == "0411223344"
+    assert first.kind == "started" and first.transaction.id_token == "0411223344"
+    assert as_sent(first)[0] == "StartTransaction" and as_sent(first)[1]["idTag"] == "0411223344"
     await board.close()
 
 
@@ -75,8 +76,9 @@ async def test_the_stop_records_the_final_register_once_the_contactor_is_open(tm
     assert station.journal.running_transactions() == []
     actions = []
     while (message := station.journal.next_message()) is not None:
-        actions.append((message.action, message.payload))
-        station.journal.message_delivered(message, {"transactionId": 7, "idTagInfo": {"status": "Accepted"}})
+        actions.append(as_sent(message))
+        station.journal.message_delivered(message, answered(message, {"transactionId": 7,
+                                                                      "idTagInfo": {"status": "Accepted"}}))
     stop = [payload for action, payload in actions if action == "StopTransaction"]
     assert len(stop) == 1 and stop[0]["reason"] == "Local"
     assert stop[0]["meterStop"] == round(rt.last_reading.energy_wh)  # the register read after the contactor opened
@@ -86,7 +88,7 @@ async def test_the_stop_records_the_final_register_once_the_contactor_is_open(tm
 async def test_an_interrupted_transaction_is_closed_with_power_loss_at_the_next_start(tmp_path):
     station, board = await sim_station(tmp_path)
     local_id = station.journal.begin_transaction(1, "0411223344", 1000.0, "2024-05-01T10:00:00Z")
-    station.journal.add_meter_values(local_id, 1, [], 1500.0, "2024-05-01T10:30:00Z")
+    station.journal.add_meter_values(local_id, [], 1500.0, "2024-05-01T10:30:00Z")
     station.journal.close()
     await board.close()
 

@@ -246,7 +246,7 @@ class ChargingLimits:
         if not rt.controller.transaction_active:
             return None
         record = self._journal.transaction(rt.local_tx) if rt.local_tx is not None else None
-        return sc.Transaction(self._schedules[rt.id].tx_started_at or now, record.csms_id if record else None)
+        return sc.Transaction(self._schedules[rt.id].tx_started_at or now, record.csms_tx_number if record else None)
 
     def _cp_max_share(self) -> int:
         """A ChargePointMaxProfile limits the station: the connectors in a transaction share it equally."""

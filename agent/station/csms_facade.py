@@ -13,13 +13,12 @@ from agent.core import controller as ctl
 from agent.core.clock import utc_now
 from agent.ocpp.security import SecurityManager
 from agent.ocpp.v16.config import OcppConfiguration
-from agent.ocpp.v16.vocabulary import token_info
 from agent.station.authorizer import Authorizer
 from agent.station.charging_limits import ChargingLimits
 from agent.station.connector import ConnectorRuntime
 from agent.station.csms_link import CsmsLink, LocalListEntry, ReservationRequest, StatusReport
 from agent.station.firmware import FirmwareManager
-from agent.station.journal import Journal, QueuedMessage
+from agent.station.journal import Delivery, Journal, QueuedMessage
 from agent.station.meter_sampling import MeterSampling
 from agent.station.reservations import Reservations
 
@@ -177,19 +176,19 @@ class CsmsFacade:
                 return "UnlockFailed"
             await asyncio.sleep(0.02)
 
-    def transaction_message_delivered(self, message: QueuedMessage, response: dict) -> None:
-        info = response.get("idTagInfo") or {}
-        if info and message.payload.get("idTag"):
-            self._authorizer.remember(message.payload["idTag"], token_info(info))
-        if message.action != "StartTransaction":
+    def transaction_message_delivered(self, message: QueuedMessage, delivery: Delivery) -> None:
+        token = delivery.token
+        if token is not None and delivery.id_token:
+            self._authorizer.remember(delivery.id_token, token)  # every answer about a token updates the cache
+        if not delivery.started:
             return
         for rt in self._connectors.values():
             if rt.local_tx == message.local_tx:
-                accepted = info.get("status") == "Accepted"
+                accepted = token is not None and token.accepted
                 if not accepted:
-                    self.log.warning("connector %d: CSMS refused id %s in StartTransaction (%s)",
-                                     rt.id, message.payload.get("idTag"), info.get("status"))
-                self._dispatch(rt, ctl.TransactionConfirmed(accepted, info.get("parentIdTag")))
+                    self.log.warning("connector %d: CSMS refused id %s at the transaction's start (%s)",
+                                     rt.id, delivery.id_token, token.status.value if token else None)
+                self._dispatch(rt, ctl.TransactionConfirmed(accepted, token.parent_id_token if token else None))
 
     def clear_cache(self) -> str:
         return self._authorizer.clear_cache()

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from agent.ocpp.security import SecurityManager
     from agent.ocpp.v16.config import OcppConfiguration
     from agent.station.firmware import FirmwareManager
-    from agent.station.journal import Journal, QueuedMessage
+    from agent.station.journal import Delivery, Journal, QueuedMessage
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class CsmsPort(Protocol):
 
     def meter_values_now(self, connector_id: int) -> list[dict]: ...
 
-    def transaction_message_delivered(self, message: QueuedMessage, response: dict) -> None: ...
+    def transaction_message_delivered(self, message: QueuedMessage, delivery: Delivery) -> None: ...
 
     def journal_failed(self, exc: Exception) -> None: ...
 

@@ -17,10 +17,22 @@ the open file holds to `<journal>.rescued`.
 The file holds the AuthorizationKey: it (and its -wal/-journal files, which SQLite creates with the
 database's own mode) is 0600 whatever the umask, and an existing one is set to 0600 at open.
 
-The CSMS's transactionId is not known when StopTransaction or MeterValues are queued during an
-outage, so those rows refer to the local transaction key and the id is filled in from the
-transactions table when the row is sent (-1 if StartTransaction could never be delivered,
-as OCPP 1.6 errata 3.18 prescribes).
+Neutral form: the journal speaks no protocol. A transaction is the station's local key, its token, meter
+start and stop, a neutral stop reason and, once the CSMS answered its start, the protocol's own transaction
+id as text (`csms_tx_id`). What waits for the CSMS are transaction events (started / updated / ended, with a
+trigger, a timestamp, meter values and a per-transaction seq_no) and messages of no transaction (security
+events). The protocol adapter renders the wire payload when it sends (agent.ocpp.v16.transactions: 1.6
+Start/MeterValues/Stop with their integer transactionId), so an event queued while the CSMS's id is not
+known yet goes out with the id known at sending time.
+
+Meter values are {"timestamp", "samples": [{"value", "context", "format", "measurand", "phase", "location",
+"unit"}]}: the value is the decimal string as sampled (its precision kept), the other keys are OCPP's shared
+vocabulary (ReadingContext, Measurand, Phase, Location, UnitOfMeasure are the same words in 1.6 and 2.0.1),
+absent keys left out.
+
+Schema version: PRAGMA user_version (SCHEMA_VERSION). A journal written by release 0.1 (no version, 1.6
+payloads in `outbox`) is migrated at open in one SQLite transaction (agent.station.journal_migration); a
+journal of a newer version is refused (JournalSetupError) rather than misread.
 """
 
 from __future__ import annotations
@@ -36,32 +48,43 @@ import uuid
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
+from agent.core.authorization import TokenInfo
 from agent.logs import excerpt
+
+SCHEMA_VERSION = 2  # PRAGMA user_version. Release 0.1 wrote none (0): its layout is version 1, migrated at open
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS transactions (
-    local_id      INTEGER PRIMARY KEY AUTOINCREMENT,
-    connector_id  INTEGER NOT NULL,
-    id_tag        TEXT    NOT NULL,
-    meter_start   REAL    NOT NULL,
-    started_at    TEXT    NOT NULL,
-    csms_id       INTEGER,             -- transactionId from StartTransaction.conf
-    id_tag_status TEXT,                -- idTagInfo.status from StartTransaction.conf
-    last_meter    REAL    NOT NULL,    -- last journaled register value, for a PowerLoss stop
-    last_meter_at TEXT    NOT NULL,
-    stopped_at    TEXT,
-    meter_stop    REAL,
-    stop_reason   TEXT
+    local_id       INTEGER PRIMARY KEY AUTOINCREMENT,  -- the station's own key
+    connector_id   INTEGER NOT NULL,
+    id_token       TEXT    NOT NULL,
+    meter_start    REAL    NOT NULL,    -- Wh, as read
+    started_at     TEXT    NOT NULL,
+    reservation_id INTEGER,             -- the reservation the transaction used
+    csms_tx_id     TEXT,                -- the protocol's own transaction id, as the CSMS gave it
+    token_status   TEXT,                -- what the CSMS answered for the token at the start (accepted, blocked...)
+    last_meter     REAL    NOT NULL,    -- last journaled register value, for a power_loss stop
+    last_meter_at  TEXT    NOT NULL,
+    stopped_at     TEXT,
+    meter_stop     REAL,
+    stop_reason    TEXT,                -- neutral: local, remote, ev_disconnected, ... (STOP_REASONS)
+    stop_id_token  TEXT,                -- the token that stopped it, if one did
+    next_seq_no    INTEGER NOT NULL DEFAULT 0  -- the seq_no of the transaction's next event
 );
-CREATE TABLE IF NOT EXISTS outbox (
-    seq        INTEGER PRIMARY KEY,      -- rowid order; rows leave from the head, so it stays FIFO
+CREATE TABLE IF NOT EXISTS queue (
+    seq        INTEGER PRIMARY KEY,      -- rowid order: rows leave from the head, so it stays FIFO
     local_tx   INTEGER REFERENCES transactions(local_id),
-    action     TEXT    NOT NULL,
-    payload    BLOB    NOT NULL,         -- zlib-compressed JSON: small rows, fewer pages rewritten
+    kind       TEXT    NOT NULL,         -- a transaction event (started, updated, ended) or message
+    trigger    TEXT,                     -- event: why it happened (TRIGGERS)
+    timestamp  TEXT,                     -- event: when
+    seq_no     INTEGER,                  -- event: its number within its transaction, from 0
+    action     TEXT,                     -- message: its name (SecurityEventNotification)
+    protocol   TEXT,                     -- message: NULL, or the protocol of a wire payload kept verbatim
+    data       BLOB    NOT NULL,         -- zlib-compressed JSON: small rows, fewer pages rewritten
     attempts   INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS settings (
@@ -74,9 +97,26 @@ CREATE TABLE IF NOT EXISTS journal_info (
 );
 """
 
+# Why a transaction stopped, in the station's words; each protocol adapter maps them to its own.
+STOP_REASONS = ("local", "remote", "ev_disconnected", "deauthorized", "soft_reset", "hard_reset", "unlock_command",
+                "power_loss", "reboot", "emergency_stop", "other")
+# Why a transaction event happened (2.0.1 triggerReason in the station's words; 1.6 does not send it).
+TRIGGERS = ("authorized", "ev_connected", "remote_start", "meter_sample_periodic", "meter_sample_clock",
+            "stop_requested", "remote_stop", "ev_disconnected", "deauthorized", "unlock_command", "reset_command",
+            "abnormal_condition", "trigger")
+_ENDED_TRIGGER = {"remote": "remote_stop", "ev_disconnected": "ev_disconnected", "deauthorized": "deauthorized",
+                  "unlock_command": "unlock_command", "soft_reset": "reset_command", "hard_reset": "reset_command",
+                  "reboot": "reset_command", "power_loss": "abnormal_condition", "emergency_stop": "abnormal_condition"}
+EVENT_KINDS = ("started", "updated", "ended")
+
+
+def ended_trigger(reason: str | None) -> str:
+    """The trigger of a transaction's ended event, from its stop reason."""
+    return _ENDED_TRIGGER.get(reason or "local", "stop_requested")
+MESSAGE = "message"  # the kind of a queued message that belongs to no transaction event
+
 log = logging.getLogger("evse.journal")
 
-TRANSACTION_ID_UNKNOWN = -1  # OCPP 1.6 errata 3.18
 PAGE_SIZE = 512
 APPLICATION_ID = 0x45565345  # "EVSE" in the SQLite header: this file is an evse-agent journal
 FILE_MODE = 0o600  # the journal holds the AuthorizationKey
@@ -108,22 +148,57 @@ class JournalValueError(JournalError):
 class TransactionRecord:
     local_id: int
     connector_id: int
-    id_tag: str
+    id_token: str
     meter_start: float
     started_at: str
-    csms_id: int | None
+    csms_tx_id: str | None  # the protocol's transaction id; None until the CSMS answered the start
     last_meter: float
     last_meter_at: str
     stopped: bool
+    reservation_id: int | None = None
+    token_status: str | None = None
+    stopped_at: str | None = None
+    meter_stop: float | None = None
+    stop_reason: str | None = None
+    stop_id_token: str | None = None
+
+    @property
+    def csms_tx_number(self) -> int | None:
+        """The CSMS's transaction id as an integer when it is one (every OCPP 1.6 id is), else None."""
+        try:
+            return int(self.csms_tx_id) if self.csms_tx_id is not None else None
+        except ValueError:
+            return None
 
 
 @dataclass(frozen=True)
 class QueuedMessage:
+    """The oldest thing waiting for the CSMS: a transaction event (kind started/updated/ended, with its
+    transaction as it is now) or a message of no transaction (kind MESSAGE: action and payload)."""
+
     seq: int
     local_tx: int | None
-    action: str
-    payload: dict[str, Any]  # camelCase OCPP payload, transactionId filled in
+    kind: str
     attempts: int
+    transaction: TransactionRecord | None = None
+    trigger: str | None = None
+    timestamp: str | None = None
+    seq_no: int | None = None
+    meter_values: list[dict[str, Any]] = field(default_factory=list)
+    action: str | None = None
+    payload: dict[str, Any] | None = None
+    protocol: str | None = None  # a message kept as the wire payload of this protocol (from a migration)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the CSMS's answer to a queued message says, in the station's terms (the adapter reads it)."""
+
+    csms_tx_id: str | None = None  # the transaction id the CSMS gave in answer to a start
+    token_status: str | None = None  # what it said about the token of a start: accepted, blocked, expired...
+    id_token: str | None = None  # the token the message carried
+    token: TokenInfo | None = None  # the CSMS's full answer about that token (for the authorization cache)
+    started: bool = False  # the answer to the transaction's start
 
 
 class Journal:
@@ -157,18 +232,20 @@ class Journal:
             # keep the WAL index in memory instead of dirtying a -shm file on the flash at every commit
             self._db.execute("PRAGMA locking_mode=EXCLUSIVE")
             identity = self._identity(marker, created)  # before anything writes to a file we may refuse
+            version = self._schema_version()  # a newer journal is refused before anything is written
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit (see write())
             self._durable = True
+            if version < SCHEMA_VERSION:
+                self._upgrade(version)
             self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(SCHEMA)
             problems = [row[0] for row in self._db.execute("PRAGMA quick_check").fetchall()]
             if problems == ["ok"] and identity is None:  # a journal from before identities: give it one
                 identity = str(uuid.uuid4())
                 self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 self._db.execute("INSERT INTO journal_info (key, value) VALUES ('id', ?)", (identity,))
             self._inode = _inode(os.stat(self.path))
-        except JournalSetupError:
+        except JournalError:  # refused, or a migration that could not read what it found: nothing kept open
             self._db.close()
             raise
         except (sqlite3.Error, OSError) as exc:
@@ -185,7 +262,7 @@ class Journal:
                             self.marker_path)
             self._write_marker(identity)
         self._note_wal()
-        self._pending: int = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        self._pending: int = self._db.execute("SELECT COUNT(*) FROM queue").fetchone()[0]
 
     # ---- opening: the path, the journal's identity ----------------------------------------------
 
@@ -262,6 +339,7 @@ class Journal:
                 db.execute(f"PRAGMA page_size={PAGE_SIZE}")
                 db.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 db.executescript(SCHEMA)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
                 identity = str(uuid.uuid4())
                 db.execute("INSERT INTO journal_info (key, value) VALUES ('id', ?)", (identity,))
             finally:
@@ -297,6 +375,39 @@ class Journal:
                 f"{marker}): it was replaced; restore the right one {self._restore_from()}, or remove "
                 f"{self.marker_path} to keep this one")
         return identity
+
+    def _schema_version(self) -> int:
+        """The journal's schema version: user_version, or 1 for release 0.1's layout (no version, `outbox`)."""
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise JournalSetupError(
+                f"journal {self.path}: written by a newer evse-agent (journal schema version {version}; this one "
+                f"reads up to {SCHEMA_VERSION}): install that version again, or move the journal away to start "
+                f"with an empty one (its queued messages and open transactions would be lost)")
+        if version == 0 and self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'outbox'").fetchone():
+            return 1
+        return version
+
+    def _upgrade(self, version: int) -> None:
+        """Bring the schema to SCHEMA_VERSION in one transaction (before foreign keys are enforced: tables
+        are rebuilt). A journal of no version and no tables (one from before identities) is just created."""
+        from agent.station.journal_migration import migrate_release_0_1  # it needs the 1.6 adapter's reading
+
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            if version == 1:
+                migrate_release_0_1(self._db, SCHEMA, self.path)
+            for statement in SCHEMA.split(";"):  # not executescript(): it would commit the open transaction
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+        if version == 1:
+            log.warning("journal %s: migrated from release 0.1 to schema version %d", self.path, SCHEMA_VERSION)
 
     def _write_marker(self, identity: str) -> None:
         part = self.marker_path.with_name(self.marker_path.name + ".part")
@@ -410,163 +521,134 @@ class Journal:
 
     # ---- transactions --------------------------------------------------------------------------
 
-    def begin_transaction(self, connector_id: int, id_tag: str, meter_wh: float, timestamp: str,
-                          reservation_id: int | None = None) -> int:
-        """Record a new transaction and queue its StartTransaction in one commit; returns the local key.
+    def begin_transaction(self, connector_id: int, id_token: str, meter_wh: float, timestamp: str,
+                          reservation_id: int | None = None, trigger: str = "authorized") -> int:
+        """Record a new transaction and queue its started event in one commit; returns the local key.
         A transaction that uses a reservation carries its id, and the reservation's persisted record
         (setting `reservation.<id>`) goes in the same commit: after a crash it is either used or still there."""
         with self.write() as db:
             cur = db.execute(
-                "INSERT INTO transactions (connector_id, id_tag, meter_start, started_at, last_meter, last_meter_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (connector_id, id_tag, meter_wh, timestamp, meter_wh, timestamp),
+                "INSERT INTO transactions (connector_id, id_token, meter_start, started_at, reservation_id,"
+                " last_meter, last_meter_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (connector_id, id_token, meter_wh, timestamp, reservation_id, meter_wh, timestamp),
             )
             local_id = cur.lastrowid
             assert local_id is not None  # set by every INSERT
-            payload: dict[str, Any] = {
-                "connectorId": connector_id,
-                "idTag": id_tag,
-                "meterStart": round(meter_wh),
-                "timestamp": timestamp,
-            }
             if reservation_id is not None:
-                payload["reservationId"] = reservation_id
                 db.execute("DELETE FROM settings WHERE key = ?", (f"reservation.{reservation_id}",))
-            self._enqueue(db, local_id, "StartTransaction", payload)
+            self._queue_event(db, local_id, "started", trigger, timestamp, [])
         self._pending += 1
         return local_id
 
-    def add_meter_values(
-        self, local_id: int, connector_id: int, meter_value: list[dict[str, Any]], meter_wh: float,
-        timestamp: str,
-    ) -> None:
-        """Queue a transaction's MeterValues and remember the register for a PowerLoss stop."""
+    def add_meter_values(self, local_id: int, meter_values: list[dict[str, Any]], meter_wh: float, timestamp: str,
+                         trigger: str = "meter_sample_periodic") -> None:
+        """Queue a transaction's updated event with its meter values (neutral form, see the module docstring)
+        and remember the register for a power_loss stop."""
         with self.write(durable=False) as db:
             db.execute(
                 "UPDATE transactions SET last_meter = ?, last_meter_at = ? WHERE local_id = ?",
                 (meter_wh, timestamp, local_id),
             )
             dropped = self._make_room(db)
-            self._enqueue(
-                db, local_id, "MeterValues", {"connectorId": connector_id, "meterValue": meter_value}
-            )
+            self._queue_event(db, local_id, "updated", trigger, timestamp, meter_values)
         self._pending += 1 - dropped
         self.dropped_for_space += dropped
 
-    def end_transaction(self, local_id: int, payload: dict[str, Any]) -> None:
-        """Mark the transaction stopped and queue its StopTransaction (payload without transactionId)."""
+    def end_transaction(self, local_id: int, meter_stop_wh: float, timestamp: str, reason: str,
+                        id_token: str | None = None, meter_values: list[dict[str, Any]] | None = None,
+                        trigger: str | None = None) -> None:
+        """Mark the transaction stopped (reason: one of STOP_REASONS) and queue its ended event, with the
+        meter values of the transaction (its begin and end registers) if configured."""
         with self.write() as db:
             db.execute(
-                "UPDATE transactions SET stopped_at = ?, meter_stop = ?, stop_reason = ?,"
+                "UPDATE transactions SET stopped_at = ?, meter_stop = ?, stop_reason = ?, stop_id_token = ?,"
                 " last_meter = ?, last_meter_at = ? WHERE local_id = ?",
-                (
-                    payload["timestamp"],
-                    payload["meterStop"],
-                    payload.get("reason", "Local"),
-                    payload["meterStop"],
-                    payload["timestamp"],
-                    local_id,
-                ),
+                (timestamp, meter_stop_wh, reason, id_token, meter_stop_wh, timestamp, local_id),
             )
-            self._enqueue(db, local_id, "StopTransaction", payload)
+            self._queue_event(db, local_id, "ended", trigger or ended_trigger(reason),
+                              timestamp, meter_values or [])
         self._pending += 1
 
-    def enqueue(self, action: str, payload: dict[str, Any]) -> None:
+    def enqueue(self, action: str, payload: dict[str, Any], protocol: str | None = None) -> None:
         """Queue a message that belongs to no transaction but must survive an outage or a power cut
-        (SecurityEventNotification); it is sent in order with the transaction messages."""
+        (SecurityEventNotification); it is sent in order with the transaction events."""
         with self.write() as db:
-            self._enqueue(db, None, action, payload)
+            db.execute("INSERT INTO queue (local_tx, kind, action, protocol, data) VALUES (NULL, ?, ?, ?, ?)",
+                       (MESSAGE, action, protocol, _compressed(self.path, action, payload)))
         self._pending += 1
 
     def running_transactions(self) -> list[TransactionRecord]:
         rows = self._db.execute(
-            "SELECT local_id, connector_id, id_tag, meter_start, started_at, csms_id, last_meter,"
-            " last_meter_at, stopped_at IS NOT NULL FROM transactions WHERE stopped_at IS NULL ORDER BY local_id"
-        ).fetchall()
+            f"SELECT {_transaction_columns()} FROM transactions WHERE stopped_at IS NULL ORDER BY local_id").fetchall()
         return [_transaction_record(row) for row in rows]
 
     def transaction(self, local_id: int) -> TransactionRecord | None:
-        row = self._db.execute(
-            "SELECT local_id, connector_id, id_tag, meter_start, started_at, csms_id, last_meter,"
-            " last_meter_at, stopped_at IS NOT NULL FROM transactions WHERE local_id = ?",
-            (local_id,),
-        ).fetchone()
+        row = self._db.execute(f"SELECT {_transaction_columns()} FROM transactions WHERE local_id = ?",
+                               (local_id,)).fetchone()
         return _transaction_record(row) if row else None
 
-    def local_id_for_csms_id(self, csms_id: int) -> int | None:
-        if not SQLITE_INTEGER_MIN <= csms_id <= SQLITE_INTEGER_MAX:
-            return None  # no transaction can have it: the journal could not have stored it
+    def local_id_for_csms_id(self, csms_tx_id: str | int) -> int | None:
+        """The running transaction the CSMS knows by this id (a protocol's integer id is compared as text)."""
         row = self._db.execute(
-            "SELECT local_id FROM transactions WHERE csms_id = ? AND stopped_at IS NULL", (csms_id,)
+            "SELECT local_id FROM transactions WHERE csms_tx_id = ? AND stopped_at IS NULL", (str(csms_tx_id),)
         ).fetchone()
         return row[0] if row else None
 
-    # ---- outbox --------------------------------------------------------------------------------
+    # ---- queue ---------------------------------------------------------------------------------
 
-    def _enqueue(self, db: sqlite3.Connection, local_id: int | None, action: str,
-                 payload: dict[str, Any]) -> None:
+    def _queue_event(self, db: sqlite3.Connection, local_id: int, kind: str, trigger: str, timestamp: str,
+                     meter_values: list[dict[str, Any]]) -> None:
+        (seq_no,) = db.execute("SELECT next_seq_no FROM transactions WHERE local_id = ?", (local_id,)).fetchone()
+        db.execute("UPDATE transactions SET next_seq_no = ? WHERE local_id = ?", (seq_no + 1, local_id))
+        data = {"meter_values": meter_values} if meter_values else {}
         db.execute(
-            "INSERT INTO outbox (local_tx, action, payload) VALUES (?, ?, ?)",
-            (local_id, action, zlib.compress(_payload_json(self.path, action, payload).encode())),
+            "INSERT INTO queue (local_tx, kind, trigger, timestamp, seq_no, data) VALUES (?, ?, ?, ?, ?, ?)",
+            (local_id, kind, trigger, timestamp, seq_no, _compressed(self.path, kind, data)),
         )
 
     def next_message(self) -> QueuedMessage | None:
-        """The oldest queued message with the CSMS transactionId filled in, or None. JournalError if the
-        journal file was deleted or replaced (what it holds could no longer be marked delivered)."""
+        """The oldest queued event or message, with its transaction as it is now, or None. JournalError if
+        the journal file was deleted or replaced (what it holds could no longer be marked delivered)."""
         self.check()
-        row = self._db.execute(
-            "SELECT o.seq, o.local_tx, o.action, o.payload, o.attempts, t.csms_id"
-            " FROM outbox o LEFT JOIN transactions t ON t.local_id = o.local_tx ORDER BY o.seq LIMIT 1"
-        ).fetchone()
-        if row is None:
-            return None
-        seq, local_tx, action, payload_json, attempts, csms_id = row
-        payload = json.loads(zlib.decompress(payload_json))
-        if action != "StartTransaction" and local_tx is not None:
-            payload["transactionId"] = csms_id if csms_id is not None else TRANSACTION_ID_UNKNOWN
-        return QueuedMessage(seq, local_tx, action, payload, attempts)
+        queued = read_queue(self._db, limit=1)
+        return queued[0] if queued else None
 
     def pending_count(self) -> int:
         return self._pending
 
     def _make_room(self, db: sqlite3.Connection) -> int:
-        """At the bound, drop the oldest queued MeterValues (see the class docstring); returns how many."""
+        """At the bound, drop the oldest queued updated event (see the class docstring); returns how many."""
         if self._pending < self.max_messages:
             return 0
-        oldest = db.execute("SELECT seq FROM outbox WHERE action = 'MeterValues' ORDER BY seq LIMIT 1").fetchone()
+        oldest = db.execute("SELECT seq FROM queue WHERE kind = 'updated' ORDER BY seq LIMIT 1").fetchone()
         if oldest is None:
-            return 0  # only Start/Stop queued: those are never dropped, the bound yields
-        db.execute("DELETE FROM outbox WHERE seq = ?", oldest)
+            return 0  # only starts and ends queued: those are never dropped, the bound yields
+        db.execute("DELETE FROM queue WHERE seq = ?", oldest)
         if self.dropped_for_space % 100 == 0:
-            log.warning("journal full (%d messages): dropping the oldest queued MeterValues", self._pending)
+            log.warning("journal full (%d messages): dropping the oldest queued meter values", self._pending)
         return 1
 
-    def message_delivered(self, message: QueuedMessage, response: dict[str, Any]) -> None:
+    def message_delivered(self, message: QueuedMessage, delivery: Delivery | None = None) -> None:
         """The CSMS answered: drop the message and apply what the answer tells us, in one commit."""
-        with self.write(durable=message.action != "MeterValues") as db:
-            deleted = db.execute("DELETE FROM outbox WHERE seq = ?", (message.seq,)).rowcount
-            if message.action == "StartTransaction" and message.local_tx is not None:
-                db.execute(
-                    "UPDATE transactions SET csms_id = ?, id_tag_status = ? WHERE local_id = ?",
-                    (
-                        response.get("transactionId"),
-                        (response.get("idTagInfo") or {}).get("status"),
-                        message.local_tx,
-                    ),
-                )
+        delivery = delivery or Delivery()
+        with self.write(durable=message.kind != "updated") as db:
+            deleted = db.execute("DELETE FROM queue WHERE seq = ?", (message.seq,)).rowcount
+            if delivery.started and message.local_tx is not None:
+                db.execute("UPDATE transactions SET csms_tx_id = ?, token_status = ? WHERE local_id = ?",
+                           (delivery.csms_tx_id, delivery.token_status, message.local_tx))
             self._forget_finished(db, message.local_tx)
         self._pending -= deleted
 
     def message_failed(self, message: QueuedMessage) -> int:
         """Count a failed attempt (CALLERROR, or a timeout while connected); returns the attempts so far."""
         with self.write() as db:
-            db.execute("UPDATE outbox SET attempts = attempts + 1 WHERE seq = ?", (message.seq,))
+            db.execute("UPDATE queue SET attempts = attempts + 1 WHERE seq = ?", (message.seq,))
         return message.attempts + 1
 
     def drop_message(self, message: QueuedMessage) -> None:
         """Give up on a message the CSMS repeatedly refused (OCPP 1.6 §3.7.1)."""
         with self.write() as db:
-            deleted = db.execute("DELETE FROM outbox WHERE seq = ?", (message.seq,)).rowcount
+            deleted = db.execute("DELETE FROM queue WHERE seq = ?", (message.seq,)).rowcount
             self._forget_finished(db, message.local_tx)
         self._pending -= deleted
 
@@ -576,7 +658,7 @@ class Journal:
             return
         db.execute(
             "DELETE FROM transactions WHERE local_id = ? AND stopped_at IS NOT NULL"
-            " AND NOT EXISTS (SELECT 1 FROM outbox WHERE local_tx = ?)",
+            " AND NOT EXISTS (SELECT 1 FROM queue WHERE local_tx = ?)",
             (local_id, local_id),
         )
 
@@ -652,16 +734,46 @@ def _check_storable(path: Path, value: object) -> None:
         raise JournalValueError(f"journal {path}: cannot store the value {excerpt(repr(value), 60)}: {reason}", value)
 
 
+_TRANSACTION_FIELDS = ("local_id", "connector_id", "id_token", "meter_start", "started_at", "csms_tx_id", "last_meter",
+                       "last_meter_at", "stopped_at IS NOT NULL", "reservation_id", "token_status", "stopped_at",
+                       "meter_stop", "stop_reason", "stop_id_token")  # TransactionRecord's fields, in order
+
+
+def _transaction_columns(table: str = "") -> str:
+    return ", ".join(f"{table}{column}" for column in _TRANSACTION_FIELDS)
+
+
 def _transaction_record(row: tuple[Any, ...]) -> TransactionRecord:
-    """A row of the transaction SELECTs: the record's fields in order, the last `stopped_at IS NOT NULL`."""
-    return TransactionRecord(*(*row[:8], bool(row[8])))  # one tuple: mypy cannot count a starred slice
+    """A row of _TRANSACTION_FIELDS: the record's fields in order (`stopped_at IS NOT NULL` is `stopped`)."""
+    return TransactionRecord(*(*row[:8], bool(row[8]), *row[9:]))  # one tuple: mypy cannot count starred slices
 
 
-def _payload_json(path: Path, action: str, payload: dict[str, Any]) -> str:
+def read_queue(db: sqlite3.Connection, limit: int = -1) -> list[QueuedMessage]:
+    """The queued events and messages in send order, each with its transaction as it is now. Also for
+    tools that read a copy of a stopped agent's journal (hil.chaos, the resilience tests)."""
+    rows = db.execute(
+        f"SELECT q.seq, q.local_tx, q.kind, q.attempts, q.trigger, q.timestamp, q.seq_no, q.action, q.protocol,"
+        f" q.data, {_transaction_columns('t.')} FROM queue q LEFT JOIN transactions t ON t.local_id = q.local_tx"
+        f" ORDER BY q.seq LIMIT ?", (limit,)).fetchall()
+    queued = []
+    for seq, local_tx, kind, attempts, trigger, timestamp, seq_no, action, protocol, data, *tx in rows:
+        body = json.loads(zlib.decompress(data))
+        transaction = _transaction_record(tuple(tx)) if tx[0] is not None else None
+        if kind == MESSAGE:
+            queued.append(QueuedMessage(seq, local_tx, kind, attempts, transaction, action=action, payload=body,
+                                        protocol=protocol))
+        else:
+            queued.append(QueuedMessage(seq, local_tx, kind, attempts, transaction, trigger, timestamp, seq_no,
+                                        body.get("meter_values", [])))
+    return queued
+
+
+def _compressed(path: Path, what: str, data: dict[str, Any]) -> bytes:
     try:
-        return json.dumps(payload, separators=(",", ":"), allow_nan=False)
+        text = json.dumps(data, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError, RecursionError) as exc:
-        raise JournalValueError(f"journal {path}: cannot store the {action} payload: {exc}", payload) from None
+        raise JournalValueError(f"journal {path}: cannot store the {what} data: {exc}", data) from None
+    return zlib.compress(text.encode())
 
 
 def _inode(info: os.stat_result) -> tuple[int, int]:

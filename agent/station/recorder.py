@@ -18,7 +18,7 @@ from agent.core import controller as ctl
 from agent.core.clock import utc_now
 from agent.ocpp.v16.config import OcppConfiguration
 from agent.ocpp.v16.meter_values import meter_value, ocpp_timestamp, register_value
-from agent.ocpp.v16.vocabulary import stop_reason
+from agent.ocpp.v16.transactions import meter_value_from_v16
 from agent.station.connector import ConnectorRuntime, TransactionOp
 from agent.station.csms_link import CsmsLink
 from agent.station.journal import Journal, JournalError, JournalValueError, TransactionRecord
@@ -54,8 +54,8 @@ class TransactionRecorder:
     def start(self, rt: ConnectorRuntime, id_token: str, reservation_id: int | None) -> None:
         rt.ops.put_nowait(TransactionOp("start", id_token=id_token, reservation_id=reservation_id))
 
-    def stop(self, rt: ConnectorRuntime, reason: str, id_token: str | None) -> None:
-        rt.ops.put_nowait(TransactionOp("stop", id_token=id_token, reason=reason))
+    def stop(self, rt: ConnectorRuntime, reason: ctl.StopReason, id_token: str | None) -> None:
+        rt.ops.put_nowait(TransactionOp("stop", id_token=id_token, reason=reason.value))
 
     def transactions_active(self) -> bool:
         """A transaction runs, or its last journal write (StopTransaction) is still to be done."""
@@ -133,16 +133,17 @@ class TransactionRecorder:
         reading = await self._read_meter(rt)  # the contactor is open: this is the final register
         energy = self._energy_now(rt, reading)
         timestamp = ocpp_timestamp(self._wall_clock())
-        payload: dict = {"meterStop": round(energy), "timestamp": timestamp, "reason": op.reason}
-        if op.id_token:
-            payload["idTag"] = op.id_token
+        transaction_data = []
         measurands = self._configuration.get_list("StopTxnSampledData")
         if measurands and rt.tx_begin is not None:
             begin_wh, begin_ts = rt.tx_begin
             end = (meter_value(reading, measurands, "Transaction.End", timestamp) if reading
                    else register_value(energy, "Transaction.End", timestamp))
-            payload["transactionData"] = [register_value(begin_wh, "Transaction.Begin", begin_ts), end]
-        self._journal.end_transaction(rt.local_tx, payload)
+            transaction_data = [meter_value_from_v16(register_value(begin_wh, "Transaction.Begin", begin_ts)),
+                                meter_value_from_v16(end)]
+        # the register as the stop has always reported it (whole Wh); the reason in the journal's (neutral) words
+        self._journal.end_transaction(rt.local_tx, round(energy), timestamp, op.reason or ctl.StopReason.LOCAL.value,
+                                      id_token=op.id_token or None, meter_values=transaction_data)
         self.log.info("connector %d: transaction stopped (%s) at %.0f Wh", rt.id, op.reason, energy)
         rt.local_tx = None
         rt.tx_begin = None
@@ -169,7 +170,9 @@ class TransactionRecorder:
         measurands = self._configuration.get_list(
             "MeterValuesAlignedData" if op.context == "Sample.Clock" else "MeterValuesSampledData")
         value = meter_value(reading, measurands, op.context, timestamp, rt.controller.offered_current_a())
-        self._journal.add_meter_values(rt.local_tx, rt.id, [value], reading.energy_wh, timestamp)
+        trigger = "meter_sample_clock" if op.context == "Sample.Clock" else "meter_sample_periodic"
+        self._journal.add_meter_values(rt.local_tx, [meter_value_from_v16(value)], reading.energy_wh, timestamp,
+                                       trigger)
 
     # ---- shutdown and recovery --------------------------------------------------------------------
 
@@ -197,19 +200,15 @@ class TransactionRecorder:
         for tx in self._journal.running_transactions():
             if resume and self._resume(tx, info, on_resumed):
                 continue
-            payload = {
-                "meterStop": round(tx.last_meter),
-                "timestamp": tx.last_meter_at,
-                "reason": stop_reason(ctl.StopReason.POWER_LOSS),
-            }
+            registers = []
             if "Energy.Active.Import.Register" in stop_measurands:
-                payload["transactionData"] = [
-                    register_value(tx.meter_start, "Transaction.Begin", tx.started_at),
-                    register_value(tx.last_meter, "Transaction.End", tx.last_meter_at),
-                ]
-            self._journal.end_transaction(tx.local_id, payload)
+                registers = [meter_value_from_v16(register_value(tx.meter_start, "Transaction.Begin", tx.started_at)),
+                             meter_value_from_v16(register_value(tx.last_meter, "Transaction.End", tx.last_meter_at))]
+            # the stop is at the last journaled register: the one in the transaction's last queued event
+            self._journal.end_transaction(tx.local_id, round(tx.last_meter), tx.last_meter_at,
+                                          ctl.StopReason.POWER_LOSS.value, meter_values=registers)
             self.log.warning("transaction %s on connector %d was interrupted: stopped with PowerLoss at %.0f Wh",
-                             tx.csms_id or f"local-{tx.local_id}", tx.connector_id, tx.last_meter)
+                             tx.csms_tx_id or f"local-{tx.local_id}", tx.connector_id, tx.last_meter)
 
     def _resume(self, tx: TransactionRecord, info: BoardInfo, on_resumed: Callable[[ConnectorRuntime, str], None]) -> bool:
         """Continue an interrupted transaction when its EV is still plugged in."""
@@ -224,7 +223,7 @@ class TransactionRecorder:
         on_resumed(rt, tx.started_at)
         interval = self._configuration.get_int("MeterValueSampleInterval")
         rt.next_sample_at = self._clock() + interval if interval > 0 else None
-        self._dispatch(rt, ctl.ResumeTransaction(tx.id_tag))
+        self._dispatch(rt, ctl.ResumeTransaction(tx.id_token))
         self.log.warning("transaction %s on connector %d resumes after the restart (EV still plugged in)",
-                         tx.csms_id or f"local-{tx.local_id}", rt.id)
+                         tx.csms_tx_id or f"local-{tx.local_id}", rt.id)
         return True

@@ -23,7 +23,6 @@ from agent.core import controller as ctl
 from agent.core.clock import utc_now
 from agent.ocpp.security import RESET_OR_REBOOT, STARTUP, SecurityManager
 from agent.ocpp.v16.config import OcppConfiguration
-from agent.ocpp.v16.vocabulary import stop_reason
 from agent.station.auth_store import AuthStore
 from agent.station.authorizer import Authorizer
 from agent.station.charging_limits import ChargingLimits
@@ -285,7 +284,7 @@ class Station:
             case ctl.ReservationEnded(reservation_id, reason):
                 self.reservations.ended(rt.id, reservation_id, reason)
             case ctl.EndTransaction(reason, id_token):
-                self.recorder.stop(rt, stop_reason(reason), id_token)
+                self.recorder.stop(rt, reason, id_token)
                 self.charging_limits.transaction_ended(rt)
             case ctl.StatusChanged(status, fault, info):
                 self.log.info("connector %d: %s%s", rt.id, status.value, f" ({fault.value} fault)" if fault else "")

@@ -59,7 +59,7 @@ class StatusView:
             "faults": list(view.faults),
             # until its StopTransaction is in the journal, the transaction is not over
             "transaction_active": view.transaction_active or rt.local_tx is not None,
-            "transaction_id": record.csms_id if record else None,
+            "transaction_id": record.csms_tx_number if record else None,
             "id_tag": view.id_token,
             "reservation": self._reservations.status(view.reservation),
             "energy_wh": reading.energy_wh if reading else None,

@@ -50,11 +50,13 @@ from agent.core.controller import ConnectorStatus, Fault
 from agent.logs import StationLogs
 from agent.ocpp.rpc import GuardedRouting, short
 from agent.ocpp.security import TlsAwareConnection, redact_frame, redact_text
+from agent.ocpp.v16 import transactions as v16_transactions
 from agent.ocpp.v16.firmware import FirmwareHandlers
 from agent.ocpp.v16.meter_values import ocpp_timestamp
 from agent.ocpp.v16.reservation import ReservationHandlers
 from agent.ocpp.v16.security import SecurityHandlers
 from agent.ocpp.v16.smart_charging import SmartChargingHandlers, tolerate_limits
+from agent.ocpp.v16.transactions import TRANSACTION_ACTIONS
 from agent.ocpp.v16.vocabulary import (
     CONTROL_LOST_ERROR_CODES,
     connector_status,
@@ -96,7 +98,7 @@ AUTHORIZE_DEADLINE_S = 5.0
 # non-transaction messages waiting to be sent (statuses, triggered messages, follow-ups); beyond it the
 # oldest is dropped: they describe a present state that a later message describes again
 MAX_PENDING_OUTGOING = 200
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # what the journal (SQLite INTEGER) can hold
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # the transactionIds the station accepts (see _check_usable)
 
 
 
@@ -554,68 +556,75 @@ class OcppClient:
             self._journal_wakeup.clear()
             await self._journal_wakeup.wait()
             return
-        if message.action not in TRANSACTION_ACTIONS:
-            await self._send_journaled_event(cp, message)
+        action, payload = v16_transactions.render(message)  # the 1.6 words of the journal's neutral event
+        if action not in _JOURNAL_CALLS:  # only from a journal of another version: nothing can send it
+            self.log.error("queued %s (seq %d) is no message this station sends: dropped", action, message.seq)
+            self._journal.drop_message(message)
+            return
+        if action not in TRANSACTION_ACTIONS:
+            await self._send_journaled_event(cp, message, action, payload)
             return
         try:
-            result = await cp.call(_journal_payload(message), suppress=False)
+            result = await cp.call(_JOURNAL_CALLS[action](**camel_to_snake_case(payload)), suppress=False)
         except SecurityError as exc:
             self._registration_lost(exc)  # not the message's fault: no attempt is counted
         except (TimeoutError, OCPPError) as exc:
-            await self._failed_attempt(message, exc)
+            await self._failed_attempt(message, action, exc)
             return
         response = snake_to_camel_case(dataclasses.asdict(result))
         try:
-            _check_usable(message, response)
-            self._journal.message_delivered(message, response)
+            _check_usable(action, response)
+            delivery = v16_transactions.read_answer(action, payload, response)
+            self._journal.message_delivered(message, delivery)
         except (_UnusableAnswer, OverflowError, JournalValueError) as exc:
             # an answer the station cannot keep is no answer: an attempt, as for a CALLERROR; after
             # TransactionMessageAttempts the message is dropped and the rest of the transaction is
             # sent with transactionId -1 (errata 3.18)
-            self.log.error("%s (seq %d): unusable answer from the CSMS: %s", message.action, message.seq, exc)
-            await self._failed_attempt(message, exc)
+            self.log.error("%s (seq %d): unusable answer from the CSMS: %s", action, message.seq, exc)
+            await self._failed_attempt(message, action, exc)
             return
         try:
-            self._station.transaction_message_delivered(message, response)
+            self._station.transaction_message_delivered(message, delivery)
         except JournalError:
             raise
         except Exception:  # delivered and recorded: a station-side failure must not end the session
-            self.log.exception("%s (seq %d): applying the CSMS's answer failed", message.action, message.seq)
+            self.log.exception("%s (seq %d): applying the CSMS's answer failed", action, message.seq)
         await asyncio.sleep(0)  # let heartbeats and commands through during a long replay
 
-    async def _send_journaled_event(self, cp: _ChargePoint, message: QueuedMessage) -> None:
+    async def _send_journaled_event(self, cp: _ChargePoint, message: QueuedMessage, action: str,
+                                    payload: dict) -> None:
         """A journaled message that is not transaction-related (SecurityEventNotification): sent once per
         turn, and it never holds up the transaction messages queued behind it. A CALLERROR is final (a
         CSMS without the security extension answers NotImplemented, NotSupported or InternalError, and
         would do so forever); after a timeout it goes behind the messages queued meanwhile, and is given
         up after TransactionMessageAttempts timeouts."""
         try:
-            await cp.call(_journal_payload(message), suppress=False)
+            await cp.call(_JOURNAL_CALLS[action](**camel_to_snake_case(payload)), suppress=False)
         except SecurityError as exc:
             self._registration_lost(exc)
         except OCPPError as exc:
             level = logging.INFO if self._refused_security_events else logging.WARNING
             self._refused_security_events = True  # said once per connection; each event is dropped
-            self.log.log(level, "CSMS refused %s (%s: %s): dropped, not sent again", message.action, exc.code,
+            self.log.log(level, "CSMS refused %s (%s: %s): dropped, not sent again", action, exc.code,
                          short(str(exc.description or ""), 100))
             self._journal.drop_message(message)
             return
         except TimeoutError as exc:
-            key = json.dumps(message.payload, sort_keys=True)  # the same event after it was queued again
+            key = json.dumps(payload, sort_keys=True)  # the same event after it was queued again
             timeouts = self._security_event_timeouts.pop(key, 0) + 1
             if timeouts >= self._station.configuration.get_int("TransactionMessageAttempts"):
-                self.log.error("%s (seq %d) dropped after %d timeouts", message.action, message.seq, timeouts)
+                self.log.error("%s (seq %d) dropped after %d timeouts", action, message.seq, timeouts)
                 self._journal.drop_message(message)
                 return
             self.log.warning("%s (seq %d) not answered (%s): sent again after the queued messages",
-                             message.action, message.seq, exc)
-            self._journal.enqueue(message.action, message.payload)  # first the copy: a crash loses nothing
+                             action, message.seq, exc)
+            self._journal.enqueue(action, payload, message.protocol)  # first the copy: a crash loses nothing
             self._journal.drop_message(message)
             if len(self._security_event_timeouts) < MAX_PENDING_OUTGOING:
                 self._security_event_timeouts[key] = timeouts
             return
-        self._security_event_timeouts.pop(json.dumps(message.payload, sort_keys=True), None)
-        self._journal.message_delivered(message, {})
+        self._security_event_timeouts.pop(json.dumps(payload, sort_keys=True), None)
+        self._journal.message_delivered(message)
 
     def _registration_lost(self, exc: BaseException) -> None:
         """The CSMS no longer knows us as registered (errata 3.8: it answers SecurityError before
@@ -624,20 +633,20 @@ class OcppClient:
         self.registration = None
         raise _ReRegister()
 
-    async def _failed_attempt(self, message: QueuedMessage, exc: BaseException) -> None:
+    async def _failed_attempt(self, message: QueuedMessage, action: str, exc: BaseException) -> None:
         cfg = self._station.configuration
         attempts = self._journal.message_failed(message)
         if attempts >= cfg.get_int("TransactionMessageAttempts"):
             self._journal.drop_message(message)
             self.dropped_messages += 1
             self.log.error(
-                "dropped %s (seq %d) after %d failed attempts: %s", message.action, message.seq, attempts, exc
+                "dropped %s (seq %d) after %d failed attempts: %s", action, message.seq, attempts, exc
             )
             return
         delay = cfg.get_int("TransactionMessageRetryInterval") * attempts
         self.log.warning(
             "%s (seq %d) attempt %d failed: %s; retrying in %ss",
-            message.action,
+            action,
             message.seq,
             attempts,
             exc,
@@ -712,23 +721,17 @@ _JOURNAL_CALLS = {
 }
 
 
-TRANSACTION_ACTIONS = frozenset({"StartTransaction", "StopTransaction", "MeterValues"})  # §3.7, one at a time
-
-
-def _check_usable(message: QueuedMessage, response: dict) -> None:
+def _check_usable(action: str, response: dict) -> None:
     """Raise _UnusableAnswer for an answer the schema allows but the station cannot keep: a transactionId
-    beyond the journal's signed 64-bit integers (the schema's "integer" has no bound)."""
-    if message.action == "StartTransaction":
+    beyond signed 64 bits (the schema's "integer" has no bound; the journal keeps the id as text, but the
+    station has always refused what no 1.6 CSMS can mean)."""
+    if action == "StartTransaction":
         transaction_id = response.get("transactionId")
         if not isinstance(transaction_id, int) or not INT64_MIN <= transaction_id <= INT64_MAX:
             raise _UnusableAnswer(f"transactionId {short(str(transaction_id), 60)} is outside signed 64 bits")
 
 
 # CSMS calls whose payload may hold a secret (AuthorizationKey) or a certificate: never quoted in a log
-
-
-def _journal_payload(message: QueuedMessage):
-    return _JOURNAL_CALLS[message.action](**camel_to_snake_case(message.payload))
 
 
 class _ChargePoint(SecurityHandlers, FirmwareHandlers, SmartChargingHandlers, ReservationHandlers, GuardedRouting,
