@@ -9,6 +9,7 @@ from pathlib import Path
 from agent.control.loop import ControlLoop
 from agent.core import controller as ctl
 from agent.core.controller import Fault
+from agent.core.transaction_policy import plugged_and_authorized
 from hal.board import load_board
 
 SIM_BOARD = Path(__file__).resolve().parent.parent / "board-configs" / "sim.toml"
@@ -39,7 +40,7 @@ async def test_an_ev_without_diode_plugging_into_a_running_transaction_gets_no_c
     await board.start()
     sent: list[dict] = []
     control = ControlLoop(board, sent.append, clock)
-    settings = dataclasses.replace(ctl.SessionSettings(), min_close_interval_s=0.0, stop_on_ev_side_disconnect=False)
+    settings = dataclasses.replace(ctl.SessionSettings(), min_close_interval_s=0.0, transaction_policy=plugged_and_authorized(stop_on_unplug=False))
     control.setup({1: settings}, 0.01)
 
     def steps(n: int):

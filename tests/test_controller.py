@@ -33,6 +33,7 @@ from agent.core.controller import (
     TransactionRecorded,
     route_id_token,
 )
+from agent.core.transaction_policy import plugged_and_authorized
 from hal.interfaces import CpState, PilotMode
 
 CONTROL_PERIOD = 0.010  # s, the agent's default control step
@@ -212,7 +213,7 @@ def test_every_orderly_stop_drops_the_pwm_at_once_and_opens_when_the_ev_leaves_c
 
 
 def test_unplug_keeps_transaction_when_stop_on_ev_side_disconnect_is_false():
-    b = Bench(stop_on_ev_side_disconnect=False)
+    b = Bench(transaction_policy=plugged_and_authorized(stop_on_unplug=False))
     b.charging_session()
     out = b.send(PilotChanged(CpState.A))
     assert out[0] == SetContactor(False)

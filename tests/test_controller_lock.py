@@ -33,6 +33,7 @@ from agent.core.controller import (
     indicator_for,
     route_id_token,
 )
+from agent.core.transaction_policy import plugged_and_authorized
 from hal.interfaces import CpState, IndicatorState, PilotMode
 from tests.test_controller import Bench
 
@@ -269,7 +270,7 @@ def test_held_cable_is_released_by_a_card_of_the_same_parent_or_the_csms():
 def test_stop_on_ev_side_disconnect_false_keeps_the_lock_while_the_transaction_runs():
     """TC_005_3_CS: the transaction continues (SuspendedEV); with UnlockConnectorOnEVSideDisconnect false the
     cable stays locked for it."""
-    b = LockBench(stop_on_ev_side_disconnect=False, unlock_on_ev_side_disconnect=False)
+    b = LockBench(transaction_policy=plugged_and_authorized(stop_on_unplug=False), unlock_on_ev_side_disconnect=False)
     b.start()
     b.step()
     out = b.send(PilotChanged(CpState.A))
@@ -352,7 +353,7 @@ def test_resumed_session_never_unlocks_before_the_pilot_is_seen():
 
 def test_resumed_session_lock_reading_locked_before_the_first_pilot_reading_is_not_a_lock_fault():
     c = ConnectorController(has_lock=True, settings=SessionSettings(unlock_on_ev_side_disconnect=False,
-                                                                    stop_on_ev_side_disconnect=False))
+                                                                    transaction_policy=plugged_and_authorized(stop_on_unplug=False)))
     c.handle(ResumeTransaction("TAG1"), 0.0)
     out = c.handle(LockFeedback(True), 0.0)  # read before any pilot reading
     assert Fault.LOCK not in c.faults and not of(out, EndTransaction)

@@ -28,6 +28,7 @@ from enum import Enum
 from typing import Any
 
 from agent.core import controller as ctl
+from agent.core.transaction_policy import TransactionPolicy, TxPoint
 from hal.interfaces import CpState, IndicatorState, MeterReading, PilotMode
 
 PROTOCOL_VERSION = 1
@@ -50,7 +51,7 @@ def _registry() -> dict[str, type]:
         if isinstance(value, type) and value.__module__ == ctl.__name__ and (
                 dataclasses.is_dataclass(value) or issubclass(value, Enum)):
             types[value.__name__] = value
-    for extra in (CpState, PilotMode, IndicatorState, MeterReading):
+    for extra in (CpState, PilotMode, IndicatorState, MeterReading, TransactionPolicy, TxPoint):
         types[extra.__name__] = extra
     return types
 

@@ -25,6 +25,12 @@ import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from agent.core.transaction_policy import (
+    PLUGGED_AND_AUTHORIZED,
+    SessionConditions,
+    TransactionPolicy,
+    TxPoint,
+)
 from hal.interfaces import CpState, IndicatorState, PilotMode
 from hal.pilot_math import duty_for_current
 
@@ -72,6 +78,8 @@ class StopReason(StrEnum):
     REBOOT = "reboot"
     EMERGENCY_STOP = "emergency_stop"
     OTHER = "other"
+    TIMEOUT = "timeout"  # started at authorization, no EV plugged in within the connection timeout
+    STOPPED_BY_EV = "stopped_by_ev"  # the policy ends transactions when the EV stops drawing energy
 
 
 @dataclass(frozen=True)
@@ -80,7 +88,10 @@ class SessionSettings:
 
     max_current_a: float = 16.0  # min of the configured limit and the outlet's rating
     connection_timeout_s: float = 60.0  # OCPP 1.6 ConnectionTimeOut (2.0.1 TxCtrlr.EVConnectionTimeOut): authorization waits this long for a plug
-    stop_on_ev_side_disconnect: bool = True  # OCPP 1.6 StopTransactionOnEVSideDisconnect (2.0.1 TxCtrlr.StopTxOnEVSideDisconnect)
+    # when a session becomes a transaction and when it ends (agent.core.transaction_policy); the protocol adapter
+    # sets it: 1.6 plugged-in + authorized (StopTransactionOnEVSideDisconnect: unplugging ends it), 2.0.1
+    # TxStartPoint/TxStopPoint
+    transaction_policy: TransactionPolicy = PLUGGED_AND_AUTHORIZED
     stop_on_invalid_id: bool = True  # OCPP 1.6 StopTransactionOnInvalidId (2.0.1 TxCtrlr.StopTxOnInvalidId)
     authorize_remote_tx: bool = True  # OCPP 1.6 AuthorizeRemoteTxRequests (2.0.1 AuthCtrlr.AuthorizeRemoteStart)
     ventilation_available: bool = False  # state D may charge only with ventilation
@@ -350,6 +361,8 @@ class _Transaction:
     started_at: float
     energy_blocked: bool = False  # CSMS said the id is invalid and StopTransactionOnInvalidId is false
     recorded: bool = False  # the journal holds its start (TransactionRecorded): only then may energy flow
+    reached: frozenset[TxPoint] = frozenset()  # the policy's stop points that held during it (only they can end it)
+    plugged_once: bool = False  # an EV was connected at some moment of it
 
 
 @dataclass
@@ -596,6 +609,7 @@ class ConnectorController:
             case ResumeTransaction(id_token):
                 if self._tx is None:  # already journaled: no BeginTransaction, and recorded
                     self._tx = _Transaction(id_token, None, self._now, recorded=True)
+                    self._note_start_conditions()
             case StopRequested(reason, id_token):
                 if self._tx is not None:
                     self._stop(reason, id_token, out)
@@ -648,9 +662,43 @@ class ConnectorController:
             self._on_unplug(out)
 
     def _on_unplug(self, out: list[Command]) -> None:
-        if self._tx is not None and self.settings.stop_on_ev_side_disconnect:
-            self._stop(StopReason.EV_DISCONNECTED, None, out)
+        self._apply_stop_points(out)  # at once: the plug is out, an EV_CONNECTED stop point ends it now
         self._finishing = False
+
+    def _conditions(self) -> SessionConditions:
+        # a running transaction keeps its authorization until an explicit stop (local, remote, deauthorized,
+        # invalid id with StopTransactionOnInvalidId) ends it: those decide, with their own reasons
+        authorized = self._auth is not None if self._tx is None else True
+        transfer = self._contactor_cmd and self.cp_state in (CpState.C, CpState.D)
+        return SessionConditions(ev_connected=self.plugged, authorized=authorized, energy_transfer=transfer)
+
+    def _note_start_conditions(self) -> None:
+        assert self._tx is not None
+        now = self._conditions()
+        self._tx.reached = self.settings.transaction_policy.reached(now, frozenset())
+        self._tx.plugged_once = now.ev_connected
+
+    def _apply_stop_points(self, out: list[Command]) -> None:
+        """End the transaction when a stop point of the policy that held during it holds no more."""
+        tx = self._tx
+        if tx is None:
+            return
+        policy = self.settings.transaction_policy
+        now = self._conditions()
+        tx.plugged_once |= now.ev_connected
+        ended = policy.ends(now, tx.reached)
+        if ended is None:
+            tx.reached = policy.reached(now, tx.reached)
+            if not tx.plugged_once and self._now - tx.started_at >= self.settings.connection_timeout_s:
+                self._stop(StopReason.TIMEOUT, None, out)  # started at authorization; no EV came
+            return
+        if ended is TxPoint.ENERGY_TRANSFER:
+            reason = StopReason.STOPPED_BY_EV
+        elif not now.ev_connected:
+            reason = StopReason.EV_DISCONNECTED
+        else:
+            reason = StopReason.DEAUTHORIZED
+        self._stop(reason, None, out)
 
     def _on_unlock_requested(self, out: list[Command]) -> None:
         if self._tx is not None:
@@ -846,15 +894,18 @@ class ConnectorController:
         if self._reservation is not None and (self.blocking_faults or not self.operative):
             # §5.13: a reservation ends when its connector becomes Faulted or Unavailable
             self._end_reservation("faulted" if self.blocking_faults else "unavailable", out)
+        self._apply_stop_points(out)
+        # a transaction needs an authorization (its token); the policy says whether it also waits for the EV
         ready_to_start = (
             self._tx is None
             and self._auth is not None
-            and self.plugged
             and self.operative
             and not self.faults
+            and self.settings.transaction_policy.starts(self._conditions())
         )
         # an outlet with a lock locks the plug first: the transaction starts once the feedback confirms it
-        locking_to_start = ready_to_start and self.has_lock and not (self._lock_cmd and self.lock_feedback)
+        locking_to_start = (ready_to_start and self.plugged and self.has_lock
+                            and not (self._lock_cmd and self.lock_feedback))
         if ready_to_start and not locking_to_start:
             assert self._auth is not None
             auth, self._auth = self._auth, None
@@ -864,6 +915,7 @@ class ConnectorController:
                 self._end_reservation("used", out)
             if self.admits(auth.id_token, auth.parent_id_token):
                 self._tx = _Transaction(auth.id_token, auth.parent_id_token, self._now)
+                self._note_start_conditions()
                 self._finishing = False
                 self._starts_unrecorded += 1
                 out.append(BeginTransaction(auth.id_token, reservation_id))
@@ -928,7 +980,7 @@ class ConnectorController:
             and not self._tx.energy_blocked
             and not self.blocking_faults
             and self.operative
-            and self.plugged
+            and self.plugged  # whatever the policy: energy only to a connected EV
             and self._offer_duty() is not None
         )
 

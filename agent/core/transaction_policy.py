@@ -14,6 +14,13 @@ The points are conditions over the session, each true or false at any moment:
 A transaction starts when ANY start point becomes true, and ends when ANY stop point, having been true
 during the transaction, becomes false. Energy never depends on the policy: it always needs an authorized,
 connected, recorded transaction (the controller's safety rules).
+
+What the session controller does with it today: every transaction carries the token that authorized it, so
+a start point is honoured once an authorization is there (AUTHORIZED: at once, even before the EV is plugged
+in, ending with reason timeout if no EV comes within the connection timeout; EV_CONNECTED and
+POWER_PATH_CLOSED: when the EV is plugged in and authorized). A transaction that starts at EV_CONNECTED before
+any authorization, and receives its token later, is left for the OCPP 2.0.1 adapter's work. Explicit stops
+(local, remote, deauthorized, reset, unlock) keep their own reasons; the policy adds the stops by condition.
 """
 
 from __future__ import annotations
@@ -109,3 +116,6 @@ def _points(text: str, which: str) -> tuple[TxPoint, ...]:
 def plugged_and_authorized(stop_on_unplug: bool = True) -> TransactionPolicy:
     stop = (TxPoint.EV_CONNECTED, TxPoint.AUTHORIZED) if stop_on_unplug else (TxPoint.AUTHORIZED,)
     return TransactionPolicy((TxPoint.POWER_PATH_CLOSED,), stop)
+
+
+PLUGGED_AND_AUTHORIZED = plugged_and_authorized()

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from agent.config import ChargingConfig
 from agent.control import channel
 from agent.core import controller as ctl
+from agent.core.transaction_policy import plugged_and_authorized
 from agent.ocpp.v16.config import OcppConfiguration
 from hal.interfaces import MeterReading
 
@@ -21,7 +22,7 @@ def session_settings(charging: ChargingConfig, configuration: OcppConfiguration,
     return ctl.SessionSettings(
         max_current_a=min(charging.max_current_a, hw.max_current_a),
         connection_timeout_s=cfg.get_int("ConnectionTimeOut"),
-        stop_on_ev_side_disconnect=cfg.get_bool("StopTransactionOnEVSideDisconnect"),
+        transaction_policy=plugged_and_authorized(stop_on_unplug=cfg.get_bool("StopTransactionOnEVSideDisconnect")),
         stop_on_invalid_id=cfg.get_bool("StopTransactionOnInvalidId"),
         authorize_remote_tx=cfg.get_bool("AuthorizeRemoteTxRequests"),
         feedback_supervised=hw.has_mirror_contact,

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from agent.core.authorization import TokenInfo
+from agent.core.controller import StopReason
 from agent.logs import excerpt
 
 SCHEMA_VERSION = 2  # PRAGMA user_version. Release 0.1 wrote none (0): its layout is version 1, migrated at open
@@ -98,15 +99,15 @@ CREATE TABLE IF NOT EXISTS journal_info (
 """
 
 # Why a transaction stopped, in the station's words; each protocol adapter maps them to its own.
-STOP_REASONS = ("local", "remote", "ev_disconnected", "deauthorized", "soft_reset", "hard_reset", "unlock_command",
-                "power_loss", "reboot", "emergency_stop", "other")
+STOP_REASONS = tuple(reason.value for reason in StopReason)  # the core's words (agent.core.controller)
 # Why a transaction event happened (2.0.1 triggerReason in the station's words; 1.6 does not send it).
 TRIGGERS = ("authorized", "ev_connected", "remote_start", "meter_sample_periodic", "meter_sample_clock",
             "stop_requested", "remote_stop", "ev_disconnected", "deauthorized", "unlock_command", "reset_command",
-            "abnormal_condition", "trigger")
+            "abnormal_condition", "trigger", "ev_connect_timeout", "charging_state_changed")
 _ENDED_TRIGGER = {"remote": "remote_stop", "ev_disconnected": "ev_disconnected", "deauthorized": "deauthorized",
                   "unlock_command": "unlock_command", "soft_reset": "reset_command", "hard_reset": "reset_command",
-                  "reboot": "reset_command", "power_loss": "abnormal_condition", "emergency_stop": "abnormal_condition"}
+                  "reboot": "reset_command", "power_loss": "abnormal_condition", "emergency_stop": "abnormal_condition",
+                  "timeout": "ev_connect_timeout", "stopped_by_ev": "charging_state_changed"}
 EVENT_KINDS = ("started", "updated", "ended")
 
 

@@ -12,19 +12,14 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from agent.ocpp.v16.vocabulary import token_info
+from agent.core.controller import StopReason
+from agent.ocpp.v16.vocabulary import STOP_REASON, stop_reason, stop_reason_from_ocpp, token_info
 from agent.station.journal import MESSAGE, Delivery, QueuedMessage, TransactionRecord, read_queue
 
 PROTOCOL = "ocpp1.6"  # a queued message kept as a 1.6 wire payload (QueuedMessage.protocol)
 TRANSACTION_ID_UNKNOWN = -1  # OCPP 1.6 errata 3.18
 TRANSACTION_ACTIONS = frozenset({"StartTransaction", "StopTransaction", "MeterValues"})  # §3.7, one at a time
 
-STOP_REASONS = {  # neutral (agent.station.journal.STOP_REASONS) -> 1.6 Reason
-    "local": "Local", "remote": "Remote", "ev_disconnected": "EVDisconnected", "deauthorized": "DeAuthorized",
-    "soft_reset": "SoftReset", "hard_reset": "HardReset", "unlock_command": "UnlockCommand",
-    "power_loss": "PowerLoss", "reboot": "Reboot", "emergency_stop": "EmergencyStop", "other": "Other",
-}
-_NEUTRAL_STOP_REASONS = {word: neutral for neutral, word in STOP_REASONS.items()}
 TOKEN_STATUSES = {"Accepted": "accepted", "Blocked": "blocked", "Expired": "expired", "Invalid": "invalid",
                   "ConcurrentTx": "concurrent_tx"}  # 1.6 AuthorizationStatus -> neutral
 # a sampledValue's keys in the order the station has always sent them (agent.ocpp.v16.meter_values)
@@ -34,12 +29,17 @@ _SAMPLE_ORDER = ("value", "context", "format", "measurand", "location", "unit", 
 
 def stop_reason_to_v16(reason: str) -> str:
     """The 1.6 Reason of a neutral stop reason; a value that is already a 1.6 word passes through."""
-    return STOP_REASONS.get(reason, reason)
+    try:
+        return stop_reason(StopReason(reason))
+    except ValueError:
+        return reason
 
 
 def stop_reason_from_v16(reason: str) -> str:
     """The neutral stop reason of a 1.6 Reason; a value that is already neutral passes through."""
-    return _NEUTRAL_STOP_REASONS.get(reason, reason)
+    if reason in {r.value for r in StopReason}:
+        return reason
+    return stop_reason_from_ocpp(reason).value if reason in STOP_REASON.values() else reason
 
 
 def transaction_id(record: TransactionRecord | None) -> int:

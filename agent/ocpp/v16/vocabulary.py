@@ -54,8 +54,11 @@ STOP_REASON: dict[StopReason, str] = {
     StopReason.REBOOT: "Reboot",
     StopReason.EMERGENCY_STOP: "EmergencyStop",
     StopReason.OTHER: "Other",
+    StopReason.TIMEOUT: "Other",  # 1.6 has no word for them
+    StopReason.STOPPED_BY_EV: "Other",
 }
-_STOP_REASON_FROM_OCPP = {word: reason for reason, word in STOP_REASON.items()}
+# read back, a word names its first reason ("Other" is OTHER)
+_STOP_REASON_FROM_OCPP = {word: reason for reason, word in reversed(STOP_REASON.items())}
 
 AUTHORIZATION_STATUS: dict[AuthorizationStatus, str] = {
     AuthorizationStatus.ACCEPTED: "Accepted",
