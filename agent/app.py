@@ -16,13 +16,12 @@ import signal
 import subprocess
 from pathlib import Path
 
-import ocpp.messages
-
 from agent import logs
 from agent.cli.control_socket import CommandError, ControlServer
 from agent.config import AgentConfig, ConfigError, load_config
 from agent.control.channel import RequestFailed
 from agent.control.link import ControlLost, ProcessLink
+from agent.ocpp.rpc import validate_inline
 from agent.ocpp.v16.client import OcppClient
 from agent.service import ServiceNotifier, watchdog_interval_s
 from agent.station.journal import Journal
@@ -180,7 +179,7 @@ def _apply_reload(station: Station, log_level_override: str | None) -> None:
 async def run_agent(config: AgentConfig, log_level_override: str | None = None) -> RestartRequested | None:
     """Run until SIGTERM/SIGINT (returns None) or a reset (returns what to do next). `log_level_override`
     (`evse run --log-level`) wins over [log] level, also on SIGHUP."""
-    ocpp.messages.ASYNC_VALIDATION = False  # validate inline: no thread pool on a small board
+    validate_inline()  # no thread pool on a small board
     logs.add_basic_auth_secret(config.station.id, config.ocpp.password)  # before anything could log it
     # the simulated EV and meter outlive the agent process, like real ones: their state sits in the
     # runtime directory (tmpfs on a station), next to the control socket, not on the flash

@@ -270,16 +270,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _fleet(args: argparse.Namespace) -> int:
-    import ocpp.messages
-
     from agent.fleet import run_sim_fleet
     from agent.logs import setup_logging
+    from agent.ocpp.rpc import validate_inline
 
     if args.count < 1:
         print("evse: --count must be at least 1", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(args.log_level, sys.stdout)  # one handler for all: each line starts with [<station id>]
-    ocpp.messages.ASYNC_VALIDATION = False  # validate inline, as `evse run` does
+    validate_inline()  # as `evse run` does
     asyncio.run(run_sim_fleet(Path(args.dir), args.count, args.csms, prefix=args.prefix))
     return 0
 

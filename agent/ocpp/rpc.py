@@ -14,6 +14,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import ocpp.messages
 from ocpp.exceptions import (
     FormatViolationError,
     NotSupportedError,
@@ -30,6 +31,12 @@ from agent.ocpp.security import redact_frame
 log = logging.getLogger("evse.ocpp")
 
 MAX_UNREAD_ANSWERS = 16  # CALLRESULT/CALLERROR frames waiting for the call in flight to read them
+
+
+def validate_inline() -> None:
+    """The library validates each message's schema inline, not in a thread pool (ocpp-notes 1.7 #9): for the
+    whole process, which owns its stations' event loop."""
+    ocpp.messages.ASYNC_VALIDATION = False
 
 
 class GuardedRouting:
