@@ -21,6 +21,7 @@ import websockets
 from ocpp.charge_point import camel_to_snake_case
 from ocpp.v16 import ChargePoint, call
 
+from agent.ocpp.v16.transactions import meter_value_to_v16
 from bench.common import TAG
 from bench.journal import sample_value
 
@@ -40,7 +41,8 @@ async def call_loop(url: str, station_id: str, count: int) -> None:
             tx = started.transaction_id
             cpu0 = time.process_time()
             for i in range(count - 2):
-                value = camel_to_snake_case(sample_value(float(i), TIMESTAMP))
+                # the same MeterValues the agent sends: its journal's sample, rendered as 1.6 sends it
+                value = camel_to_snake_case([meter_value_to_v16(v) for v in sample_value(float(i), TIMESTAMP)])
                 await cp.call(call.MeterValues(connector_id=1, meter_value=value, transaction_id=tx), suppress=False)
             await cp.call(call.StopTransaction(meter_stop=count, timestamp=TIMESTAMP, transaction_id=tx,
                                                reason="Local"), suppress=False)
