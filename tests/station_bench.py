@@ -80,7 +80,7 @@ async def sim_station(tmp_path, *, connectors: int = 1, clock: Callable[[], floa
     station = Station(config, board, Journal(config.journal.path), csms=csms, **clock_args)
     await station.start_control()
     for rt in station.connectors.values():  # journal writes (TransactionRecorded), as Station.run() has them
-        station._tasks.append(asyncio.create_task(station.recorder.worker(rt)))
+        station.tasks.start(station.recorder.worker(rt), f"tx-{rt.id}")
     return station, board
 
 

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from agent.ocpp.security_certs import MANUFACTURER_ROOT
-from agent.station.firmware import certificate_store
+from agent.station.firmware_signing import certificate_store
 from hil.csms import LocalCsms
 from tests.agent_harness import STATION_ID, TAG_2, TAG_OK, Agent, calls_since, charge, wait_call, write_config
 
@@ -740,7 +740,7 @@ def test_the_board_config_names_the_install_hook_and_the_download_limit(tmp_path
 def test_a_signature_is_read_as_standard_base64_with_or_without_line_breaks(pki, tmp_path):
     """Issue 9 C10: `openssl base64` wraps at 64 characters (CRLF from some tools); anything that is not
     base64 stays refused, and a wrapped signature of other data still does not match."""
-    from agent.station.firmware import SignatureError, verify_signature
+    from agent.station.firmware_signing import SignatureError, verify_signature
 
     image = tmp_path / "fw.bin"
     image.write_bytes(FIRMWARE)

@@ -471,7 +471,7 @@ class Rig:
         self.sim = board.simulator
         await station.start_control()
         for rt in station.connectors.values():  # the journal's work (TransactionRecorded), as Station.run() has it
-            station._tasks.append(asyncio.create_task(station.recorder.worker(rt)))
+            station.tasks.start(station.recorder.worker(rt), f"tx-{rt.id}")
         await self._steps(3)
         self.sim.plug(1)
         await self._steps(5)
@@ -533,9 +533,7 @@ class Rig:
         if self.station is None:
             return
         station, self.station = self.station, None
-        for task in [*station._side_tasks, *station._tasks]:
-            task.cancel()
-        self.loop.run_until_complete(asyncio.sleep(0))
+        self.loop.run_until_complete(station.tasks.cancel())
         station.journal.close()
 
     def close(self) -> None:

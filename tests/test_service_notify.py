@@ -178,7 +178,7 @@ async def test_no_watchdog_while_the_control_loop_hangs_and_everything_else_runs
         await asyncio.sleep(0.5)
         assert len(notify_socket.assignments("WATCHDOG")) >= 3
 
-        control_task = next(task for task in station._tasks if task.get_name() == "control")
+        control_task = next(task for task in station.tasks.essential if task.get_name() == "control")
         # the control loop hangs on an await (its next sleep lasts an hour) while everything else runs;
         # a control loop that dies instead ends the whole station (test_service_signals)
         station.link.set_period(3600)
@@ -186,7 +186,7 @@ async def test_no_watchdog_while_the_control_loop_hangs_and_everything_else_runs
         dead_at = time.monotonic()
         await asyncio.sleep(1.0)
         assert notify_socket.assignments("WATCHDOG", since=dead_at + 0.05) == []
-        others = [task for task in station._tasks if task is not control_task]
+        others = [task for task in station.tasks.essential if task is not control_task]
         assert not control_task.done() and others and not any(task.done() for task in others)  # all running
         assert station.status()["connectors"][0]["contactor_closed"] is False
     finally:

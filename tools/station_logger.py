@@ -30,6 +30,10 @@ RULES: list[tuple[str, str, str, str]] = [
     ("agent/station/csms_facade.py", "CsmsFacade", "log", "self.log"),
     ("agent/station/reservations.py", "Reservations", "log", "self.log"),
     ("agent/station/charging_limits.py", "ChargingLimits", "log", "self.log"),
+    ("agent/station/transfer_operations.py", "TransferOperations", "log", "self.log"),
+    ("agent/station/transfer_operations.py", "TransferOperations", "security_log", "self.security_log"),
+    ("agent/station/diagnostics.py", "DiagnosticsUploads", "log", "self.log"),
+    ("agent/station/firmware_install.py", "FirmwareInstall", "log", "self.log"),
     ("agent/station/firmware.py", "FirmwareManager", "log", "self.log"),
     ("agent/station/firmware.py", "FirmwareManager", "security_log", "self.security_log"),
     ("agent/ocpp/security.py", "SecurityManager", "log", "self.logger"),  # self.log: its security event log

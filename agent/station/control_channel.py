@@ -94,6 +94,14 @@ class ControlChannel:
             self._csms().send_status(rt.id, ctl.ConnectorStatus.FAULTED, info="control process lost",
                                      control_lost=True)
 
+    def report_status(self, rt: ConnectorRuntime, status: ctl.ConnectorStatus, fault: ctl.Fault | None,
+                      info: str | None) -> None:
+        """A status the controller decided, to the CSMS; none once the control loop is lost (every connector
+        stays Faulted)."""
+        self.log.info("connector %d: %s%s", rt.id, status.value, f" ({fault.value} fault)" if fault else "")
+        if self.control_lost is None:
+            self._csms().send_status(rt.id, status, fault, info)
+
     def _on_state(self, connector_id: int, state: dict, indicator: str | None) -> None:
         rt = self._connectors.get(connector_id)
         if rt is not None:

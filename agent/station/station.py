@@ -11,9 +11,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 from agent import logs
 from agent.config import AgentConfig
@@ -37,6 +36,7 @@ from agent.station.meter_sampling import MeterSampling
 from agent.station.recorder import TransactionRecorder
 from agent.station.reservations import Reservations
 from agent.station.status_view import StatusView
+from agent.station.tasks import StationTasks
 from hal.interfaces import Board
 
 __all__ = ["ConnectorRuntime", "RestartRequested", "Station", "StationCrashed"]  # ConnectorRuntime: tests
@@ -91,8 +91,7 @@ class Station:
         for hw in self.info.connectors:
             controller = ctl.ConnectorController(settings=self._session_settings(hw), has_lock=hw.has_lock)
             self.connectors[hw.connector_id] = ConnectorRuntime(hw, controller)
-        self._tasks: list[asyncio.Task] = []
-        self._side_tasks: set[asyncio.Task] = set()
+        self.tasks = StationTasks()
         self._restart: RestartRequested | None = None
         self._shutdown = asyncio.Event()
         self.closing = False  # SIGTERM: no new session starts (cards, remote starts) while shutting down
@@ -122,7 +121,7 @@ class Station:
         install = list(self.info.firmware_install_command) if self.info.firmware_install_command else None
         self.firmware = FirmwareManager(FirmwareHost(
             config=lambda: self.config, journal=journal, configuration=self.configuration, security=self.security,
-            csms=adapter, wall_clock=wall_clock, spawn=self._spawn, hold_for_firmware=self.availability.hold_for_firmware,
+            csms=adapter, wall_clock=wall_clock, spawn=self.tasks.spawn, hold_for_firmware=self.availability.hold_for_firmware,
             transactions_active=self.recorder.transactions_active, restart_for_firmware=self._restart_for_firmware,
             status=self.status_view.status, board_name=self.info.name, logs=self.logs,
         ), install_command=install, max_download_bytes=self.info.firmware_max_download_bytes)
@@ -193,25 +192,19 @@ class Station:
         self.security.event(STARTUP, f"evse-agent {self.config.station.firmware_version} started")
         self.firmware.recover()
         for rt in self.connectors.values():
-            self._tasks.append(asyncio.create_task(self.recorder.worker(rt), name=f"tx-{rt.id}"))
-            self._tasks.append(asyncio.create_task(self.metering.run(rt), name=f"meter-{rt.id}"))
-        self._tasks.append(asyncio.create_task(self.channel.run(), name="control"))
-        self._tasks.append(asyncio.create_task(self.charging_limits.run(), name="charging-limits"))
-        self._tasks.append(asyncio.create_task(self.recorder.journal_watch(), name="journal-watch"))
-        self._tasks.append(asyncio.create_task(self.ocpp.run(), name="ocpp"))
-        shutdown = asyncio.create_task(self._shutdown.wait(), name="shutdown")
+            self.tasks.start(self.recorder.worker(rt), f"tx-{rt.id}")
+            self.tasks.start(self.metering.run(rt), f"meter-{rt.id}")
+        self.tasks.start(self.channel.run(), "control")
+        self.tasks.start(self.charging_limits.run(), "charging-limits")
+        self.tasks.start(self.recorder.journal_watch(), "journal-watch")
+        self.tasks.start(self.ocpp.run(), "ocpp")
         try:
-            # these tasks run forever; one that ends has crashed, and a station without its control loop
-            # or journal worker must not go on pretending: stop (contactors open) and let systemd restart
-            done, _ = await asyncio.wait([shutdown, *self._tasks], return_when=asyncio.FIRST_COMPLETED)
+            task = await self.tasks.wait(self._shutdown)
         finally:
-            shutdown.cancel()
             await self._stop_tasks()
-        crashed = [task for task in done if task is not shutdown]
         if self.channel.control_lost is not None:
             raise StationCrashed(f"the control loop is gone: {self.channel.control_lost}")
-        if crashed:
-            task = crashed[0]
+        if task is not None:
             error = task.exception() if not task.cancelled() else None
             raise StationCrashed(f"{task.get_name()} task ended unexpectedly: {error!r}") from error
         if self._restart is not None:
@@ -233,15 +226,12 @@ class Station:
 
     async def _stop_tasks(self) -> None:
         await self.ocpp.stop()
-        for task in [*self._tasks, *self._side_tasks]:
-            task.cancel()
-        await asyncio.gather(*self._tasks, *self._side_tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self.tasks.cancel()
         await self.link.close()  # every contactor open
 
     def reset(self, kind: str) -> None:
         """Reset from the CSMS: orderly stops, the journal flushed, then a restart in place."""
-        self._spawn(self._reset(kind))
+        self.tasks.spawn(self._reset(kind))
 
     async def _reset(self, kind: str) -> None:
         reason = ctl.StopReason.HARD_RESET if kind == "Hard" else ctl.StopReason.SOFT_RESET
@@ -264,18 +254,12 @@ class Station:
         self._restart = restart
         self._shutdown.set()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task:
-        task = asyncio.create_task(coro)
-        self._side_tasks.add(task)
-        task.add_done_callback(self._side_tasks.discard)
-        return task
-
     # ---- the control loop's commands, routed to the pieces ------------------------------------------
 
     def _execute(self, rt: ConnectorRuntime, command: ctl.Command) -> None:
         match command:
             case ctl.RequestAuthorization(id_token):
-                self._spawn(self.authorizer.authorize(rt, id_token))
+                self.tasks.spawn(self.authorizer.authorize(rt, id_token))
             case ctl.BeginTransaction(id_token, reservation_id):
                 if reservation_id is None:
                     reservation_id = self.reservations.used_elsewhere(rt.id)
@@ -287,9 +271,7 @@ class Station:
                 self.recorder.stop(rt, reason, id_token)
                 self.charging_limits.transaction_ended(rt)
             case ctl.StatusChanged(status, fault, info):
-                self.log.info("connector %d: %s%s", rt.id, status.value, f" ({fault.value} fault)" if fault else "")
-                if self.channel.control_lost is None:
-                    self.ocpp.send_status(rt.id, status, fault, info)
+                self.channel.report_status(rt, status, fault, info)
             case ctl.Notice(text):
                 self.log.info("connector %d: %s", rt.id, text)
 
