@@ -18,6 +18,7 @@ from ocpp.v16 import call_result
 from ocpp.v16.enums import Action
 
 from agent.core import smart_charging as sc
+from agent.ocpp.v16.mixin_base import ChargePointMixin
 
 # ---- chargingProfile on the wire (camelCase) <-> agent.core.smart_charging.ChargingProfile ------------
 
@@ -171,7 +172,7 @@ def tolerate_limits(action: str, payload: Any) -> None:
             period["limit"] = math.floor(float(limit) * 10 + 1e-9) / 10
 
 
-class SmartChargingHandlers:
+class SmartChargingHandlers(ChargePointMixin):
     """Mixin: SetChargingProfile, ClearChargingProfile, GetCompositeSchedule (TC_056-TC_082_CS)."""
 
     @on(Action.set_charging_profile)
