@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal, overload
 
 from ocpp.charge_point import snake_to_camel_case
 from ocpp.routing import on
@@ -121,6 +121,11 @@ def profile_to_ocpp(profile: sc.ChargingProfile) -> dict:
     return out
 
 
+# a required field is there or ProfileError: the overloads tell the type checker so
+@overload
+def _int(data: dict, name: str, *, required: Literal[True] = True, minimum: int | None = None) -> int: ...
+@overload
+def _int(data: dict, name: str, *, required: Literal[False], minimum: int | None = None) -> int | None: ...
 def _int(data: dict, name: str, *, required: bool = True, minimum: int | None = None) -> int | None:
     value = data.get(name)
     if value is None:
@@ -135,6 +140,10 @@ def _int(data: dict, name: str, *, required: bool = True, minimum: int | None = 
     return number
 
 
+@overload
+def _number(data: dict, name: str, *, required: Literal[True] = True) -> float: ...
+@overload
+def _number(data: dict, name: str, *, required: Literal[False]) -> float | None: ...
 def _number(data: dict, name: str, *, required: bool = True) -> float | None:
     value = data.get(name)
     if value is None:
