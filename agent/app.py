@@ -205,7 +205,7 @@ async def run_agent(config: AgentConfig, log_level_override: str | None = None) 
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda s=sig: _on_signal(station, notifier, s))
+        loop.add_signal_handler(sig, _on_signal, station, notifier, sig)
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(station, notifier, log_level_override))
     log.info("station %s up: %d connector(s), board %s, journal %s, control process %s", config.station.id,
              len(station.info.connectors), station.info.name, config.journal.path, link.pid)

@@ -200,8 +200,8 @@ def _parse_toml(path: Path) -> dict[str, Any]:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        raise ConfigError(f"{path}: line {line}: invalid TOML: not valid UTF-8") from None
+        bad_line = data.count(b"\n", 0, error.start) + 1
+        raise ConfigError(f"{path}: line {bad_line}: invalid TOML: not valid UTF-8") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:

@@ -179,7 +179,7 @@ class FloodGuard(logging.Filter):
             if kind.count > self._count:
                 kind.suppressed += 1
                 return False
-        self._bound(record, note=limited and kind.count == self._count)
+        self._bound(record, note=limited and kind is not None and kind.count == self._count)
         return True
 
     def _bound(self, record: logging.LogRecord, note: bool) -> None:

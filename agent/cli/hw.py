@@ -214,7 +214,9 @@ def _ms(value: float | None) -> float | None:
 
 async def rcd_test(hw: ConnectorHardware, coprocessor_link: Any = None) -> dict:
     """The RCD's self-test: a test pulse on GPIO, or the co-processor's RcdTest command."""
-    rcd, cid = hw.rcd, hw.connector_id
+    # Any: the self-tests are not part of ResidualCurrentMonitor; a driver has one (hal.gpio.rcd, hal.coproc) or not
+    rcd: Any = hw.rcd
+    cid = hw.connector_id
     if rcd is None:
         raise refused(f"connector {cid}: no RCD configured ([connectors.rcd])")
     if hw.contactor.commanded_closed or hw.contactor.feedback_closed():
@@ -236,7 +238,8 @@ async def _coprocessor_rcd_test(hw: ConnectorHardware, link: Any) -> dict:
 
     cid = hw.connector_id
     before = list(link.events)
-    hw.rcd.start_self_test()
+    rcd: Any = hw.rcd  # a co-processor's RCD (hal.coproc.devices): rcd_test() checked it has start_self_test
+    rcd.start_self_test()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + RCD_TEST_TIMEOUT_S
     answers = (EventCode.RCD_SELFTEST_PASSED, EventCode.RCD_SELFTEST_FAILED, EventCode.COMMAND_REJECTED)
@@ -384,11 +387,13 @@ async def _run(args: argparse.Namespace, pin_factory: Any) -> int:
     kind = args.hw_command
     socket, board_file, status = await asyncio.to_thread(_target, args)
     if socket is not None:
+        assert status is not None  # _target: an agent that answers has a status
         if kind == "rfid":
             raise refused(f"the agent on {socket} owns the card reader: present the card and watch its log, "
                           "or stop the agent to test the reader alone")
         _check_connector(args.connector, [c["id"] for c in status["connectors"]])
         return await _through_agent(socket, kind, args)
+    assert board_file is not None  # _target: without an agent, a board file or a refusal
     return await _directly(board_file, kind, args, pin_factory)
 
 

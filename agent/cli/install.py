@@ -21,8 +21,10 @@ import pwd
 import shlex
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from agent.config import DEFAULT_CONTROL_GROUP, dump_example_config
@@ -74,14 +76,15 @@ def unit_template() -> str:
         raise InstallError(f"the packaged {UNIT_NAME} is missing: reinstall evse-agent") from None
 
 
-def shipped_boards() -> dict[str, str]:
-    """Board name -> TOML text of the board configs shipped with the package."""
+def shipped_boards() -> dict[str, Traversable]:
+    """Board name -> the board config file (TOML) shipped with the package."""
+    files: Sequence[Traversable]
     try:
         folder = resources.files("evse_board_configs")
         files = [f for f in folder.iterdir() if f.name.endswith(".toml")]
     except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError):
         files = sorted((SOURCE_TREE / "board-configs").glob("*.toml"))
-    return {f.name.removesuffix(".toml"): f for f in files}  # type: ignore[misc]
+    return {f.name.removesuffix(".toml"): f for f in files}
 
 
 def render_unit(venv: Path, config_file: Path) -> str:

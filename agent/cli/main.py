@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import cast
 
 from agent.cli.control_socket import ControlClientError, request
 from agent.config import ConfigError, dump_example_config, load_config
@@ -242,7 +244,8 @@ def _run(args: argparse.Namespace) -> int:
     from hal.interfaces import HardwareError
 
     config = load_config(Path(args.config))
-    sys.stdout.reconfigure(errors="backslashreplace")  # a CSMS string with a lone surrogate must still log
+    # a CSMS string with a lone surrogate must still log; typeshed says TextIO, the interpreter's is a TextIOWrapper
+    cast(io.TextIOWrapper, sys.stdout).reconfigure(errors="backslashreplace")
     # stdout, with <N> priorities instead of timestamps under journald, secrets redacted (agent.logs)
     setup_logging(args.log_level or config.log.level, sys.stdout)
     try:

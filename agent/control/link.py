@@ -51,7 +51,7 @@ class ControlLink:
     def __init__(self) -> None:
         self.on_output: Callable[[int, list[ctl.Command]], None] = lambda cid, commands: None
         self.on_state: Callable[[int, dict[str, Any], str | None], None] = lambda cid, state, indicator: None
-        self.on_tag: Callable[[str], None] = lambda tag: None
+        self.on_tag: Callable[[str], object] = lambda tag: None  # what it returns (the authorizer's card id) is unused
         self.on_alive: Callable[[], None] = lambda: None
         self.on_lost: Callable[[str], None] = lambda why: None
         self.alive_at = 0.0  # when the control loop last reported a completed step

@@ -50,7 +50,7 @@ class _Watchdog:
         self._next = 0.0
         self._notifier = None
         if interval_s:
-            import sdnotify  # type: ignore[import-untyped]  # small, pure Python: only when systemd asks
+            import sdnotify  # small, pure Python: only when systemd asks
 
             self._notifier = sdnotify.SystemdNotifier()
 

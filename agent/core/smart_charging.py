@@ -135,7 +135,7 @@ class CompositeSchedule:
     def to_ocpp(self, default_limit: float) -> dict:
         """The chargingSchedule of GetCompositeSchedule.conf; periods without a limit get `default_limit`
         (what the connector offers anyway); limits are rounded down to the schema's 0.1 step."""
-        periods = []
+        periods: list[dict[str, Any]] = []
         for p in self.periods:
             limit = default_limit if p.limit is None else min(p.limit, default_limit)
             entry: dict[str, Any] = {"startPeriod": p.start_period, "limit": floor_tenths(limit)}

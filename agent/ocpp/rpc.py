@@ -134,9 +134,9 @@ class GuardedRouting:
             return
         handlers = self.route_map.get(msg.action, {})
         if "_on_action" not in handlers:
-            error = NotSupportedError if msg.action in self.protocol_actions else OcppNotImplemented
+            error_type = NotSupportedError if msg.action in self.protocol_actions else OcppNotImplemented
             await self._send(
-                self._call_error(msg.unique_id, error(details={"cause": f"{msg.action} is not supported"}))
+                self._call_error(msg.unique_id, error_type(details={"cause": f"{msg.action} is not supported"}))
             )
             return
         if not _finite(msg.payload):
@@ -156,8 +156,8 @@ class GuardedRouting:
             await self._send(self._call_error(msg.unique_id, error))
         except ArithmeticError:  # the library's Decimal multipleOf check, on a number like 1e300 or 10**30
             self.rpc_log.warning("rejected %s from CSMS: a number beyond Decimal precision", msg.action)
-            error = TypeConstraintViolationError(details={"cause": "a number is out of range"})
-            await self._send(self._call_error(msg.unique_id, error))
+            out_of_range = TypeConstraintViolationError(details={"cause": "a number is out of range"})
+            await self._send(self._call_error(msg.unique_id, out_of_range))
         except Exception:
             self.rpc_log.exception("error handling %s", msg.action)
             await self._send(

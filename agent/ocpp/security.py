@@ -469,6 +469,11 @@ class SecurityManager:
         self.configuration = configuration
         self._profile_seen = configuration.get_int("SecurityProfile")
 
+    def _attached(self) -> OcppConfiguration:
+        """The station's configuration, for what only happens after attach() (a connection, a CSMS call)."""
+        assert self.configuration is not None, "SecurityManager used before attach()"
+        return self.configuration
+
     # ---- profile and credentials ---------------------------------------------------------------------
 
     @property
@@ -591,7 +596,7 @@ class SecurityManager:
         current = self.profile
         self._internal_change = True
         try:
-            self.configuration.set_internal("SecurityProfile", str(previous))
+            self._attached().set_internal("SecurityProfile", str(previous))
         finally:
             self._internal_change = False
         self._journal.set_setting("security.previous_profile", "")
@@ -690,7 +695,7 @@ class SecurityManager:
             return "Rejected"
         if self.store.has_root(kind, cert):
             return "Accepted"
-        if self.store.count_roots() >= self.configuration.get_int("CertificateStoreMaxLength"):
+        if self.store.count_roots() >= self._attached().get_int("CertificateStoreMaxLength"):
             self.logger.warning("InstallCertificate %s rejected: the certificate store is full", kind)
             return "Rejected"
         try:
@@ -773,7 +778,7 @@ class SecurityManager:
         """CertificateSigned: Accepted if the chain is valid, leads to an installed CentralSystemRoot and
         belongs to the pending (or current) key; else Rejected with an InvalidChargePointCertificate event."""
         try:
-            limit = self.configuration.get_int("CertificateSignedMaxChainSize")
+            limit = self._attached().get_int("CertificateSignedMaxChainSize")
             if len(chain_pem) > limit:
                 raise certs.CertificateError(f"chain of {len(chain_pem)} characters exceeds {limit}")
             chain = certs.load_pem_certificates(chain_pem)

@@ -93,6 +93,7 @@ class ChargingLimits:
             s.pending_taken_up = True
         if waiting and (s.pending_taken_up or s.pending_since is None
                         or (now - s.pending_since).total_seconds() > REMOTE_START_TAKE_UP_S):
+            assert s.pending_tx_profile is not None  # waiting
             self.log.info("connector %d: the remote start did not lead to a transaction: its TxProfile %d is dropped",
                           rt.id, s.pending_tx_profile.id)
             s.pending_tx_profile, s.dirty = None, True

@@ -141,5 +141,5 @@ class CsmsLink(Protocol):
 class CsmsLinkFactory(Protocol):
     """Builds a station's protocol adapter, e.g. agent.ocpp.v16.client.OcppClient."""
 
-    def __call__(self, config: AgentConfig, port: CsmsPort, journal: Journal, *,
-                 logs: StationLogs, clock: Callable[[], float]) -> CsmsLink: ...
+    def __call__(self, config: AgentConfig, port: CsmsPort, journal: Journal, /, *,
+                 logs: StationLogs, clock: Callable[[], float]) -> CsmsLink: ...  # the first three by position

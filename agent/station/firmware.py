@@ -179,10 +179,10 @@ class FirmwareManager(FirmwareInstall, DiagnosticsUploads):
         op = self.firmware
         busy = op is not None and op.in_progress
         if signed:
-            if not busy:
+            if op is None or not busy:
                 return call.SignedFirmwareStatusNotification(status="Idle", request_id=None)
             return call.SignedFirmwareStatusNotification(status=op.status, request_id=op.request_id)
-        status = _PLAIN_STATUS.get(op.status, "Idle") if busy else "Idle"
+        status = _PLAIN_STATUS.get(op.status, "Idle") if op is not None and busy else "Idle"
         return call.FirmwareStatusNotification(status=status)
 
     # ---- firmware ----------------------------------------------------------------------------------

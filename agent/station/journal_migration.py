@@ -22,7 +22,8 @@ from typing import Any
 from agent.ocpp.v16 import transactions as v16
 from agent.station.journal import MESSAGE, JournalError, QueuedMessage, TransactionRecord, ended_trigger
 
-_TRIGGER_OF_CONTEXT = {"Sample.Clock": "meter_sample_clock", "Trigger": "trigger"}
+# looked up with None too: a MeterValue without samples
+_TRIGGER_OF_CONTEXT: dict[str | None, str] = {"Sample.Clock": "meter_sample_clock", "Trigger": "trigger"}
 
 
 def migrate_release_0_1(db: sqlite3.Connection, schema: str, path: Path) -> None:
@@ -40,7 +41,7 @@ def migrate_release_0_1(db: sqlite3.Connection, schema: str, path: Path) -> None
         db.row_factory = None
     records = {local_id: _record(row, queued) for local_id, row in old_transactions.items()}
     next_seq_no: dict[int, int] = {}
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     for seq, local_tx, action, payload, attempts in queued:
         record = records.get(local_tx) if local_tx is not None else None
         event = _event(action, payload, record) if record is not None else None
@@ -112,7 +113,7 @@ def _event(action: str, payload: dict[str, Any], record: TransactionRecord
     would not render back to exactly this payload."""
     try:
         if action == "StartTransaction":
-            event = ("started", "authorized", record.started_at, [])
+            event: tuple[str, str, str, list[dict[str, Any]]] = ("started", "authorized", record.started_at, [])
         elif action == "MeterValues":
             meter_values = [v16.meter_value_from_v16(entry) for entry in payload["meterValue"]]
             context = meter_values[0]["samples"][0].get("context") if meter_values[0]["samples"] else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from agent.core import controller as ctl
@@ -24,7 +24,7 @@ SETTING_PREFIX = "reservation."
 
 
 class Reservations:
-    def __init__(self, journal: Journal, controllers: Mapping[int, ctl.ConnectorController],
+    def __init__(self, journal: Journal, controllers: dict[int, ctl.ConnectorController],
                  dispatch: Callable[[int, ctl.Event], None], clock: Callable[[], float],
                  wall_clock: Callable[[], datetime], journal_failed: Callable[[Exception], None],
                  logs: StationLogs | None = None):

@@ -300,15 +300,16 @@ class OcppClient:
             return token_info({"status": "Invalid"})
         if not self.accepted:
             return None
-        item = _Outgoing(call.Authorize(id_tag=id_token), asyncio.get_running_loop().create_future())
+        answered = asyncio.get_running_loop().create_future()
+        item = _Outgoing(call.Authorize(id_tag=id_token), answered)
         self._outgoing.put(item, urgent=True)  # a card holder waits: before statuses and triggered messages
         try:
             async with asyncio.timeout(self.authorize_deadline_s):
-                result = await asyncio.shield(item.done)
+                result = await asyncio.shield(answered)
         except TimeoutError:
             self._outgoing.discard(item)  # not sent yet: nobody waits for its answer any more
-            if not item.done.done():
-                item.done.cancel()
+            if not answered.done():
+                answered.cancel()
             self.log.warning("Authorize: no answer within %ss: the offline rules decide", self.authorize_deadline_s)
             return None
         except (OCPPError, ConnectionError, websockets.ConnectionClosed):

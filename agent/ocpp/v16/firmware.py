@@ -13,8 +13,10 @@ from ocpp.routing import after, on
 from ocpp.v16 import call_result
 from ocpp.v16.enums import Action
 
+from agent.ocpp.v16.mixin_base import ChargePointMixin
 
-class FirmwareHandlers:
+
+class FirmwareHandlers(ChargePointMixin):
     """Mixin: UpdateFirmware, GetDiagnostics, SignedUpdateFirmware, GetLog."""
 
     @on(Action.update_firmware)

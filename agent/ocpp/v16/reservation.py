@@ -13,10 +13,11 @@ from ocpp.routing import on
 from ocpp.v16 import call_result
 from ocpp.v16.enums import Action
 
+from agent.ocpp.v16.mixin_base import ChargePointMixin
 from agent.station.csms_link import ReservationRequest
 
 
-class ReservationHandlers:
+class ReservationHandlers(ChargePointMixin):
     """Mixin: ReserveNow, CancelReservation (OCPP 1.6 §5.13, §5.3)."""
 
     @on(Action.reserve_now)

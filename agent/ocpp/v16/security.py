@@ -11,17 +11,19 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TypeVar
 
 from ocpp.charge_point import camel_to_snake_case, snake_to_camel_case
 from ocpp.routing import after, on
 from ocpp.v16 import call, call_result
 from ocpp.v16.enums import Action
 
-if TYPE_CHECKING:
-    from agent.ocpp.v16.client import OcppClient
+from agent.ocpp.v16.mixin_base import ChargePointMixin
 
 log = logging.getLogger("evse.security.ocpp")
+
+_Answer = TypeVar("_Answer")
 
 # ExtendedTriggerMessage's MessageTriggerEnumType (whitepaper §5.5)
 _EXTENDED_TRIGGERS = (
@@ -35,13 +37,11 @@ _EXTENDED_TRIGGERS = (
 )
 
 
-class SecurityHandlers:
+class SecurityHandlers(ChargePointMixin):
     """Mixin: SignCertificate, CertificateSigned, InstallCertificate, DeleteCertificate,
     GetInstalledCertificateIds, ExtendedTriggerMessage; reconnects after a security key changed."""
 
-    _client: OcppClient  # set by _ChargePoint: its loggers are the station's (security_log)
-
-    def _security_call(self, action: str, work, failed: str):
+    def _security_call(self, action: str, work: Callable[[], _Answer], failed: _Answer) -> _Answer:
         self._station.security.csms_uses_security_extension()
         try:
             return work()
@@ -136,7 +136,7 @@ class SecurityHandlers:
 
     @on(Action.get_installed_certificate_ids)
     def on_get_installed_certificate_ids(self, certificate_type: str, **_):
-        ids = self._security_call(
+        ids: list[dict] = self._security_call(
             "GetInstalledCertificateIds",
             lambda: self._station.security.installed_certificate_ids(certificate_type),
             [],

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal, overload
 
 from ocpp.charge_point import snake_to_camel_case
 from ocpp.routing import on
@@ -18,6 +18,7 @@ from ocpp.v16 import call_result
 from ocpp.v16.enums import Action
 
 from agent.core import smart_charging as sc
+from agent.ocpp.v16.mixin_base import ChargePointMixin
 
 # ---- chargingProfile on the wire (camelCase) <-> agent.core.smart_charging.ChargingProfile ------------
 
@@ -120,6 +121,11 @@ def profile_to_ocpp(profile: sc.ChargingProfile) -> dict:
     return out
 
 
+# a required field is there or ProfileError: the overloads tell the type checker so
+@overload
+def _int(data: dict, name: str, *, required: Literal[True] = True, minimum: int | None = None) -> int: ...
+@overload
+def _int(data: dict, name: str, *, required: Literal[False], minimum: int | None = None) -> int | None: ...
 def _int(data: dict, name: str, *, required: bool = True, minimum: int | None = None) -> int | None:
     value = data.get(name)
     if value is None:
@@ -134,6 +140,10 @@ def _int(data: dict, name: str, *, required: bool = True, minimum: int | None = 
     return number
 
 
+@overload
+def _number(data: dict, name: str, *, required: Literal[True] = True) -> float: ...
+@overload
+def _number(data: dict, name: str, *, required: Literal[False]) -> float | None: ...
 def _number(data: dict, name: str, *, required: bool = True) -> float | None:
     value = data.get(name)
     if value is None:
@@ -171,7 +181,7 @@ def tolerate_limits(action: str, payload: Any) -> None:
             period["limit"] = math.floor(float(limit) * 10 + 1e-9) / 10
 
 
-class SmartChargingHandlers:
+class SmartChargingHandlers(ChargePointMixin):
     """Mixin: SetChargingProfile, ClearChargingProfile, GetCompositeSchedule (TC_056-TC_082_CS)."""
 
     @on(Action.set_charging_profile)

@@ -106,8 +106,9 @@ def read_answer(action: str, payload: dict[str, Any], response: dict[str, Any]) 
     token = token_info(info) if info else None
     started = action == "StartTransaction"
     transaction = response.get("transactionId") if started else None
+    status = info.get("status")
     return Delivery(csms_tx_id=str(transaction) if transaction is not None else None,
-                    token_status=TOKEN_STATUSES.get(info.get("status"), info.get("status")) if started else None,
+                    token_status=TOKEN_STATUSES.get(status, status) if started and status is not None else None,
                     id_token=payload.get("idTag"), token=token, started=started)
 
 
