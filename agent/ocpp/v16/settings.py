@@ -27,7 +27,8 @@ _UNITS_BY_NAME = {name: unit for unit, name in UNIT_NAMES.items()}  # "Current" 
 
 
 class V16Settings:
-    """StationSettings from an OcppConfiguration; `listeners` hear of every change it reports."""
+    """StationSettings from an OcppConfiguration, each read from its key when asked; the listeners given to
+    on_change hear of every change the CSMS (or the agent) makes."""
 
     def __init__(self, configuration: OcppConfiguration) -> None:
         self.configuration = configuration
