@@ -20,11 +20,11 @@ from agent.core.authorization import (
     plan_send_local_list,
 )
 from agent.core.clock import utc_now
-from agent.ocpp.v16.config import OcppConfiguration
 from agent.ocpp.v16.vocabulary import authorization_status
 from agent.station.auth_store import AuthStore
 from agent.station.connector import ConnectorRuntime
 from agent.station.csms_link import CsmsLink, LocalListEntry
+from agent.station.settings import StationSettings
 
 log = logging.getLogger("evse.station")
 
@@ -32,13 +32,13 @@ log = logging.getLogger("evse.station")
 class Authorizer:
     log: logging.Logger | logging.LoggerAdapter = log  # the station hands it its own (agent.logs)
 
-    def __init__(self, connectors: dict[int, ConnectorRuntime], configuration: OcppConfiguration,
+    def __init__(self, connectors: dict[int, ConnectorRuntime], settings: StationSettings,
                  store: AuthStore, dispatch: Callable[[ConnectorRuntime, ctl.Event], None],
                  csms: Callable[[], CsmsLink], closing: Callable[[], bool],
                  wall_clock: Callable[[], datetime] = utc_now):
         """`closing`: the agent is shutting down (SIGTERM): no new session starts."""
         self._connectors = connectors
-        self._configuration = configuration
+        self._settings = settings
         self.store = store
         self._dispatch = dispatch
         self._csms = csms
@@ -46,13 +46,13 @@ class Authorizer:
         self._wall_clock = wall_clock
 
     def settings(self) -> AuthSettings:
-        cfg = self._configuration
+        cfg = self._settings
         return AuthSettings(
-            local_list_enabled=cfg.get_bool("LocalAuthListEnabled"),
-            cache_enabled=cfg.get_bool("AuthorizationCacheEnabled"),
-            local_authorize_offline=cfg.get_bool("LocalAuthorizeOffline"),
-            local_pre_authorize=cfg.get_bool("LocalPreAuthorize"),
-            allow_offline_unknown=cfg.get_bool("AllowOfflineTxForUnknownId"),
+            local_list_enabled=cfg.local_list_enabled,
+            cache_enabled=cfg.authorization_cache_enabled,
+            local_authorize_offline=cfg.local_authorize_offline,
+            local_pre_authorize=cfg.local_pre_authorize,
+            allow_offline_unknown=cfg.allow_offline_tx_for_unknown_id,
         )
 
     def local_decision(self, id_token: str, online: bool) -> Decision:
@@ -93,7 +93,7 @@ class Authorizer:
 
     def remember(self, id_token: str, info: TokenInfo) -> None:
         """Every IdTagInfo the CSMS sends updates the Authorization Cache (§3.5.1)."""
-        if self._configuration.get_bool("AuthorizationCacheEnabled"):
+        if self._settings.authorization_cache_enabled:
             self.store.remember(id_token, info)
 
     def clear_cache(self) -> str:
@@ -104,12 +104,12 @@ class Authorizer:
         return self.store.list_version()
 
     def send_local_list(self, list_version: int, update_type: str, entries: list[LocalListEntry]) -> str:
-        cfg = self._configuration
+        cfg = self._settings
         change = plan_send_local_list(
-            enabled=cfg.get_bool("LocalAuthListEnabled"), current_version=self.store.list_version(),
+            enabled=cfg.local_list_enabled, current_version=self.store.list_version(),
             current_size=self.store.list_size(), list_version=list_version, update_type=update_type,
             entries=[(e.id_token, e.info) for e in entries],
-            max_length=cfg.get_int("LocalAuthListMaxLength"), send_max_length=cfg.get_int("SendLocalListMaxLength"),
+            max_length=cfg.local_list_max_length, send_max_length=cfg.local_list_max_update_length,
         )
         if change.status is ListUpdate.ACCEPTED:
             self.store.apply_list_change(change)

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 from agent.core import controller as ctl
 from agent.core import smart_charging as sc
 from agent.logs import StationLogs
-from agent.ocpp.v16.config import OcppConfiguration
 from agent.ocpp.v16.smart_charging import parse_profile
 from agent.station.journal import Journal, JournalError
 from agent.station.profile_store import ProfileStore
+from agent.station.settings import StationSettings
 
 if TYPE_CHECKING:
     from agent.station.connector import ConnectorRuntime
@@ -53,12 +53,12 @@ class _ConnectorSchedule:
 
 
 class ChargingLimits:
-    def __init__(self, configuration: OcppConfiguration, journal: Journal,
+    def __init__(self, settings: StationSettings, journal: Journal,
                  connectors: Mapping[int, ConnectorRuntime], dispatch: Callable[[int, ctl.Event], None],
                  wall_clock: Callable[[], datetime], journal_failed: Callable[[Exception], None],
                  logs: StationLogs | None = None):
         self.log = logs.logger(log.name) if logs is not None else log  # the station's (agent.logs)
-        self._configuration = configuration
+        self._settings = settings
         self._journal = journal
         self._connectors = connectors
         self._dispatch = dispatch
@@ -228,14 +228,12 @@ class ChargingLimits:
     # ---- internals ----------------------------------------------------------------------------------
 
     def _limits(self) -> sc.Limits:
-        cfg = self._configuration
-        names = {v: k for k, v in sc.UNIT_NAMES.items()}
+        cfg = self._settings
         return sc.Limits(
-            max_stack_level=cfg.get_int("ChargeProfileMaxStackLevel"),
-            max_periods=cfg.get_int("ChargingScheduleMaxPeriods"),
-            max_profiles=cfg.get_int("MaxChargingProfilesInstalled"),
-            allowed_units=tuple(names[u] for u in cfg.get_list("ChargingScheduleAllowedChargingRateUnit")
-                                if u in names),
+            max_stack_level=cfg.charging_profile_max_stack_level,
+            max_periods=cfg.charging_schedule_max_periods,
+            max_profiles=cfg.max_charging_profiles,
+            allowed_units=cfg.charging_rate_units,
         )
 
     def _electrical(self, rt: ConnectorRuntime) -> sc.Electrical:

@@ -10,24 +10,24 @@ from agent.config import ChargingConfig
 from agent.control import channel
 from agent.core import controller as ctl
 from agent.core.transaction_policy import plugged_and_authorized
-from agent.ocpp.v16.config import OcppConfiguration
+from agent.station.settings import StationSettings
 from hal.interfaces import MeterReading
 
 
-def session_settings(charging: ChargingConfig, configuration: OcppConfiguration,
+def session_settings(charging: ChargingConfig, settings: StationSettings,
                      hw: channel.ConnectorInfo) -> ctl.SessionSettings:
-    """A connector's controller settings: the agent's [charging] config, the CSMS's configuration keys and
+    """A connector's controller settings: the agent's [charging] config, the settings the CSMS manages and
     what the board says of the connector."""
-    cfg = configuration
+    cfg = settings
     return ctl.SessionSettings(
         max_current_a=min(charging.max_current_a, hw.max_current_a),
-        connection_timeout_s=cfg.get_int("ConnectionTimeOut"),
-        transaction_policy=plugged_and_authorized(stop_on_unplug=cfg.get_bool("StopTransactionOnEVSideDisconnect")),
-        stop_on_invalid_id=cfg.get_bool("StopTransactionOnInvalidId"),
-        authorize_remote_tx=cfg.get_bool("AuthorizeRemoteTxRequests"),
+        connection_timeout_s=cfg.connection_timeout_s,
+        transaction_policy=plugged_and_authorized(stop_on_unplug=cfg.stop_on_ev_side_disconnect),
+        stop_on_invalid_id=cfg.stop_on_invalid_id,
+        authorize_remote_tx=cfg.authorize_remote_tx,
         feedback_supervised=hw.has_mirror_contact,
         meter_failure_stops=charging.meter_failure == "stop",
-        unlock_on_ev_side_disconnect=cfg.get_bool("UnlockConnectorOnEVSideDisconnect"),
+        unlock_on_ev_side_disconnect=cfg.unlock_on_ev_side_disconnect,
         lock_timeout_s=hw.lock_timeout_s,
     )
 

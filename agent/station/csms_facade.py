@@ -21,6 +21,7 @@ from agent.station.firmware import FirmwareManager
 from agent.station.journal import Delivery, Journal, QueuedMessage
 from agent.station.meter_sampling import MeterSampling
 from agent.station.reservations import Reservations
+from agent.station.settings import StationSettings
 
 log = logging.getLogger("evse.station")
 
@@ -80,7 +81,8 @@ class CsmsFacade:
     log: logging.Logger | logging.LoggerAdapter = log  # the station hands it its own (agent.logs)
 
     def __init__(self, *, connectors: dict[int, ConnectorRuntime], journal: Journal,
-                 configuration: OcppConfiguration, security: SecurityManager, firmware: FirmwareManager,
+                 configuration: OcppConfiguration, settings: StationSettings, security: SecurityManager,
+                 firmware: FirmwareManager,
                  dispatch: Callable[[ConnectorRuntime, ctl.Event], None], availability: StationAvailability,
                  authorizer: Authorizer, metering: MeterSampling, reservations: Reservations,
                  charging_limits: ChargingLimits, journal_failed: Callable[[Exception], None],
@@ -90,7 +92,8 @@ class CsmsFacade:
         `reservations_enabled`: [charging] reservations of the config in force."""
         self._connectors = connectors
         self._journal = journal
-        self.configuration = configuration
+        self.configuration = configuration  # the 1.6 adapter's GetConfiguration / ChangeConfiguration
+        self._settings = settings
         self.security = security
         self.firmware = firmware
         self.wall_clock = wall_clock
@@ -204,7 +207,7 @@ class CsmsFacade:
     def reserve_now(self, request: ReservationRequest) -> str:
         if self._closing() or not self._reservations_enabled():
             return "Rejected"  # configured not to accept reservations (OCTT TC_048_4)
-        if request.connector_id == 0 and not self.configuration.get_bool("ReserveConnectorZeroSupported"):
+        if request.connector_id == 0 and not self._settings.reserve_any_connector:
             return "Rejected"  # TC_050_4
         return self._reservations.reserve(request.connector_id, request.expiry_date, request.id_token,
                                           request.reservation_id, request.parent_id_token)

@@ -14,10 +14,10 @@ from agent.control import channel
 from agent.control.link import ControlLink, ControlLost
 from agent.core import controller as ctl
 from agent.core.clock import utc_now
-from agent.ocpp.v16.config import OcppConfiguration
 from agent.ocpp.v16.meter_values import meter_value, ocpp_timestamp
 from agent.station.connector import ConnectorRuntime, TransactionOp
 from agent.station.csms_link import CsmsLink
+from agent.station.settings import StationSettings
 from hal.interfaces import MeterReading
 
 log = logging.getLogger("evse.station")
@@ -28,13 +28,13 @@ METER_FAILURES_FOR_FAULT = 3  # consecutive failed polls before a meter counts a
 class MeterSampling:
     log: logging.Logger | logging.LoggerAdapter = log  # the station hands it its own (agent.logs)
 
-    def __init__(self, link: ControlLink, configuration: OcppConfiguration,
+    def __init__(self, link: ControlLink, settings: StationSettings,
                  dispatch: Callable[[ConnectorRuntime, ctl.Event], None], csms: Callable[[], CsmsLink],
                  poll_s: Callable[[], float], clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], datetime] = utc_now):
         """`poll_s`: the meter poll period of the config in force (a SIGHUP may change it)."""
         self._link = link
-        self._configuration = configuration
+        self._settings = settings
         self._dispatch = dispatch
         self._csms = csms
         self._poll_s = poll_s
@@ -67,7 +67,7 @@ class MeterSampling:
     async def run(self, rt: ConnectorRuntime) -> None:
         while True:
             reading = await self.read_meter(rt)
-            interval = self._configuration.get_int("MeterValueSampleInterval")
+            interval = self._settings.meter_sample_interval_s
             now = self._clock()
             if reading and rt.local_tx is not None and interval > 0 and rt.next_sample_at is not None:
                 if now >= rt.next_sample_at:
@@ -78,10 +78,10 @@ class MeterSampling:
             await asyncio.sleep(self._poll_s())
 
     def clock_aligned_sample(self, rt: ConnectorRuntime, reading: MeterReading) -> None:
-        """ClockAlignedDataInterval: a sample at every multiple of the interval since midnight UTC (§3.16.2).
+        """Clock-aligned samples: one at every multiple of the interval since midnight UTC (§3.16.2).
         During a transaction it is transaction-related and goes through the journal; otherwise it is
         sent as a plain MeterValues without transactionId."""
-        interval = self._configuration.get_int("ClockAlignedDataInterval")
+        interval = self._settings.clock_aligned_interval_s
         if interval <= 0:
             rt.next_aligned_at = None
             return
@@ -97,7 +97,7 @@ class MeterSampling:
         if rt.local_tx is not None:
             rt.ops.put_nowait(TransactionOp("sample", reading=reading, context="Sample.Clock", timestamp=timestamp))
         else:
-            value = meter_value(reading, self._configuration.get_list("MeterValuesAlignedData"), "Sample.Clock",
+            value = meter_value(reading, self._settings.aligned_measurands, "Sample.Clock",
                                 timestamp, rt.controller.offered_current_a())
             self._csms().send_meter_values(rt.id, [value])
 
@@ -105,5 +105,5 @@ class MeterSampling:
         """TriggerMessage(MeterValues): the last reading, now."""
         if rt.last_reading is None:
             return []
-        return [meter_value(rt.last_reading, self._configuration.get_list("MeterValuesSampledData"), "Trigger",
+        return [meter_value(rt.last_reading, self._settings.sampled_measurands, "Trigger",
                             ocpp_timestamp(self._wall_clock()), rt.controller.offered_current_a())]

@@ -16,12 +16,12 @@ from datetime import datetime
 from agent.control.channel import BoardInfo
 from agent.core import controller as ctl
 from agent.core.clock import utc_now
-from agent.ocpp.v16.config import OcppConfiguration
 from agent.ocpp.v16.meter_values import meter_value, ocpp_timestamp, register_value
 from agent.ocpp.v16.transactions import meter_value_from_v16
 from agent.station.connector import ConnectorRuntime, TransactionOp
 from agent.station.csms_link import CsmsLink
 from agent.station.journal import Journal, JournalError, JournalValueError, TransactionRecord
+from agent.station.settings import StationSettings
 from hal.interfaces import CpState, MeterReading
 
 log = logging.getLogger("evse.station")
@@ -33,14 +33,14 @@ class TransactionRecorder:
     log: logging.Logger | logging.LoggerAdapter = log  # the station hands it its own (agent.logs)
 
     def __init__(self, connectors: dict[int, ConnectorRuntime], journal: Journal,
-                 configuration: OcppConfiguration, dispatch: Callable[[ConnectorRuntime, ctl.Event], None],
+                 settings: StationSettings, dispatch: Callable[[ConnectorRuntime, ctl.Event], None],
                  read_meter: Callable[[ConnectorRuntime], Awaitable[MeterReading | None]],
                  csms: Callable[[], CsmsLink], control_lost: Callable[[], bool],
                  clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], datetime] = utc_now):
         """`control_lost`: the control loop is gone (no contactor will be seen opening any more)."""
         self._connectors = connectors
         self._journal = journal
-        self._configuration = configuration
+        self._settings = settings
         self._dispatch = dispatch
         self._read_meter = read_meter
         self._csms = csms
@@ -121,7 +121,7 @@ class TransactionRecorder:
         rt.local_tx = self._journal.begin_transaction(rt.id, op.id_token or "", energy, timestamp,
                                                       reservation_id=op.reservation_id)
         rt.tx_begin = (energy, timestamp)  # durable now: the worker tells the controller it may offer energy
-        interval = self._configuration.get_int("MeterValueSampleInterval")
+        interval = self._settings.meter_sample_interval_s
         rt.next_sample_at = self._clock() + interval if interval > 0 else None
         self.log.info("connector %d: transaction started for %s at %.0f Wh%s", rt.id, op.id_token, energy,
                       f" (reservation {op.reservation_id})" if op.reservation_id is not None else "")
@@ -134,7 +134,7 @@ class TransactionRecorder:
         energy = self._energy_now(rt, reading)
         timestamp = ocpp_timestamp(self._wall_clock())
         transaction_data = []
-        measurands = self._configuration.get_list("StopTxnSampledData")
+        measurands = self._settings.stop_transaction_measurands
         if measurands and rt.tx_begin is not None:
             begin_wh, begin_ts = rt.tx_begin
             end = (meter_value(reading, measurands, "Transaction.End", timestamp) if reading
@@ -167,8 +167,8 @@ class TransactionRecorder:
         if rt.local_tx is None or reading is None:
             return
         timestamp = op.timestamp or ocpp_timestamp(self._wall_clock())
-        measurands = self._configuration.get_list(
-            "MeterValuesAlignedData" if op.context == "Sample.Clock" else "MeterValuesSampledData")
+        measurands = (self._settings.aligned_measurands if op.context == "Sample.Clock"
+                      else self._settings.sampled_measurands)
         value = meter_value(reading, measurands, op.context, timestamp, rt.controller.offered_current_a())
         trigger = "meter_sample_clock" if op.context == "Sample.Clock" else "meter_sample_periodic"
         self._journal.add_meter_values(rt.local_tx, [meter_value_from_v16(value)], reading.energy_wh, timestamp,
@@ -196,7 +196,7 @@ class TransactionRecorder:
                 on_resumed: Callable[[ConnectorRuntime, str], None]) -> None:
         """Close transactions a previous run left open: reason PowerLoss, last journaled meter value; or, with
         `resume` and the EV still plugged in, continue them (`on_resumed(rt, started_at)`)."""
-        stop_measurands = self._configuration.get_list("StopTxnSampledData")
+        stop_measurands = self._settings.stop_transaction_measurands
         for tx in self._journal.running_transactions():
             if resume and self._resume(tx, info, on_resumed):
                 continue
@@ -221,7 +221,7 @@ class TransactionRecorder:
         rt.local_tx = tx.local_id
         rt.tx_begin = (tx.meter_start, tx.started_at)
         on_resumed(rt, tx.started_at)
-        interval = self._configuration.get_int("MeterValueSampleInterval")
+        interval = self._settings.meter_sample_interval_s
         rt.next_sample_at = self._clock() + interval if interval > 0 else None
         self._dispatch(rt, ctl.ResumeTransaction(tx.id_token))
         self.log.warning("transaction %s on connector %d resumes after the restart (EV still plugged in)",

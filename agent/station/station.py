@@ -8,7 +8,6 @@ is received (agent.station.csms_link.CsmsLinkFactory), never built here, and ask
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from agent.control.link import ControlLink, InProcessLink
 from agent.core import controller as ctl
 from agent.core.clock import utc_now
 from agent.ocpp.security import RESET_OR_REBOOT, STARTUP, SecurityManager
-from agent.ocpp.v16.config import OcppConfiguration
+from agent.ocpp.v16.settings import V16Settings
 from agent.station.auth_store import AuthStore
 from agent.station.authorizer import Authorizer
 from agent.station.charging_limits import ChargingLimits
@@ -77,16 +76,9 @@ class Station:
         self.wall_clock = wall_clock  # UTC: charging schedules are in wall-clock time
         self.security = SecurityManager(config, journal, wall_clock, self.logs)
         self.security.apply_local_settings()  # config-file edits win over what the CSMS set (agent.ocpp.security)
-        self.configuration = OcppConfiguration(
-            number_of_connectors=len(self.info.connectors),
-            initial={**config.ocpp_configuration, "SecurityProfile": str(config.ocpp.security_profile)},
-            stored=journal.settings("ocpp."),
-            on_change=self.configuration_changed,
-            check_change=self.security.check_change,
-        )
-        self.security.attach(self.configuration)
-        with contextlib.suppress(KeyError, ValueError):  # the key in force (a CSMS may have set it)
-            self.logs.add_basic_auth_secret(config.station.id, self.configuration.get("AuthorizationKey"))
+        self.settings = V16Settings.open(config, journal, self.security, self.logs, len(self.info.connectors))
+        self.settings.on_change(self._settings_changed)
+        self.configuration = self.settings.configuration  # the CSMS's view of the keys (CsmsPort)
         self.connectors: dict[int, ConnectorRuntime] = {}
         for hw in self.info.connectors:
             controller = ctl.ConnectorController(settings=self._session_settings(hw), has_lock=hw.has_lock)
@@ -98,18 +90,18 @@ class Station:
         adapter = self._adapter  # the CSMS adapter is built last: it is given the finished facade
         self.channel = ControlChannel(self.link, self.connectors, journal, adapter, self._execute, clock)
         dispatch = self.channel.dispatch
-        self.metering = MeterSampling(self.link, self.configuration, dispatch, adapter,
+        self.metering = MeterSampling(self.link, self.settings, dispatch, adapter,
                                       lambda: self.config.charging.meter_poll_s, clock, wall_clock)
-        self.recorder = TransactionRecorder(self.connectors, journal, self.configuration, dispatch,
+        self.recorder = TransactionRecorder(self.connectors, journal, self.settings, dispatch,
                                             self.metering.read_meter, adapter,
                                             lambda: self.channel.control_lost is not None, clock, wall_clock)
-        self.authorizer = Authorizer(self.connectors, self.configuration, AuthStore(journal, wall_clock=wall_clock),
+        self.authorizer = Authorizer(self.connectors, self.settings, AuthStore(journal, wall_clock=wall_clock),
                                      dispatch, adapter, lambda: self.closing, wall_clock)
         self.link.on_tag = self.authorizer.present_id_token
         controllers = {cid: rt.controller for cid, rt in self.connectors.items()}
         self.reservations = Reservations(journal, controllers, self.channel.dispatch_to, clock, wall_clock,
                                          self.recorder.journal_failed, self.logs)
-        self.charging_limits = ChargingLimits(self.configuration, journal, self.connectors,
+        self.charging_limits = ChargingLimits(self.settings, journal, self.connectors,
                                               self.channel.dispatch_to, wall_clock, self.recorder.journal_failed,
                                               self.logs)
         self.availability = StationAvailability(self.connectors, journal, dispatch, adapter)
@@ -127,8 +119,9 @@ class Station:
         ), install_command=install, max_download_bytes=self.info.firmware_max_download_bytes)
         self.hardware = HardwareTests(self.link, lambda: bool(self.channel.control_loop_alive_at))
         self.csms_port = CsmsFacade(
-            connectors=self.connectors, journal=journal, configuration=self.configuration, security=self.security,
-            firmware=self.firmware, dispatch=dispatch, availability=self.availability, authorizer=self.authorizer,
+            connectors=self.connectors, journal=journal, configuration=self.configuration, settings=self.settings,
+            security=self.security, firmware=self.firmware, dispatch=dispatch, availability=self.availability,
+            authorizer=self.authorizer,
             metering=self.metering, reservations=self.reservations, charging_limits=self.charging_limits,
             journal_failed=self.recorder.journal_failed, reset=self.reset, closing=lambda: self.closing,
             reservations_enabled=lambda: self.config.charging.reservations, wall_clock=wall_clock)
@@ -143,14 +136,7 @@ class Station:
         return self.ocpp
 
     def _session_settings(self, hw: channel.ConnectorInfo) -> ctl.SessionSettings:
-        return session_settings(self.config.charging, self.configuration, hw)
-
-    def configuration_changed(self, key: str, value: str) -> None:
-        self.journal.set_setting(f"ocpp.{key}", value)  # survives reboots
-        if key == "AuthorizationKey":
-            self.logs.add_basic_auth_secret(self.config.station.id, value)  # never in a log line (agent.logs)
-        self.security.configuration_changed(key, value)
-        self._settings_changed()
+        return session_settings(self.config.charging, self.settings, hw)
 
     def apply_config(self, config: AgentConfig) -> None:
         """SIGHUP: take over a reloaded config (agent.app.reload_config kept what needs a restart): the
