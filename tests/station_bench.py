@@ -15,6 +15,7 @@ from agent.core.authorization import TokenInfo
 from agent.core.controller import AuthorizationResult, TokenPresented
 from agent.ocpp.v16 import transactions as v16_transactions
 from agent.ocpp.v16.client import OcppClient
+from agent.ocpp.v16.settings import V16Settings
 from agent.station.csms_link import CsmsLinkFactory, CsmsPort
 from agent.station.journal import Delivery, Journal, QueuedMessage
 from agent.station.station import ConnectorRuntime, Station
@@ -26,6 +27,8 @@ from tests.agent_harness import TAG_OK, write_config
 class RecordingCsmsLink:
     """A CsmsLink (agent.station.csms_link) that records what the station tells its CSMS adapter; `online`
     and `answers` (id -> TokenInfo) play the CSMS for the station's questions."""
+
+    open_settings = V16Settings.open  # the real 1.6 settings provider
 
     def __init__(self, config, port: CsmsPort, journal: Journal, *, logs=None, clock=None):
         self.port = port

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from agent.ocpp.v16.config import OcppConfiguration
     from agent.station.firmware import FirmwareManager
     from agent.station.journal import Delivery, Journal, QueuedMessage
+    from agent.station.settings import StationSettings
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,11 @@ class CsmsLink(Protocol):
 
 
 class CsmsLinkFactory(Protocol):
-    """Builds a station's protocol adapter, e.g. agent.ocpp.v16.client.OcppClient."""
+    """Builds a station's protocol adapter, e.g. agent.ocpp.v16.client.OcppClient, and opens the settings
+    provider of its protocol (1.6: the configuration keys; 2.0.1: the device model)."""
+
+    def open_settings(self, config: AgentConfig, journal: Journal, security: SecurityManager, logs: StationLogs,
+                      number_of_connectors: int, /) -> StationSettings: ...
 
     def __call__(self, config: AgentConfig, port: CsmsPort, journal: Journal, /, *,
                  logs: StationLogs, clock: Callable[[], float]) -> CsmsLink: ...  # the first three by position

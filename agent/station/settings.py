@@ -10,10 +10,17 @@ the station after every change, for what it has copied (the controllers' Session
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from agent.ocpp.v16.config import OcppConfiguration
 
 
 class StationSettings(Protocol):
+    # the protocol's own store of these settings, as its CSMS reads and writes it (the CsmsPort hands it to the
+    # adapter: 1.6 GetConfiguration/ChangeConfiguration); the station's pieces read the properties below
+    configuration: OcppConfiguration
+
     # ---- a connector's session (agent.station.connector.session_settings) ----
 
     @property

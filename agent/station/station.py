@@ -20,7 +20,6 @@ from agent.control.link import ControlLink, InProcessLink
 from agent.core import controller as ctl
 from agent.core.clock import utc_now
 from agent.ocpp.security import RESET_OR_REBOOT, STARTUP, SecurityManager
-from agent.ocpp.v16.settings import V16Settings
 from agent.station.auth_store import AuthStore
 from agent.station.authorizer import Authorizer
 from agent.station.charging_limits import ChargingLimits
@@ -76,7 +75,8 @@ class Station:
         self.wall_clock = wall_clock  # UTC: charging schedules are in wall-clock time
         self.security = SecurityManager(config, journal, wall_clock, self.logs)
         self.security.apply_local_settings()  # config-file edits win over what the CSMS set (agent.ocpp.security)
-        self.settings = V16Settings.open(config, journal, self.security, self.logs, len(self.info.connectors))
+        # the protocol's settings provider comes with its adapter (1.6: the configuration keys)
+        self.settings = csms.open_settings(config, journal, self.security, self.logs, len(self.info.connectors))
         self.settings.on_change(self._settings_changed)
         self.configuration = self.settings.configuration  # the CSMS's view of the keys (CsmsPort)
         self.connectors: dict[int, ConnectorRuntime] = {}

@@ -55,6 +55,7 @@ from agent.ocpp.v16.firmware import FirmwareHandlers
 from agent.ocpp.v16.meter_values import ocpp_timestamp
 from agent.ocpp.v16.reservation import ReservationHandlers
 from agent.ocpp.v16.security import SecurityHandlers
+from agent.ocpp.v16.settings import V16Settings
 from agent.ocpp.v16.smart_charging import SmartChargingHandlers, tolerate_limits
 from agent.ocpp.v16.transactions import TRANSACTION_ACTIONS
 from agent.ocpp.v16.vocabulary import (
@@ -225,6 +226,8 @@ class _LoggedConnection:
 
 
 class OcppClient:
+    open_settings = V16Settings.open  # the station's settings provider under 1.6 (agent.station.settings)
+
     def __init__(self, config: AgentConfig, station: CsmsPort, journal: Journal, *,
                  logs: StationLogs | None = None, clock: Callable[[], float] = time.monotonic):
         # the station's loggers (tagged with its id, its secrets redacted: agent.logs.StationLogs)
