@@ -94,6 +94,17 @@ async def steps(station: Station, count: int = 30) -> None:
         await asyncio.sleep(0.01)
 
 
+async def charging_station(tmp_path) -> tuple[Station, Board, ConnectorRuntime]:
+    """A sim station whose connector 1 is plugged in and authorized, its contactor closed."""
+    station, board = await sim_station(tmp_path)
+    rt = station.connectors[1]
+    board.simulator.plug(1)
+    await steps(station, 5)
+    authorize(station, rt)
+    await steps(station)
+    return station, board, rt
+
+
 def authorize(station: Station, rt: ConnectorRuntime, tag: str = TAG_OK) -> None:
     """A card presented and accepted, as the reader and the CSMS would answer."""
     station.channel.dispatch(rt, TokenPresented(tag))

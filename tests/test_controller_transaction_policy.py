@@ -9,6 +9,7 @@ from agent.core.controller import (
     BeginTransaction,
     EndTransaction,
     PilotChanged,
+    ResumeTransaction,
     SetContactor,
     StopReason,
     TokenPresented,
@@ -69,3 +70,12 @@ def test_the_1_6_rule_is_one_setting_of_the_policy_unplugging_ends_it_with_ev_di
     b.charging_session()
     out = b.send(PilotChanged(CpState.A))
     assert of(out, EndTransaction) == [EndTransaction(StopReason.EV_DISCONNECTED, None)]
+
+
+def test_a_resumed_transaction_is_not_ended_by_the_connection_timeout_while_the_pilot_is_not_yet_known():
+    b = Bench(connection_timeout_s=30.0)  # the 1.6 rule
+    b.send(ResumeTransaction("TAG1"))  # after a restart, before the first pilot sample
+    assert not of(b.step(31.0), EndTransaction) and b.c.transaction_active
+    b.send(PilotChanged(CpState.B))
+    assert b.c.transaction_active
+    assert of(b.send(PilotChanged(CpState.A)), EndTransaction) == [EndTransaction(StopReason.EV_DISCONNECTED, None)]

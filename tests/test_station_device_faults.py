@@ -4,16 +4,11 @@ opens the contactor, and clears when the device answers again (the control step 
 from __future__ import annotations
 
 from hal.interfaces import HardwareError
-from tests.station_bench import authorize, sim_station, steps
+from tests.station_bench import authorize, charging_station, sim_station, steps
 
 
 async def test_unreadable_pilot_faults_the_connector_opens_the_contactor_and_recovers(tmp_path):
-    station, board = await sim_station(tmp_path)
-    rt = station.connectors[1]
-    board.simulator.plug(1)
-    await steps(station, 5)
-    authorize(station, rt)
-    await steps(station)
+    station, board, rt = await charging_station(tmp_path)
     assert rt.controller.contactor_commanded and board.connectors[0].contactor.feedback_closed()
 
     read = board.connectors[0].pilot.read

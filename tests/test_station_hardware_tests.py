@@ -5,7 +5,7 @@ transaction runs, a meter read when idle, latched faults reset once their cause 
 from __future__ import annotations
 
 from agent.cli import hw as hw_cli
-from tests.station_bench import authorize, sim_station, steps
+from tests.station_bench import charging_station, sim_station, steps
 
 
 async def test_checks_are_refused_until_the_control_loop_has_run(tmp_path):
@@ -20,12 +20,7 @@ async def test_checks_are_refused_until_the_control_loop_has_run(tmp_path):
 
 
 async def test_contactor_and_rcd_tests_are_refused_while_charging(tmp_path):
-    station, board = await sim_station(tmp_path)
-    rt = station.connectors[1]
-    board.simulator.plug(1)
-    await steps(station, 5)
-    authorize(station, rt)
-    await steps(station)
+    station, board, rt = await charging_station(tmp_path)
     assert rt.controller.transaction_active
     for test in (station.hardware.hw_contactor_test, station.hardware.hw_rcd_test):
         report = await test(1)

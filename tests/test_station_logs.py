@@ -66,3 +66,16 @@ def test_a_station_that_owns_the_process_also_feeds_the_process_wide_filter():
     station = logs.StationLogs("CP-1", process_redactor=redactor)
     station.add_basic_auth_secret("CP-1", "the-only-station-key")
     assert redactor.redact("key the-only-station-key") == "key [redacted]"
+
+
+def test_every_station_component_logs_through_its_station_s_logger():
+    """A component a station owns logs with `self.log` (tagged, redacted per station), not the module's logger:
+    tools/station_logger.py --check lists any module-level logger call left in those classes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, str(repo / "tools" / "station_logger.py"), "--check"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from agent.core import controller as ctl
 from agent.station.journal import JournalError
-from tests.station_bench import answered, as_sent, authorize, sim_station, steps
+from tests.station_bench import answered, as_sent, authorize, charging_station, sim_station, steps
 
 
 def recording_dispatch(station, seen: list):
@@ -62,12 +62,7 @@ async def test_a_journal_that_cannot_be_written_faults_instead_of_granting(tmp_p
 
 
 async def test_the_stop_records_the_final_register_once_the_contactor_is_open(tmp_path):
-    station, board = await sim_station(tmp_path)
-    rt = station.connectors[1]
-    board.simulator.plug(1)
-    await steps(station, 5)
-    authorize(station, rt)
-    await steps(station)
+    station, board, rt = await charging_station(tmp_path)
     await steps(station, 20)
     assert station.stop_transaction(1)
     await steps(station, 40)

@@ -610,6 +610,7 @@ class ConnectorController:
                 if self._tx is None:  # already journaled: no BeginTransaction, and recorded
                     self._tx = _Transaction(id_token, None, self._now, recorded=True)
                     self._note_start_conditions()
+                    self._tx.plugged_once = True  # resumed because its EV was still plugged in
             case StopRequested(reason, id_token):
                 if self._tx is not None:
                     self._stop(reason, id_token, out)
@@ -689,16 +690,15 @@ class ConnectorController:
         ended = policy.ends(now, tx.reached)
         if ended is None:
             tx.reached = policy.reached(now, tx.reached)
-            if not tx.plugged_once and self._now - tx.started_at >= self.settings.connection_timeout_s:
-                self._stop(StopReason.TIMEOUT, None, out)  # started at authorization; no EV came
+            # only a transaction started at authorization can lack an EV (1.6 never starts one unplugged)
+            if (not tx.plugged_once and TxPoint.AUTHORIZED in policy.start_points
+                    and self._now - tx.started_at >= self.settings.connection_timeout_s):
+                self._stop(StopReason.TIMEOUT, None, out)  # no EV came
             return
-        if ended is TxPoint.ENERGY_TRANSFER:
-            reason = StopReason.STOPPED_BY_EV
-        elif not now.ev_connected:
-            reason = StopReason.EV_DISCONNECTED
-        else:
-            reason = StopReason.DEAUTHORIZED
-        self._stop(reason, None, out)
+        # `authorized` holds for as long as the transaction runs (see _conditions): what ends it here is the
+        # EV, by leaving or by no longer drawing energy
+        self._stop(StopReason.STOPPED_BY_EV if ended is TxPoint.ENERGY_TRANSFER else StopReason.EV_DISCONNECTED,
+                   None, out)
 
     def _on_unlock_requested(self, out: list[Command]) -> None:
         if self._tx is not None:

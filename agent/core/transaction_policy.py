@@ -90,8 +90,9 @@ class TransactionPolicy:
         return None
 
     def reached(self, now: SessionConditions, seen: frozenset[TxPoint]) -> frozenset[TxPoint]:
-        """`seen` with the stop points that hold now."""
-        return seen | {point for point in self.stop_points if now.holds(point)}
+        """`seen` with the stop points that hold now (`seen` itself when none is new: asked every control step)."""
+        new = [point for point in self.stop_points if point not in seen and now.holds(point)]
+        return seen | frozenset(new) if new else seen
 
     @classmethod
     def parse(cls, start: str, stop: str) -> TransactionPolicy:

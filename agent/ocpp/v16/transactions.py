@@ -13,18 +13,27 @@ import sqlite3
 from typing import Any
 
 from agent.core.controller import StopReason
-from agent.ocpp.v16.vocabulary import STOP_REASON, stop_reason, stop_reason_from_ocpp, token_info
+from agent.ocpp.v16.vocabulary import (
+    AUTHORIZATION_STATUS,
+    STOP_REASON,
+    stop_reason,
+    stop_reason_from_ocpp,
+    token_info,
+)
 from agent.station.journal import MESSAGE, Delivery, QueuedMessage, TransactionRecord, read_queue
 
 PROTOCOL = "ocpp1.6"  # a queued message kept as a 1.6 wire payload (QueuedMessage.protocol)
 TRANSACTION_ID_UNKNOWN = -1  # OCPP 1.6 errata 3.18
 TRANSACTION_ACTIONS = frozenset({"StartTransaction", "StopTransaction", "MeterValues"})  # §3.7, one at a time
 
-TOKEN_STATUSES = {"Accepted": "accepted", "Blocked": "blocked", "Expired": "expired", "Invalid": "invalid",
-                  "ConcurrentTx": "concurrent_tx"}  # 1.6 AuthorizationStatus -> neutral
+# 1.6 AuthorizationStatus -> the journal's neutral word (an unknown word is kept as it came)
+TOKEN_STATUSES = {word: status.value for status, word in AUTHORIZATION_STATUS.items()}
 # a sampledValue's keys in the order the station has always sent them (agent.ocpp.v16.meter_values)
 _SAMPLE_KEYS = ("value", "context", "format", "measurand", "phase", "location", "unit")
 _SAMPLE_ORDER = ("value", "context", "format", "measurand", "location", "unit", "phase")
+
+
+_NEUTRAL_REASONS = frozenset(reason.value for reason in StopReason)
 
 
 def stop_reason_to_v16(reason: str) -> str:
@@ -37,7 +46,7 @@ def stop_reason_to_v16(reason: str) -> str:
 
 def stop_reason_from_v16(reason: str) -> str:
     """The neutral stop reason of a 1.6 Reason; a value that is already neutral passes through."""
-    if reason in {r.value for r in StopReason}:
+    if reason in _NEUTRAL_REASONS:
         return reason
     return stop_reason_from_ocpp(reason).value if reason in STOP_REASON.values() else reason
 
